@@ -1,0 +1,43 @@
+# Two commands for a fresh machine (see README.md):
+#   make run    set up a virtualenv and run the example stack in the foreground
+#   make test   set up a virtualenv and run lint, types and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STACK := example/docker/supervisord
+
+.PHONY: run test lint unit e2e bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+run: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python example/run.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest --ignore=tests/e2e $(PYTEST_ARGS)
+
+e2e: venv
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/protocol.py
+	$(BIN)/python bench/memmon.py
+	$(BIN)/python bench/crashmail.py
+	$(BIN)/python bench/exporter.py
+
+clean:
+	rm -rf $(VENV) $(STACK)/run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""Logging set-up shared by every listener: structlog, to stderr only.
+
+stdout belongs to the supervisord protocol (see protocol.py), so nothing here may touch it.
+JSON lines when stderr is not a terminal (supervisord's log files, journald), a readable
+console format when a person runs a command by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure", "get_logger"]
+
+_configured = False
+
+
+def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr by default)."""
+    global _configured  # noqa: PLW0603 - logging is process-wide by nature
+    out = stream if stream is not None else sys.stderr
+    as_json = (not out.isatty()) if json is None else json
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries that use the stdlib (urllib3, asyncio) must not reach stdout either.
+    logging.basicConfig(stream=out, level=max(numeric, logging.WARNING), force=True)
+    _configured = True
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger; configures stderr logging on first use if nobody did."""
+    if not _configured:
+        configure()
+    return structlog.get_logger(name)

@@ -1,0 +1,134 @@
+"""The one alert model every sink renders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["KINDS", "Alert", "clean_text", "render_text"]
+
+KINDS = (
+    "crash",
+    "crash_loop",
+    "fatal",
+    "backoff",
+    "memory_restart",
+    "restarts_exhausted",
+    "events_lost",
+    "summary",
+    "resolved",
+)
+
+_TITLES = {
+    "crash": "crashed",
+    "crash_loop": "is crash looping",
+    "fatal": "gave up starting (FATAL)",
+    "backoff": "keeps failing to start",
+    "memory_restart": "was restarted for using too much memory",
+    "restarts_exhausted": "is over its memory limit and no longer restarted",
+    "events_lost": "lost events",
+    "summary": "had repeated alerts",
+    "resolved": "is stable again",
+}
+# C0/C1 controls except tab and newline: terminal escapes from process output stop here.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """Untrusted text (process output) without control characters."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text safe for a header or a subject: no CR/LF, no controls, bounded."""
+    flat = clean_text(text.replace("\r", " ").replace("\n", " "))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something a person should hear about. ``key`` is stable across retries (dedup)."""
+
+    kind: str
+    host: str
+    group: str = ""
+    name: str = ""
+    time: float = field(default_factory=time.time)
+    exit_status: int | None = None
+    count: int = 1
+    message: str = ""
+    stderr_tail: str | None = None
+    processes: tuple[str, ...] = ()
+    resolves: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown alert kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if not self.key:
+            digest = hashlib.sha256(
+                json.dumps(
+                    [self.kind, self.host, self.group, self.name, self.time, self.processes],
+                    default=str,
+                ).encode()
+            ).hexdigest()[:24]
+            object.__setattr__(self, "key", digest)
+
+    @property
+    def process(self) -> str:
+        return f"{self.group}:{self.name}" if self.group or self.name else ""
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["processes"] = list(self.processes)
+        return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Alert:
+        body = json.loads(text)
+        body["processes"] = tuple(body.get("processes") or ())
+        return cls(**body)
+
+
+def subject(alert: Alert, prefix: str = "") -> str:
+    """A one-line subject; untrusted parts cleaned, never a CR or LF."""
+    target = alert.process or alert.host
+    if alert.kind == "summary" or alert.processes:
+        n = len(alert.processes) or alert.count
+        what = f"{n} processes {_TITLES.get(alert.kind, alert.kind)}"
+        text = f"[{alert.host}] {what}"
+    elif alert.kind == "resolved":
+        text = f"[{alert.host}] {target} {_TITLES['resolved']} ({alert.resolves or 'alert'})"
+    else:
+        text = f"[{alert.host}] {target} {_TITLES.get(alert.kind, alert.kind)}"
+    return one_line(f"{prefix} {text}".strip())
+
+
+def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
+    """(subject, plain-text body) for mail and chat."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(alert.time))
+    lines = [
+        f"Host: {one_line(alert.host)}",
+        f"Time: {when}",
+        f"Kind: {alert.kind}",
+    ]
+    if alert.process:
+        lines.append(f"Process: {one_line(alert.process)}")
+    if alert.exit_status is not None:
+        lines.append(f"Exit status: {alert.exit_status}")
+    if alert.count > 1:
+        lines.append(f"Count: {alert.count}")
+    if alert.resolves:
+        lines.append(f"Resolves: {alert.resolves}")
+    if alert.message:
+        lines += ["", clean_text(alert.message)]
+    if alert.processes:
+        lines += ["", "Processes:"] + [f"  {one_line(p)}" for p in alert.processes]
+    if alert.stderr_tail is not None:
+        lines += ["", "Last lines of stderr:", clean_text(alert.stderr_tail) or "(empty)"]
+    return subject(alert, prefix), "\n".join(lines) + "\n"
