@@ -72,7 +72,11 @@ class PayloadError(ValueError):
 def parse_tokens(text: str) -> dict[str, str]:
     """Parse space-separated ``key:value`` tokens; a value may itself contain ':'."""
     fields: dict[str, str] = {}
-    for token in text.split():
+    # supervisord joins tokens with single ASCII spaces; split on exactly that so that other
+    # whitespace (a no-break space in a process name) stays inside its token.
+    for token in text.replace("\n", " ").split(" "):
+        if not token:
+            continue
         key, sep, value = token.partition(":")
         if not sep or not key:
             raise PayloadError(f"token {token[:80]!r} is not of the form key:value")
@@ -383,9 +387,9 @@ class _Reader:
         while "\n" not in self._buf:
             if len(self._buf) > MAX_HEADER_CHARS:
                 raise ProtocolError(f"no newline in {len(self._buf)} characters")
-            remaining = None if deadline is None else deadline - clock()
-            if remaining is not None and remaining <= 0:
-                return None
+            # Poll at least once even when the deadline has passed, so a handler whose timer
+            # is always due cannot starve the events.
+            remaining = None if deadline is None else max(0.0, deadline - clock())
             if not self._fill(remaining):
                 return None
         line, _, self._buf = self._buf.partition("\n")

@@ -22,9 +22,11 @@ class Recorder(protocol.Handler):
 
     def handle(self, event: protocol.Event) -> None:
         if self.noisy:
-            print("stray output that must not reach supervisord")  # noqa: T201 - deliberate
+            print("stray output that must not reach supervisord")
         h = event.header
-        self.out.write(f"{h.serial} {h.poolserial} {h.eventname} {len(event.payload)} {self.lost}\n")
+        self.out.write(
+            f"{h.serial} {h.poolserial} {h.eventname} {len(event.payload)} {self.lost}\n"
+        )
         self.out.flush()
         self.lost = 0
 
