@@ -251,13 +251,20 @@ class Supervisor:
         return dict(self.call("supervisor.getProcessInfo", name))
 
     def tail_stderr(self, name: str, length: int = 4096) -> str | None:
-        """The last ``length`` bytes of a process's stderr log; None when it has no log file."""
+        """The last ``length`` bytes of a process's stderr log; None when there is nothing.
+
+        supervisord answers NO_FILE for a log it cannot seek (``/dev/stderr``) but ``['', 0,
+        False]`` for a program with no log file at all (``stderr_logfile=NONE``); an empty
+        existing log looks the same. ``stderr_logfile`` in getProcessInfo tells them apart.
+        """
         try:
-            text, _offset, _overflow = self.call("supervisor.tailProcessStderrLog", name, 0, length)
+            text, offset, _overflow = self.call("supervisor.tailProcessStderrLog", name, 0, length)
         except RPCFault as fault:
             if fault.code == NO_FILE:
                 return None
             raise
+        if not text and not offset:
+            return None
         return str(text)
 
     # ------------------------------------------------------------------ acting

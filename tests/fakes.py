@@ -1,0 +1,87 @@
+"""Fakes shared by unit tests: an in-memory supervisord RPC and an inline worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from listeners.protocol import Event, ProcessStateEvent, format_event, parse_event, parse_header
+from listeners.supervisor import NOT_RUNNING, RPCFault
+
+
+def make_event(eventname: str, payload: str, serial: int = 1) -> Event:
+    raw = format_event(eventname, payload, serial=serial)
+    head, _, body = raw.partition("\n")
+    return parse_event(parse_header(head), body)
+
+
+def state_event(
+    state: str, name: str, group: str | None = None, pid: int | None = None, **extra: Any
+) -> ProcessStateEvent:
+    tokens = [f"processname:{name}", f"groupname:{group or name}", "from_state:RUNNING"]
+    if pid is not None:
+        tokens.append(f"pid:{pid}")
+    tokens += [f"{k}:{int(v) if isinstance(v, bool) else v}" for k, v in extra.items()]
+    e = make_event(f"PROCESS_STATE_{state}", " ".join(tokens))
+    assert isinstance(e, ProcessStateEvent)
+    return e
+
+
+class InlineWorker:
+    """background.Worker's interface, running each call at once on the caller's thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.calls.append(getattr(fn, "__name__", "?"))
+        fn(*args)
+
+
+class FakeSupervisor:
+    """The subset of listeners.supervisor.Supervisor the listeners use, in memory."""
+
+    url = "unix:///fake.sock"
+
+    def __init__(self, processes: dict[str, dict[str, Any]] | None = None) -> None:
+        self.processes = processes or {}
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.fail: dict[str, Exception] = {}
+
+    def _record(self, method: str, *args: Any) -> None:
+        self.calls.append((method, args))
+        if method in self.fail:
+            raise self.fail[method]
+
+    def all_process_info(self) -> list[dict[str, Any]]:
+        self._record("all_process_info")
+        return [dict(p) for p in self.processes.values()]
+
+    def process_info(self, name: str) -> dict[str, Any]:
+        self._record("process_info", name)
+        return dict(self.processes[name])
+
+    def stop(self, name: str, *, wait: bool = False) -> bool:
+        self._record("stop", name)
+        info = self.processes.get(name)
+        if info is None or info["statename"] not in ("RUNNING", "STARTING"):
+            return False
+        info["statename"] = "STOPPING"
+        return True
+
+    def start(self, name: str, *, wait: bool = False) -> bool:
+        self._record("start", name)
+        if name in self.processes:
+            self.processes[name]["statename"] = "STARTING"
+        return True
+
+    def send_remote_comm(self, type_: str, data: str) -> None:
+        self._record("send_remote_comm", type_, data)
+
+    def tail_stderr(self, name: str, length: int = 4096) -> str | None:
+        self._record("tail_stderr", name)
+        return self.processes.get(name, {}).get("stderr_tail")
+
+
+def not_running(method: str) -> RPCFault:
+    return RPCFault(NOT_RUNNING, "NOT_RUNNING", method)

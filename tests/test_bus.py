@@ -1,0 +1,71 @@
+"""The memmon bus schema: one encoder, one decoder, strict about what it accepts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from listeners.bus import MemoryLimits, MemoryRestart, RestartsExhausted, decode, encode
+
+
+class TestBus:
+    @pytest.mark.parametrize(
+        "message",
+        [
+            MemoryLimits(host="h", limits={"g:a": 16 * 1024 * 1024}, measure="pss"),
+            MemoryRestart(
+                host="h", group="g", name="a", pid=12, measured_bytes=20, limit_bytes=16, rule="any"
+            ),
+            RestartsExhausted(
+                host="h",
+                group="g",
+                name="a",
+                restarts=5,
+                window_seconds=3600.0,
+                measured_bytes=20,
+                limit_bytes=16,
+            ),
+        ],
+    )
+    def test_round_trip(self, message):
+        """decode(encode(m)) == m for every message kind."""
+        assert message == decode(encode(message))
+
+    def test_encoding_is_one_ascii_line(self):
+        """Messages fit a REMOTE_COMMUNICATION payload without newlines or non-ASCII."""
+        text = encode(MemoryLimits(host="hôte", limits={"g:é": 1}))
+        assert "\n" not in text
+        assert text.isascii()
+
+    @pytest.mark.parametrize(
+        ("text", "match"),
+        [
+            ("not json", "not JSON"),
+            ("[1]", "not a JSON object"),
+            ('{"v": 2, "kind": "memory_limits"}', "schema version"),
+            ('{"v": 1, "kind": "nope"}', "unknown kind"),
+            ('{"v": 1, "kind": "memory_restart", "host": "h"}', "lacks"),
+            (
+                json.dumps(
+                    {
+                        "v": 1,
+                        "kind": "memory_restart",
+                        "host": "h",
+                        "group": "g",
+                        "name": "a",
+                        "pid": "12",
+                        "measured_bytes": 1,
+                        "limit_bytes": 1,
+                        "rule": "any",
+                    }
+                ),
+                "integer",
+            ),
+            ('{"v": 1, "kind": "memory_limits", "host": "h", "limits": {"a": "x"}}', "limits"),
+        ],
+    )
+    def test_rejects_malformed_messages_with_a_reason(self, text, match):
+        """A bad message raises ValueError saying what is wrong."""
+        with pytest.raises(ValueError, match=match):
+            decode(text)
