@@ -354,6 +354,9 @@ class Tool:
         try:
             self.client.state()
         except SupervisorError as exc:
+            if not moved:
+                self.warn(f"warning: nothing moved, and supervisord not checked: {exc}")
+                return EXIT_OK
             self.warn(
                 f"warning: files moved but not applied: {exc}. supervisord will pick the change"
                 " up when it starts, or run `supervisorctl reread && supervisorctl update`"
@@ -371,7 +374,11 @@ class Tool:
                 self.say(f"supervisord: {kind} group(s) {', '.join(done[kind])}")
         if enable and self.opts.wait:
             autostart = {g for t in chosen for g in t.autostart_groups()}
-            return self._wait_running(groups, autostart)
+            try:
+                return self._wait_running(groups, autostart)
+            except SupervisorError as exc:
+                self.warn(f"error: applied, but could not watch the processes start: {exc}")
+                return EXIT_FAILED
         return EXIT_OK
 
     def _enable_problems(self, tasks: list[Task], to_move: list[Task]) -> list[Problem]:

@@ -395,6 +395,24 @@ class TestToggle:
         assert "files moved but not applied: cannot reach supervisord" in err
         assert (home / "tasks_disabled" / "mailer.conf").is_file()
 
+    def test_a_no_op_with_supervisord_down_exits_0(self, home):
+        """Nothing to move and supervisord down: still a no-op, exit 0, with a warning."""
+        code, out, err = run(home, FakeSupervisor(home, down=True), "enable", "mailer")
+        assert 0 == code
+        assert "mailer: already enabled" in out
+        assert "nothing moved, and supervisord not checked" in err
+
+    def test_list_text_shows_programs_and_live_processes(self, home):
+        """The plain list names each task, its programs, and its processes' states."""
+        code, out, _ = run(home, FakeSupervisor(home), "list")
+        assert 0 == code
+        assert [
+            f"indexer  enabled  {home}/tasks/indexer.conf",
+            "  program indexer  numprocs=1  command=/bin/sleep 100",
+            "    indexer:indexer  RUNNING  ",
+        ] == out.splitlines()[:3]
+        assert f"reports  disabled  {home}/tasks_disabled/reports.conf" in out
+
     def test_a_refused_update_rolls_the_move_back(self, home):
         """supervisord's fault is reported, the file is back, and supervisord is re-synced."""
         fake = FakeSupervisor(home, fail_update=1)
