@@ -1,0 +1,201 @@
+"""supervisor-tasks against a real supervisord running a tasks/ + tasks_disabled/ layout."""
+
+# The brief asks for `assert expected == actual`, which ruff calls a Yoda condition.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from listeners import tasks
+from tests.e2e.support import PYTHON, WORKER, Supervisord
+
+ROOT = Path(__file__).parents[2]
+
+
+def program(name: str, numprocs: int = 1, extra: str = "") -> str:
+    return (
+        f"[program:{name}]\n"
+        f"command={PYTHON} {WORKER} steady\n"
+        f"numprocs={numprocs}\n"
+        "process_name=%(program_name)s_%(process_num)d\n"
+        "startsecs=1\n"
+        "stopwaitsecs=5\n"
+        f"{extra}"
+    )
+
+
+@pytest.fixture
+def stack(supervisord) -> Supervisord:
+    """The example stack's shape: tasks/ and listeners.d/ included, tasks_disabled/ beside."""
+    sup: Supervisord = supervisord(
+        "",
+        start=False,
+        extra_conf="[include]\nfiles = tasks/*.conf listeners.d/*.conf\n",
+    )
+    for sub in ("tasks", "tasks_disabled", "listeners.d"):
+        (sup.dir / sub).mkdir()
+    (sup.dir / "tasks" / "mailer.conf").write_text(program("mailer", 2))
+    (sup.dir / "tasks" / "indexer.conf").write_text(program("indexer"))
+    (sup.dir / "listeners.d" / "other.conf").write_text(program("other"))
+    (sup.dir / "tasks_disabled" / "reports.conf").write_text(program("reports"))
+    sup.start()
+    sup.wait_all("RUNNING")
+    return sup
+
+
+def run(sup: Supervisord, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = tasks.main(["-c", str(sup.conf), *args], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def pids(sup: Supervisord) -> dict[str, int]:
+    return {f"{i['group']}:{i['name']}": i["pid"] for i in sup.client.all_process_info()}
+
+
+def groups(sup: Supervisord) -> set[str]:
+    return {i["group"] for i in sup.client.all_process_info()}
+
+
+class TestDisableEnable:
+    def test_disable_stops_and_removes_the_group_while_other_workers_keep_their_pids(self, stack):
+        """Disabling mailer removes its group; indexer and other keep running, same pids."""
+        before = pids(stack)
+
+        code, out, err = run(stack, "disable", "mailer")
+
+        assert (0, "") == (code, err)
+        assert "removed group(s) mailer" in out
+        assert {"indexer", "other"} == groups(stack)
+        assert (stack.dir / "tasks_disabled" / "mailer.conf").is_file()
+        assert not (stack.dir / "tasks" / "mailer.conf").exists()
+        after = pids(stack)
+        assert {k: before[k] for k in after} == after
+
+    def test_enable_again_brings_it_back_running_and_touches_nothing_else(self, stack):
+        """disable then enable --wait: mailer's processes are RUNNING, the others untouched."""
+        assert 0 == run(stack, "disable", "mailer")[0]
+        before = pids(stack)
+
+        code, out, err = run(stack, "enable", "--wait", "mailer")
+
+        assert (0, "") == (code, err)
+        assert "added group(s) mailer" in out
+        infos = {f"{i['group']}:{i['name']}": i for i in stack.client.all_process_info()}
+        assert {"mailer:mailer_0": "RUNNING", "mailer:mailer_1": "RUNNING"} == {
+            k: v["statename"] for k, v in infos.items() if k.startswith("mailer:")
+        }
+        assert before == {k: v["pid"] for k, v in infos.items() if not k.startswith("mailer:")}
+
+    def test_enable_by_program_name_of_a_disabled_task(self, stack):
+        """A program name works as NAME; enabling a second time is a no-op with exit 0."""
+        assert 0 == run(stack, "enable", "--wait", "reports")[0]
+        assert "RUNNING" == stack.state("reports:reports_0")
+
+        code, out, _ = run(stack, "enable", "reports")
+
+        assert 0 == code
+        assert "already enabled" in out
+        assert "RUNNING" == stack.state("reports:reports_0")
+
+    def test_wait_reports_a_process_that_cannot_start(self, stack):
+        """--wait names the FATAL process and supervisord's spawn error; exit 1."""
+        (stack.dir / "tasks_disabled" / "ghost.conf").write_text(
+            "[program:ghost]\ncommand=/nonexistent/ghost-binary\nstartretries=0\nstartsecs=1\n"
+        )
+
+        code, _, err = run(stack, "enable", "--wait", "--wait-timeout", "20", "ghost")
+
+        assert 1 == code
+        assert "ghost:ghost is FATAL" in err
+        assert "/nonexistent/ghost-binary" in err
+
+
+class TestRefusals:
+    def test_a_broken_conf_is_refused_and_supervisord_is_untouched(self, stack):
+        """A bad value and an unknown key: file stays disabled, nothing in supervisord moves."""
+        broken = stack.dir / "tasks_disabled" / "broken.conf"
+        broken.write_text(program("broken", extra="autorestart=sometimes\nlog_stdout=true\n"))
+        before = pids(stack)
+
+        code, out, err = run(stack, "enable", "broken")
+
+        assert 1 == code
+        assert "" == out
+        assert f"{broken}:7: [program:broken] autorestart: invalid 'autorestart'" in err
+        assert f"{broken}:8: [program:broken] log_stdout: unknown key" in err
+        assert broken.is_file()
+        assert not (stack.dir / "tasks" / "broken.conf").exists()
+        assert before == pids(stack)
+
+    @pytest.mark.parametrize(
+        "name", ["../tasks/mailer", "tasks_disabled/reports", "..", "/etc/passwd", "nosuch"]
+    )
+    def test_path_like_or_unknown_names_are_refused(self, stack, name):
+        """Exit 2, the error lists known names, no file moves and supervisord is untouched."""
+        before = pids(stack)
+        files = sorted(p.relative_to(stack.dir) for p in stack.dir.glob("tasks*/*"))
+
+        code, out, err = run(stack, "disable", name)
+
+        assert (2, "") == (code, out)
+        assert "known: indexer, mailer, reports" in err
+        assert files == sorted(p.relative_to(stack.dir) for p in stack.dir.glob("tasks*/*"))
+        assert before == pids(stack)
+
+
+class TestListAndCheck:
+    def test_list_json_from_the_console_script_shows_live_states(self, stack):
+        """`python -m listeners.tasks list --json` reports each task's processes and states."""
+        result = subprocess.run(
+            [PYTHON, "-m", "listeners.tasks", "-c", str(stack.conf), "list", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+        assert (0, "") == (result.returncode, result.stderr)
+        doc = json.loads(result.stdout)
+        by_name = {t["name"]: t for t in doc["tasks"]}
+        assert True is doc["supervisord_reachable"]
+        assert ["indexer", "mailer", "reports"] == sorted(by_name)
+        assert [True, True, False] == [by_name[n]["enabled"] for n in sorted(by_name)]
+        assert {("mailer", "mailer_0", "RUNNING"), ("mailer", "mailer_1", "RUNNING")} == {
+            (p["group"], p["name"], p["state"]) for p in by_name["mailer"]["processes"]
+        }
+        assert 2 == by_name["mailer"]["programs"][0]["numprocs"]
+        assert [] == by_name["reports"]["processes"]
+
+    def test_check_finds_a_duplicate_program_and_an_unknown_key(self, stack):
+        """check exits 1 naming the clash across files and the ignored key with its line."""
+        (stack.dir / "tasks" / "copy.conf").write_text(program("indexer"))
+        (stack.dir / "tasks_disabled" / "typo.conf").write_text(
+            program("typo", extra="autostrat=false\n")
+        )
+
+        code, _, err = run(stack, "check")
+
+        assert 1 == code
+        assert f"{stack.dir}/tasks/copy.conf:1: [program:indexer]: duplicate name 'indexer'" in err
+        assert f"{stack.dir}/tasks_disabled/typo.conf:7: [program:typo] autostrat:" in err
+        assert "did you mean autostart?" in err
+
+    def test_supervisord_down_moves_only_and_says_so(self, stack):
+        """With supervisord stopped, disable moves the file and exits 3 with a warning."""
+        stack.stop()
+
+        code, out, err = run(stack, "disable", "indexer")
+
+        assert 3 == code
+        assert "moved" in out
+        assert "files moved but not applied" in err
+        assert (stack.dir / "tasks_disabled" / "indexer.conf").is_file()
+        assert not (stack.dir / "tasks" / "indexer.conf").exists()

@@ -1,0 +1,555 @@
+"""supervisor-tasks: name resolution, validation messages, moves, apply and rollback."""
+
+# The brief asks for `assert expected == actual`, which ruff calls a Yoda condition.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import io
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from listeners import tasks
+from listeners.supervisor import RPCFault, SupervisorError
+from listeners.taskconf import (
+    ConfError,
+    NameRefused,
+    Section,
+    Task,
+    discover,
+    load_layout,
+    resolve,
+    scan_sections,
+    validate_file,
+)
+
+MAIN = """\
+[unix_http_server]
+file=%(here)s/run/supervisor.sock
+username=admin
+password=s3cret
+
+[supervisord]
+logfile=%(here)s/run/supervisord.log
+
+[supervisorctl]
+serverurl=unix://%(here)s/run/supervisor.sock
+
+[include]
+files = tasks/*.conf listeners.d/*.conf
+"""
+
+
+def prog(name: str, extra: str = "") -> str:
+    return f"[program:{name}]\ncommand=/bin/sleep 100\n{extra}"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A conf dir shaped like the example stack, with two enabled tasks and one disabled."""
+    for sub in ("tasks", "tasks_disabled", "listeners.d", "run"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "supervisord.conf").write_text(MAIN)
+    (tmp_path / "tasks" / "mailer.conf").write_text(prog("mailer"))
+    (tmp_path / "tasks" / "indexer.conf").write_text(prog("indexer"))
+    (tmp_path / "tasks_disabled" / "reports.conf").write_text(prog("reports"))
+    (tmp_path / "listeners.d" / "memmon.conf").write_text(
+        "[eventlistener:memmon]\ncommand=/bin/cat\nevents=TICK_60\n"
+    )
+    return tmp_path
+
+
+class FakeSupervisor:
+    """Behaves like reread+update over the files of tasks/ (one [program:<stem>] each)."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        down: bool = False,
+        fail_update: int = 0,
+        states: list[str] | None = None,
+        ignore: bool = False,
+    ) -> None:
+        self.home = home
+        self.down = down
+        self.fail_update = fail_update
+        self.states = states or ["RUNNING"]
+        self.ignore = ignore
+        self.groups = {p.stem for p in (home / "tasks").glob("*.conf")}
+        self.calls: list[tuple[str, Any]] = []
+        self.polls = 0
+
+    def state(self) -> str:
+        self.calls.append(("state", None))
+        if self.down:
+            raise SupervisorError("cannot reach supervisord at unix:///x.sock: No such file")
+        return "RUNNING"
+
+    def all_process_info(self) -> list[dict[str, Any]]:
+        state = self.states[min(self.polls, len(self.states) - 1)]
+        self.polls += 1
+        return [
+            {
+                "group": g,
+                "name": g,
+                "statename": state,
+                "pid": 100,
+                "spawnerr": "can't find command" if state == "FATAL" else "",
+                "exitstatus": 0,
+                "description": "",
+            }
+            for g in sorted(self.groups)
+        ]
+
+    def update(self, only: Any = None) -> dict[str, list[str]]:
+        wanted = sorted(only or [])
+        self.calls.append(("update", wanted))
+        if self.fail_update:
+            self.fail_update -= 1
+            raise RPCFault(91, "STILL_RUNNING", "supervisor.removeProcessGroup")
+        done: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
+        if self.ignore:
+            return done
+        on_disk = {p.stem for p in (self.home / "tasks").glob("*.conf")}
+        for g in wanted:
+            if g in on_disk and g not in self.groups:
+                self.groups.add(g)
+                done["added"].append(g)
+            elif g not in on_disk and g in self.groups:
+                self.groups.discard(g)
+                done["removed"].append(g)
+        return done
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run(home: Path, client: Any, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = tasks.main(
+        ["-c", str(home / "supervisord.conf"), *args], out=out, err=err, client=client
+    )
+    return code, out.getvalue(), err.getvalue()
+
+
+def task(name: str, *programs: str, enabled: bool = True) -> Task:
+    sections = tuple(Section("program", p, 1) for p in programs)
+    return Task(name, Path(f"/x/{name}.conf"), enabled, sections)
+
+
+class TestResolve:
+    TASKS = (
+        task("mailer", "mailer"),
+        task("pair", "left", "right"),
+        task("old", "x", enabled=False),
+    )
+
+    def test_a_file_stem_names_its_task(self):
+        """NAME equal to a file's stem picks that file."""
+        assert [self.TASKS[1]] == resolve(["pair"], self.TASKS)
+
+    def test_a_program_name_names_the_task_that_defines_it(self):
+        """NAME equal to a program in a file picks that file, once even if named twice."""
+        assert [self.TASKS[1]] == resolve(["right", "left", "pair"], self.TASKS)
+
+    @pytest.mark.parametrize("name", ["../mailer", "tasks/mailer", "..", ".hidden", "", "a\\b"])
+    def test_path_like_names_are_refused_with_the_known_names(self, name):
+        """Anything that could leave the dir is refused, listing what NAME may be."""
+        with pytest.raises(NameRefused) as info:
+            resolve([name], self.TASKS)
+        assert "not a path (known: left, mailer, old, pair, right, x)" in str(info.value)
+
+    def test_an_unknown_name_is_refused_with_the_known_names(self):
+        """A typo gets the list of task and program names."""
+        with pytest.raises(NameRefused) as info:
+            resolve(["mailr"], self.TASKS)
+        assert "no task or program named 'mailr' (known: left, mailer, old" in str(info.value)
+
+    def test_a_program_in_two_files_is_ambiguous(self):
+        """Two files defining one program: refuse rather than guess."""
+        both = (task("a", "dup"), task("b", "dup"))
+        with pytest.raises(NameRefused, match=r"'dup' is ambiguous: it is in /x/a.conf, /x/b.conf"):
+            resolve(["dup"], both)
+
+
+class TestValidateFile:
+    def check(self, home: Path, text: str) -> list[str]:
+        path = home / "tasks_disabled" / "t.conf"
+        path.write_text(textwrap.dedent(text))
+        layout = load_layout(home / "supervisord.conf")
+        return [str(p).replace(str(path), "t.conf") for p in validate_file(layout, path)]
+
+    def test_a_good_file_has_no_problems(self, home):
+        """A plain program section passes supervisord's parser."""
+        assert [] == self.check(
+            home, prog("ok", "numprocs=2\nprocess_name=%(program_name)s_%(process_num)d\n")
+        )
+
+    def test_an_unknown_key_is_named_with_its_line_and_a_hint(self, home):
+        """supervisord ignores unknown keys silently; we name them, with a close match."""
+        assert [
+            "t.conf:3: [program:t] autorestrat: unknown key (supervisord would ignore it);"
+            " did you mean autorestart?"
+        ] == self.check(home, "[program:t]\ncommand=/bin/true\nautorestrat=true\n")
+
+    def test_a_bad_value_names_the_key_and_its_line(self, home):
+        """supervisord's own message, placed at the key that causes it."""
+        text = "[program:t]\ncommand=/bin/true\nautostart=true\nstartsecs=soon\n"
+        assert [
+            "t.conf:4: [program:t] startsecs: invalid literal for int() with base 10: 'soon'"
+        ] == self.check(home, text)
+
+    def test_a_missing_command_points_at_the_section(self, home):
+        """No command: the header line and the key that is missing."""
+        assert [
+            "t.conf:2: [program:t] command: program section program:t does not specify a command"
+        ] == self.check(home, "\n[program:t]\nautostart=false\n")
+
+    def test_numprocs_without_process_num_is_refused(self, home):
+        """supervisord's numprocs rule, placed at a line of that section."""
+        problems = self.check(home, "[program:t]\ncommand=/bin/true\nnumprocs=3\n")
+        assert 1 == len(problems)
+        assert problems[0].startswith("t.conf:3: [program:t] numprocs: %(process_num) must be")
+
+    def test_a_main_conf_section_in_a_task_file_is_refused(self, home):
+        """[supervisord] in a task file would override the main conf: refuse it."""
+        assert [
+            "t.conf:1: [supervisord]: a task file may only hold [program:x], [group:x],"
+            " [eventlistener:x] or [fcgi-program:x] sections"
+        ] == self.check(home, "[supervisord]\nlogfile=/tmp/x\n")
+
+    def test_a_section_defined_twice_in_one_file_is_refused(self, home):
+        """configparser would merge the two sections silently."""
+        problems = self.check(home, prog("t") + "\n" + prog("t"))
+        assert [
+            "t.conf:4: [program:t]: defined twice in this file (first on line 1);"
+            " supervisord would merge the two silently"
+        ] == problems
+
+    def test_a_line_that_is_not_ini_is_named(self, home):
+        """A stray line gets its line number instead of a traceback."""
+        assert ["t.conf:3: cannot parse line 'oops'"] == self.check(
+            home, "[program:t]\ncommand=/bin/true\noops\n"
+        )
+
+
+class TestScanSections:
+    @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300))
+    def test_never_raises_on_any_text(self, text):
+        """Whatever a file holds, scanning reports problems instead of raising."""
+        sections, problems = scan_sections(Path("x.conf"), text)
+        assert all(s.line >= 1 for s in sections)
+        assert all(p.line is None or p.line >= 1 for p in problems)
+
+    @given(
+        st.lists(
+            st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True), min_size=1, max_size=8, unique=True
+        )
+    )
+    def test_each_key_is_found_on_its_line(self, keys):
+        """Key i of a generated section is on line i + 2 (the header is line 1)."""
+        text = "[program:p]\n" + "".join(f"{k} = v{i}\n" for i, k in enumerate(keys))
+        sections, problems = scan_sections(Path("x.conf"), text)
+        assert [] == problems
+        assert {k: i + 2 for i, k in enumerate(keys)} == dict(sections[0].key_lines)
+        assert {k: f"v{i}" for i, k in enumerate(keys)} == dict(sections[0].values)
+
+
+class TestLoadLayout:
+    def test_the_tasks_glob_is_picked_among_several(self, home):
+        """`tasks/*.conf listeners.d/*.conf`: tasks/ wins; the disabled dir is beside it."""
+        layout = load_layout(home / "supervisord.conf")
+        assert (home / "tasks", home / "tasks_disabled", "*.conf") == (
+            layout.tasks_dir,
+            layout.disabled_dir,
+            layout.pattern,
+        )
+
+    def test_a_dir_with_a_tasks_disabled_sibling_counts_as_the_tasks_dir(self, home):
+        """A differently named dir is found through its tasks_disabled/ sibling."""
+        text = MAIN.replace("tasks/*.conf listeners.d/*.conf", "workers/*.ini")
+        (home / "supervisord.conf").write_text(text)
+        layout = load_layout(home / "supervisord.conf")
+        assert (home / "workers", "*.ini") == (layout.tasks_dir, layout.pattern)
+
+    def test_two_dirs_beside_tasks_disabled_are_ambiguous(self, home):
+        """With no tasks/ glob, two candidate dirs ask for --tasks-dir instead of guessing."""
+        (home / "supervisord.conf").write_text(MAIN.replace("tasks/*.conf", "workers/*.ini"))
+        with pytest.raises(ConfError, match=r"several \[include\] globs could be the tasks dir"):
+            load_layout(home / "supervisord.conf")
+
+    def test_flags_override_both_dirs(self, home):
+        """--tasks-dir and --disabled-dir win over the conf."""
+        layout = load_layout(home / "supervisord.conf", home / "a", home / "b")
+        assert (home / "a", home / "b") == (layout.tasks_dir, layout.disabled_dir)
+
+    def test_no_tasks_glob_is_an_error_naming_the_globs(self, home):
+        """Without a tasks include the error lists the globs and suggests --tasks-dir."""
+        (home / "supervisord.conf").write_text(MAIN.replace("tasks/*.conf ", ""))
+        shutil.rmtree(home / "tasks_disabled")
+        with pytest.raises(ConfError, match=r"no \[include\] files= glob names a tasks dir"):
+            load_layout(home / "supervisord.conf")
+
+    def test_server_and_credentials_come_from_the_conf(self, home):
+        """serverurl with %(here)s expanded; credentials of the matching unix server section."""
+        layout = load_layout(home / "supervisord.conf")
+        assert (f"unix://{home}/run/supervisor.sock", "admin", "s3cret") == (
+            layout.url,
+            layout.username,
+            layout.password,
+        )
+        assert "s3cret" not in repr(layout)
+
+    def test_without_supervisorctl_the_unix_server_is_used(self, home):
+        """No [supervisorctl]: the [unix_http_server] file is the address."""
+        text = MAIN.replace("[supervisorctl]\nserverurl=unix://%(here)s/run/supervisor.sock\n", "")
+        (home / "supervisord.conf").write_text(text)
+        assert f"unix://{home}/run/supervisor.sock" == load_layout(home / "supervisord.conf").url
+
+    def test_a_missing_conf_is_a_usage_error(self, home):
+        """-c naming nothing: exit 2 with the path."""
+        out, err = io.StringIO(), io.StringIO()
+        code = tasks.main(["-c", str(home / "nope.conf"), "list"], out=out, err=err, client=None)
+        assert (2, f"supervisor-tasks: error: no supervisord conf at {home}/nope.conf\n") == (
+            code,
+            err.getvalue(),
+        )
+
+
+class TestArgs:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["enable", "--wait-timeout", "soon", "x"],
+            ["enable", "--wait-timeout", "-1", "x"],
+            ["-s", "ftp://host", "list"],
+            ["disable"],
+            ["frobnicate"],
+        ],
+    )
+    def test_bad_flags_exit_2(self, home, args, capsys):
+        """A bad flag is a usage error naming the value."""
+        with pytest.raises(SystemExit) as info:
+            tasks.main(["-c", str(home / "supervisord.conf"), *args])
+        assert 2 == info.value.code
+        assert "error:" in capsys.readouterr().err
+
+
+class TestToggle:
+    def test_disable_moves_the_file_and_updates_only_its_group(self, home):
+        """The file goes to tasks_disabled/ and update is limited to its group."""
+        fake = FakeSupervisor(home)
+        code, out, err = run(home, fake, "disable", "mailer")
+        assert (0, "") == (code, err)
+        assert (home / "tasks_disabled" / "mailer.conf").is_file()
+        assert ("update", ["mailer"]) in fake.calls
+        assert {"indexer"} == fake.groups
+        assert "supervisord: removed group(s) mailer" in out
+
+    def test_enable_moves_the_file_and_adds_its_group(self, home):
+        """The file goes to tasks/ and supervisord adds the group."""
+        fake = FakeSupervisor(home)
+        code, _out, _ = run(home, fake, "enable", "reports")
+        assert 0 == code
+        assert (home / "tasks" / "reports.conf").is_file()
+        assert {"indexer", "mailer", "reports"} == fake.groups
+
+    def test_twice_is_a_no_op_with_a_message(self, home):
+        """Disabling a disabled task moves nothing and exits 0."""
+        fake = FakeSupervisor(home)
+        code, out, _ = run(home, fake, "disable", "reports")
+        assert 0 == code
+        assert "reports: already disabled" in out
+        assert (home / "tasks_disabled" / "reports.conf").is_file()
+
+    def test_no_apply_only_moves(self, home):
+        """--no-apply never talks to supervisord."""
+        fake = FakeSupervisor(home)
+        code, _, _ = run(home, fake, "disable", "--no-apply", "mailer", "indexer")
+        assert 0 == code
+        assert [] == fake.calls
+        assert ["indexer.conf", "mailer.conf", "reports.conf"] == sorted(
+            p.name for p in (home / "tasks_disabled").iterdir()
+        )
+
+    def test_supervisord_down_moves_and_exits_3(self, home):
+        """Unreachable supervisord: the file is moved, the warning says it was not applied."""
+        fake = FakeSupervisor(home, down=True)
+        code, _, err = run(home, fake, "disable", "mailer")
+        assert 3 == code
+        assert "files moved but not applied: cannot reach supervisord" in err
+        assert (home / "tasks_disabled" / "mailer.conf").is_file()
+
+    def test_a_no_op_with_supervisord_down_exits_0(self, home):
+        """Nothing to move and supervisord down: still a no-op, exit 0, with a warning."""
+        code, out, err = run(home, FakeSupervisor(home, down=True), "enable", "mailer")
+        assert 0 == code
+        assert "mailer: already enabled" in out
+        assert "nothing moved, and supervisord not checked" in err
+
+    def test_list_text_shows_programs_and_live_processes(self, home):
+        """The plain list names each task, its programs, and its processes' states."""
+        code, out, _ = run(home, FakeSupervisor(home), "list")
+        assert 0 == code
+        assert [
+            f"indexer  enabled  {home}/tasks/indexer.conf",
+            "  program indexer  numprocs=1  command=/bin/sleep 100",
+            "    indexer:indexer  RUNNING  ",
+        ] == out.splitlines()[:3]
+        assert f"reports  disabled  {home}/tasks_disabled/reports.conf" in out
+
+    def test_a_refused_update_rolls_the_move_back(self, home):
+        """supervisord's fault is reported, the file is back, and supervisord is re-synced."""
+        fake = FakeSupervisor(home, fail_update=1)
+        code, _out, err = run(home, fake, "disable", "mailer")
+        assert 1 == code
+        assert (home / "tasks" / "mailer.conf").is_file()
+        assert not (home / "tasks_disabled" / "mailer.conf").exists()
+        assert (
+            "error: supervisord refused the change, files moved back: supervisord answered"
+            " supervisor.removeProcessGroup with fault 91 STILL_RUNNING"
+        ) in err
+        assert [("update", ["mailer"]), ("update", ["mailer"])] == [
+            c for c in fake.calls if c[0] == "update"
+        ]
+
+    def test_several_names_roll_back_together(self, home):
+        """All moved files go back when the one update fails."""
+        fake = FakeSupervisor(home, fail_update=2)
+        code, _, err = run(home, fake, "disable", "mailer", "indexer")
+        assert 1 == code
+        assert ["indexer.conf", "mailer.conf"] == sorted(p.name for p in (home / "tasks").iterdir())
+        assert "could not re-sync supervisord after the rollback" in err
+
+    def test_a_supervisord_that_ignores_the_change_is_rolled_back(self, home):
+        """If the group is still there after update (another conf?), the move is undone."""
+        fake = FakeSupervisor(home, ignore=True)
+        code, _, err = run(home, fake, "disable", "mailer")
+        assert 1 == code
+        assert "still has group(s) mailer; is it running with" in err
+        assert (home / "tasks" / "mailer.conf").is_file()
+
+    def test_an_invalid_conf_is_not_enabled_and_supervisord_is_not_called(self, home):
+        """Validation fails before any move or RPC; the error names file, line and key."""
+        bad = home / "tasks_disabled" / "reports.conf"
+        bad.write_text(prog("reports", "autorestart=sometimes\n"))
+        fake = FakeSupervisor(home)
+        code, out, err = run(home, fake, "enable", "reports")
+        assert (1, "", []) == (code, out, fake.calls)
+        assert f"{bad}:3: [program:reports] autorestart: invalid 'autorestart' value" in err
+        assert bad.is_file()
+
+    def test_a_clash_with_an_enabled_program_is_not_enabled(self, home):
+        """A program already defined in tasks/ (or the main conf's includes) blocks enable."""
+        (home / "tasks_disabled" / "copy.conf").write_text(prog("memmon"))
+        code, _, err = run(home, FakeSupervisor(home), "enable", "copy")
+        assert 1 == code
+        assert "duplicate name 'memmon': also defined in" in err
+        assert "listeners.d/memmon.conf:1" in err
+
+    def test_the_same_file_name_in_both_dirs_is_ambiguous(self, home):
+        """Same file name in both dirs: refuse (exit 2) and keep both files."""
+        (home / "tasks_disabled" / "mailer.conf").write_text(prog("mailer2"))
+        code, _, err = run(home, FakeSupervisor(home), "disable", "mailer")
+        assert 2 == code
+        assert "'mailer' is ambiguous" in err
+        assert "mailer2" in (home / "tasks_disabled" / "mailer.conf").read_text()
+        assert (home / "tasks" / "mailer.conf").is_file()
+
+    def test_a_move_never_overwrites_and_undoes_earlier_moves(self, home):
+        """If the second target exists, the first move is undone and nothing is replaced."""
+        layout = load_layout(home / "supervisord.conf")
+        opts = tasks.parse_args(["-c", str(home / "supervisord.conf"), "disable", "x"])
+        tool = tasks.Tool(opts, layout, FakeSupervisor(home), io.StringIO(), io.StringIO())
+        first, second = discover(layout)[:2]
+        (home / "tasks_disabled" / second.path.name).write_text("keep me")
+        with pytest.raises(FileExistsError, match="already exists; refusing to overwrite it"):
+            tool._move_all([first, second], enable=False)
+        assert first.path.is_file()
+        assert second.path.is_file()
+        assert "keep me" == (home / "tasks_disabled" / second.path.name).read_text()
+
+
+class TestWait:
+    def make(self, home: Path, states: list[str]) -> tuple[tasks.Tool, FakeSupervisor]:
+        fake = FakeSupervisor(home, states=states)
+        opts = tasks.parse_args(["-c", str(home / "supervisord.conf"), "enable", "--wait", "x"])
+        clock = FakeClock()
+        out, err = io.StringIO(), io.StringIO()
+        layout = load_layout(home / "supervisord.conf")
+        return tasks.Tool(opts, layout, fake, out, err, clock, clock.sleep), fake
+
+    def test_waits_until_running(self, home):
+        """STARTING then RUNNING: exit 0 once every process runs."""
+        tool, fake = self.make(home, ["STARTING", "STARTING", "RUNNING"])
+        assert 0 == tool._wait_running(["mailer"], {"mailer"})
+        assert 3 == fake.polls
+
+    def test_fatal_is_reported_with_the_spawn_error(self, home):
+        """FATAL ends the wait at once, naming the process and why."""
+        tool, _ = self.make(home, ["STARTING", "FATAL"])
+        assert 1 == tool._wait_running(["mailer"], {"mailer"})
+        assert "mailer:mailer is FATAL; spawn error: can't find command" in tool.err.getvalue()
+
+    def test_backoff_until_the_timeout_is_reported(self, home):
+        """A process stuck in BACKOFF is named when the wait times out."""
+        tool, _ = self.make(home, ["BACKOFF"])
+        assert 1 == tool._wait_running(["mailer"], {"mailer"})
+        assert "mailer:mailer is BACKOFF" in tool.err.getvalue()
+        assert "not RUNNING after 60s" in tool.err.getvalue()
+
+    def test_stopped_is_fine_when_autostart_is_off(self, home):
+        """autostart=false processes stay STOPPED; that is not a failure."""
+        tool, _ = self.make(home, ["STOPPED"])
+        assert 0 == tool._wait_running(["mailer"], set())
+
+
+class TestListAndCheck:
+    def test_list_json_without_supervisord_still_lists_the_files(self, home):
+        """Unreachable supervisord: tasks listed, no processes, a warning on stderr."""
+        import json
+
+        code, out, _err = run(home, FakeSupervisor(home, down=True), "list", "--json")
+        doc = json.loads(out)
+        assert 0 == code
+        assert [("indexer", True), ("mailer", True), ("reports", False)] == [
+            (t["name"], t["enabled"]) for t in doc["tasks"]
+        ]
+
+    def test_check_passes_a_clean_layout(self, home):
+        """No problem: exit 0 and a one-line summary."""
+        code, out, err = run(home, FakeSupervisor(home), "check")
+        assert (0, "") == (code, err)
+        assert "ok: 3 task file(s)" in out
+
+    def test_check_finds_a_program_defined_in_both_dirs(self, home):
+        """A disabled file that would clash with an enabled one is reported."""
+        (home / "tasks_disabled" / "other.conf").write_text(prog("mailer"))
+        code, _, err = run(home, FakeSupervisor(home), "check")
+        assert 1 == code
+        assert (
+            f"{home}/tasks_disabled/other.conf:1: [program:mailer]: 'mailer' is also defined in"
+            f" the enabled {home}/tasks/mailer.conf:1; enabling this file would clash"
+        ) in err
+
+    def test_discover_lists_both_dirs(self, home):
+        """Enabled tasks first, then disabled, each sorted."""
+        layout = load_layout(home / "supervisord.conf")
+        assert [("indexer", True), ("mailer", True), ("reports", False)] == [
+            (t.name, t.enabled) for t in discover(layout)
+        ]
