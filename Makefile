@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STACK := example/docker/supervisord
 
-.PHONY: run test lint unit e2e bench venv clean
+.PHONY: run test lint unit e2e bench venv system-deps clean
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+system-deps:
+	scripts/system-deps.sh
+
+test: system-deps lint
 	$(BIN)/pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 unit: venv

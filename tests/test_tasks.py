@@ -1,8 +1,5 @@
 """supervisor-tasks: name resolution, validation messages, moves, apply and rollback."""
 
-# The brief asks for `assert expected == actual`, which ruff calls a Yoda condition.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import io

@@ -1,8 +1,5 @@
 """supervisor-tasks against a real supervisord running a tasks/ + tasks_disabled/ layout."""
 
-# The brief asks for `assert expected == actual`, which ruff calls a Yoda condition.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import io

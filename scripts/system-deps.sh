@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite runs for real (Prometheus, Alertmanager, promtool,
+# node_exporter for the benchmark, Chromium for the status page), if any is missing.
+# Uses sudo when not root. Stops the services the packages start: tests run their own.
+set -euo pipefail
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
+command -v chromium >/dev/null || need+=(chromium)
+[ "${#need[@]}" -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+  if command -v systemctl >/dev/null; then $sudo systemctl stop "$svc" 2>/dev/null || true; fi
+  $sudo pkill -f "^/usr/bin/$svc" 2>/dev/null || true
+done

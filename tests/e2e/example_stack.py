@@ -1,0 +1,64 @@
+"""Start a copy of the example stack exactly as shipped (its conf, workers and listeners)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from listeners.supervisor import Connection, Supervisor
+from tests.e2e.support import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "example" / "docker" / "supervisord"
+PASSWORD = "e2e-dashboard-password"  # noqa: S105 - a throwaway for a loopback test stack
+
+
+class ExampleStack:
+    """The example directory copied to a short temp dir and run with supervisord -n."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sl-ex-", dir="/tmp"))
+        self.dir = self.root / "supervisord"
+        shutil.copytree(STACK, self.dir, ignore=shutil.ignore_patterns("*.sock", "*.log", "*.pid"))
+        self.run_dir = self.dir / "run"
+        self.conf = self.dir / "supervisord.conf"
+        self.client = Supervisor(Connection(url=f"unix://{self.run_dir}/supervisor.sock"))
+        bindir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "SUPERVISOR_DASHBOARD_PASSWORD": PASSWORD,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ExampleStack:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: self.client.state() == "RUNNING", 30, what="example supervisord")
+        return self
+
+    def log_text(self) -> str:
+        path = self.run_dir / "supervisord.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
