@@ -242,6 +242,18 @@ class TestRules:
         """Recorded series are named level:metric:operation, so they never clash with raw ones."""
         assert [] == [r["record"] for r in rules("record") if len(r["record"].split(":")) != 3]
 
+    def test_recorded_series_are_used_after_their_rule_in_the_same_group(self) -> None:
+        """A rule using a recorded series follows its recording rule in one group (no eval lag)."""
+        misplaced = []
+        recorded = {rule["record"] for rule in rules("record")}
+        for group in load_yaml(RULES_YML)["groups"]:
+            seen: set[str] = set()
+            for rule in group["rules"]:
+                name = rule.get("alert") or rule["record"]
+                misplaced += [f"{name} uses {n}" for n in metric_names(rule["expr"]) & recorded - seen]
+                seen |= {rule["record"]} if "record" in rule else set()
+        assert [] == misplaced
+
     def test_crashmail_alerts_share_name_and_kind_with_the_rules(self) -> None:
         """The crash-loop and fatal rules use crashmail's alertnames and kinds, labelled by process."""
         by_name = alerts_by_name()
