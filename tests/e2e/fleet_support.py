@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = [
     "REPO_ROOT",
     "EXAMPLE_DIR",
@@ -33,6 +35,8 @@ __all__ = [
     "dashboard_exprs",
     "dashboard_template_queries",
     "expand_grafana_variables",
+    "write_prometheus_config",
+    "write_alertmanager_config",
     "free_port",
     "wait_until",
     "Server",
@@ -137,6 +141,65 @@ def expand_grafana_variables(expr: str, values: dict[str, str] | None = None) ->
         return table[match.group(1) or match.group(2)]
 
     return _VARIABLE.sub(replace, expr)
+
+
+# --- configs derived from the shipped examples ---------------------------------------------
+
+
+def write_prometheus_config(
+    workdir: Path,
+    targets: dict[str, str],
+    alertmanager: str | None = None,
+    interval: str = "1s",
+) -> Path:
+    """Write prometheus.yml + rules.yml into `workdir`, from the shipped example.
+
+    The example's `supervisord` job is kept (relabelling included) with its targets replaced by
+    `targets` ({host: "127.0.0.1:port"}), file_sd dropped and every interval set to `interval`.
+    """
+    config = yaml.safe_load((EXAMPLE_DIR / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "supervisord"]
+    job.pop("file_sd_configs", None)
+    job["scrape_interval"] = interval
+    job["scrape_timeout"] = interval
+    job["static_configs"] = [
+        {"targets": [address], "labels": {"host": host}} for host, address in targets.items()
+    ]
+    config["scrape_configs"] = [job]
+    if alertmanager is None:
+        config.pop("alerting", None)
+    else:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    shutil.copy(EXAMPLE_DIR / "prometheus" / "rules.yml", workdir / "rules.yml")
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_alertmanager_config(workdir: Path, webhook_url: str, group_wait: str = "1s") -> Path:
+    """Write the shipped alertmanager.yml into `workdir`, webhook at `webhook_url`, waits cut short.
+
+    Routes, grouping and inhibit rules stay as shipped: tests exercise the real routing.
+    Keep `group_wait` above 0: the inhibitor learns of new alerts asynchronously, and with no
+    wait a group can be flushed before an inhibiting alert posted with it has been seen.
+    """
+    config = yaml.safe_load((EXAMPLE_DIR / "alertmanager" / "alertmanager.yml").read_text())
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = webhook_url
+    routes = [config["route"]]
+    while routes:
+        route = routes.pop()
+        route.update(
+            {key: value for key, value in
+             {"group_wait": group_wait, "group_interval": "1s", "repeat_interval": "1h"}.items()
+             if key in route or route is config["route"]}
+        )
+        routes.extend(route.get("routes", []))
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 # --- processes and waiting -----------------------------------------------------------------
