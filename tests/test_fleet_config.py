@@ -66,7 +66,12 @@ PROMQL_KEYWORDS = frozenset(
 def run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run a checker with a bounded time; its combined output is in .stdout."""
     return subprocess.run(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30,
+        argv,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=30,
         check=False,
     )
 
@@ -128,7 +133,9 @@ class TestMetricNames:
 
     def test_grafana_template_query(self) -> None:
         """label_values(metric, label) yields the metric only."""
-        assert {"supervisord_up"} == template_query_metric_names("label_values(supervisord_up, host)")
+        assert {"supervisord_up"} == template_query_metric_names(
+            "label_values(supervisord_up, host)"
+        )
 
 
 class TestPrometheusConfig:
@@ -136,8 +143,9 @@ class TestPrometheusConfig:
 
     def test_promtool_accepts_config_rules_and_targets_files(self) -> None:
         """promtool check config passes, which also checks rules.yml and every targets/*.yml."""
-        result = run([require_binary("promtool"), "check", "config", PROMETHEUS_YML.name],
-                     cwd=PROMETHEUS_DIR)
+        result = run(
+            [require_binary("promtool"), "check", "config", PROMETHEUS_YML.name], cwd=PROMETHEUS_DIR
+        )
         assert 0 == result.returncode, result.stdout
 
     def test_loads_rules_and_points_at_alertmanager(self) -> None:
@@ -145,12 +153,16 @@ class TestPrometheusConfig:
         config = load_yaml(PROMETHEUS_YML)
         assert ["rules.yml"] == config["rule_files"]
         assert [["127.0.0.1:9093"]] == [
-            sc["targets"] for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"]
+            sc["targets"]
+            for am in config["alerting"]["alertmanagers"]
+            for sc in am["static_configs"]
         ]
 
     def test_supervisord_job_has_static_and_file_targets_with_host(self) -> None:
-        """The supervisord job lists hosts inline and in targets/*.yml, every inline one with host."""
-        (job,) = [j for j in load_yaml(PROMETHEUS_YML)["scrape_configs"] if j["job_name"] == "supervisord"]
+        """The supervisord job lists hosts inline (each with host) and in targets/*.yml."""
+        (job,) = [
+            j for j in load_yaml(PROMETHEUS_YML)["scrape_configs"] if j["job_name"] == "supervisord"
+        ]
         assert all("host" in sc["labels"] for sc in job["static_configs"])
         assert [["targets/*.yml"]] == [sd["files"] for sd in job["file_sd_configs"]]
         assert list((PROMETHEUS_DIR / "targets").glob("*.yml")), "an example targets file ships"
@@ -163,13 +175,19 @@ class TestPrometheusConfig:
             ("worker-3;worker-3.example.internal:9876", None),
         ],
     )
-    def test_host_relabelling_fills_only_a_missing_host(self, joined: str, expected_host: str | None) -> None:
+    def test_host_relabelling_fills_only_a_missing_host(
+        self, joined: str, expected_host: str | None
+    ) -> None:
         """The relabel rule derives host from the address only when no host label was given."""
-        (job,) = [j for j in load_yaml(PROMETHEUS_YML)["scrape_configs"] if j["job_name"] == "supervisord"]
+        (job,) = [
+            j for j in load_yaml(PROMETHEUS_YML)["scrape_configs"] if j["job_name"] == "supervisord"
+        ]
         (rule,) = [r for r in job["relabel_configs"] if r.get("target_label") == "host"]
         # Prometheus anchors relabel regexes at both ends.
         match = re.fullmatch(rule["regex"], joined)
-        assert expected_host == (match.expand(rule["replacement"].replace("$1", r"\1")) if match else None)
+        assert expected_host == (
+            match.expand(rule["replacement"].replace("$1", r"\1")) if match else None
+        )
 
 
 class TestRules:
@@ -182,7 +200,9 @@ class TestRules:
 
     def test_promtool_unit_tests_pass(self) -> None:
         """promtool test rules rules_test.yml passes."""
-        result = run([require_binary("promtool"), "test", "rules", RULES_TEST_YML.name], cwd=PROMETHEUS_DIR)
+        result = run(
+            [require_binary("promtool"), "test", "rules", RULES_TEST_YML.name], cwd=PROMETHEUS_DIR
+        )
         assert 0 == result.returncode, result.stdout
 
     def test_required_alerts_exist(self) -> None:
@@ -210,7 +230,11 @@ class TestRules:
 
     def test_severity_is_critical_or_warning(self) -> None:
         """Severities come from the small set routes can rely on."""
-        assert set() == {r["labels"]["severity"] for r in rules("alert")} - {"critical", "warning", "info"}
+        assert set() == {r["labels"]["severity"] for r in rules("alert")} - {
+            "critical",
+            "warning",
+            "info",
+        }
 
     def test_annotations_name_host_group_and_process(self) -> None:
         """Summary and description name the host; process alerts also name group and process."""
@@ -219,7 +243,9 @@ class TestRules:
             wanted = PROCESS_LABELS if name.startswith("SupervisorProcess") else ("host",)
             for key in ("summary", "description"):
                 text = rule["annotations"][key]
-                unnamed += [f"{name}.{key}: {label}" for label in wanted if f"$labels.{label}" not in text]
+                unnamed += [
+                    f"{name}.{key}: {label}" for label in wanted if f"$labels.{label}" not in text
+                ]
         assert [] == unnamed
 
     def test_every_alert_is_unit_tested_firing_and_silent(self) -> None:
@@ -235,7 +261,9 @@ class TestRules:
         """Rules use only the exporter's metrics, `up`, and recording rules defined in rules.yml."""
         recorded = {rule["record"] for rule in rules("record")}
         allowed = EXPORTED_METRICS | PROMETHEUS_METRICS | recorded
-        used = {name for rule in rules("alert") + rules("record") for name in metric_names(rule["expr"])}
+        used = {
+            name for rule in rules("alert") + rules("record") for name in metric_names(rule["expr"])
+        }
         assert set() == used - allowed
 
     def test_recording_rule_names_follow_level_metric_operation(self) -> None:
@@ -250,12 +278,14 @@ class TestRules:
             seen: set[str] = set()
             for rule in group["rules"]:
                 name = rule.get("alert") or rule["record"]
-                misplaced += [f"{name} uses {n}" for n in metric_names(rule["expr"]) & recorded - seen]
+                misplaced += [
+                    f"{name} uses {n}" for n in metric_names(rule["expr"]) & recorded - seen
+                ]
                 seen |= {rule["record"]} if "record" in rule else set()
         assert [] == misplaced
 
     def test_crashmail_alerts_share_name_and_kind_with_the_rules(self) -> None:
-        """The crash-loop and fatal rules use crashmail's alertnames and kinds, labelled by process."""
+        """The crash-loop and fatal rules use crashmail's alertnames and kinds, per process."""
         by_name = alerts_by_name()
         actual = {name: by_name[name]["labels"]["kind"] for name in CRASHMAIL_ALERTS}
         assert CRASHMAIL_ALERTS == actual
@@ -279,16 +309,27 @@ class TestAlertmanagerConfig:
     @pytest.mark.parametrize("source", ["crashmail", "prometheus"])
     def test_both_alert_paths_reach_the_webhook(self, source: str) -> None:
         """A crash loop from crashmail and from Prometheus is routed to the same receiver."""
-        result = run([
-            require_binary("amtool"), "config", "routes", "test",
-            f"--config.file={ALERTMANAGER_YML}", "--verify.receivers=ops-webhook",
-            "alertname=SupervisorProcessCrashLoop", f"source={source}", "host=w1", "group=g", "name=n",
-        ])
+        result = run(
+            [
+                require_binary("amtool"),
+                "config",
+                "routes",
+                "test",
+                f"--config.file={ALERTMANAGER_YML}",
+                "--verify.receivers=ops-webhook",
+                "alertname=SupervisorProcessCrashLoop",
+                f"source={source}",
+                "host=w1",
+                "group=g",
+                "name=n",
+            ]
+        )
         assert 0 == result.returncode, result.stdout
         assert "ops-webhook" == result.stdout.strip().splitlines()[-1]
 
     def test_no_route_splits_alerts_by_source(self) -> None:
         """No route matches on `source`: two routes would mean two notifications for one crash."""
+
         def matchers(route: dict[str, Any]) -> list[str]:
             own = [str(m) for m in route.get("matchers", [])] + list(route.get("match", {}))
             return own + [m for child in route.get("routes", []) for m in matchers(child)]
@@ -302,21 +343,23 @@ class TestAlertmanagerConfig:
         assert [["alertname", "host", "group"]] * len(routes) == [r.get("group_by") for r in routes]
 
     def test_host_down_inhibits_that_hosts_process_alerts(self) -> None:
-        """SupervisordDown and SupervisorExporterDown each silence process alerts of the same host."""
+        """SupervisordDown and SupervisorExporterDown each mute process alerts of that host."""
         inhibits = load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
         actual = {
             m.split('"')[1]: rule["equal"]
             for rule in inhibits
             for m in rule["source_matchers"]
-            if m.startswith("alertname") and any("SupervisorProcess" in t for t in rule["target_matchers"])
+            if m.startswith("alertname")
+            and any("SupervisorProcess" in t for t in rule["target_matchers"])
         }
         assert {"SupervisordDown": ["host"], "SupervisorExporterDown": ["host"]} == actual
 
     def test_crashmail_push_inhibits_the_prometheus_copy(self) -> None:
-        """While crashmail's alert fires, the rule alert for the same alertname and process is muted."""
+        """While crashmail's alert fires, the rule alert of that alertname and process is muted."""
         inhibits = load_yaml(ALERTMANAGER_YML)["inhibit_rules"]
         actual = [
-            rule["equal"] for rule in inhibits
+            rule["equal"]
+            for rule in inhibits
             if rule["source_matchers"] == ['source = "crashmail"']
             and rule["target_matchers"] == ['source = "prometheus"']
         ]
@@ -338,13 +381,21 @@ class TestGrafanaDashboard:
         """A `host` template variable exists and every panel query filters on it."""
         names = [v["name"] for v in dashboard()["templating"]["list"]]
         assert "host" in names
-        assert [] == [e.panel for e in dashboard_exprs(dashboard()) if 'host=~"$host"' not in e.expr]
+        assert [] == [
+            e.panel for e in dashboard_exprs(dashboard()) if 'host=~"$host"' not in e.expr
+        ]
 
     def test_covers_the_fleet_views(self) -> None:
-        """Hosts up, processes by state, a process table, memory against limit, restarts, crash loops."""
+        """Hosts up, processes by state, process table, memory vs limit, restarts, crash loops."""
         titles = " | ".join(e.panel for e in dashboard_exprs(dashboard())).lower()
-        wanted = ["supervisord up", "processes by state", "processes", "memory against limit",
-                  "restarts", "crash-looping"]
+        wanted = [
+            "supervisord up",
+            "processes by state",
+            "processes",
+            "memory against limit",
+            "restarts",
+            "crash-looping",
+        ]
         assert [] == [w for w in wanted if w not in titles]
 
     def test_every_expr_parses(self, tmp_path: Path) -> None:
@@ -354,7 +405,10 @@ class TestGrafanaDashboard:
         group = {
             "name": "dashboard",
             "rules": [
-                {"record": f"dashboard:expr_{i}:{e.ref_id or 'A'}", "expr": expand_grafana_variables(e.expr)}
+                {
+                    "record": f"dashboard:expr_{i}:{e.ref_id or 'A'}",
+                    "expr": expand_grafana_variables(e.expr),
+                }
                 for i, e in enumerate(exprs)
             ],
         }
@@ -366,7 +420,11 @@ class TestGrafanaDashboard:
     def test_metric_names_are_exported_ones(self) -> None:
         """Queries use only the exporter's metric names and `up`; no recording rule is needed."""
         used = {n for e in dashboard_exprs(dashboard()) for n in metric_names(e.expr)}
-        used |= {n for q in dashboard_template_queries(dashboard()) for n in template_query_metric_names(q)}
+        used |= {
+            n
+            for q in dashboard_template_queries(dashboard())
+            for n in template_query_metric_names(q)
+        }
         assert set() == used - (EXPORTED_METRICS | PROMETHEUS_METRICS)
 
     def test_unknown_grafana_variable_is_an_error(self) -> None:
@@ -376,6 +434,7 @@ class TestGrafanaDashboard:
 
     def test_panel_ids_are_unique(self) -> None:
         """Grafana needs unique panel ids to keep panel links and edits apart."""
+
         def ids(panels: list[dict[str, Any]]) -> list[int]:
             return [p["id"] for p in panels] + [i for p in panels for i in ids(p.get("panels", []))]
 

@@ -75,7 +75,9 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         package = DEBIAN_PACKAGE.get(name, name)
-        raise AssertionError(f"{name} not found on PATH: install it with `apt-get install {package}`")
+        raise AssertionError(
+            f"{name} not found on PATH: install it with `apt-get install {package}`"
+        )
     return path
 
 
@@ -100,7 +102,9 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[DashboardExpr]:
             for target in panel.get("targets", []):
                 if "expr" in target:
                     found.append(
-                        DashboardExpr(panel.get("title", ""), target.get("refId", ""), target["expr"])
+                        DashboardExpr(
+                            panel.get("title", ""), target.get("refId", ""), target["expr"]
+                        )
                     )
             walk(panel.get("panels", []))
 
@@ -192,9 +196,15 @@ def write_alertmanager_config(workdir: Path, webhook_url: str, group_wait: str =
     while routes:
         route = routes.pop()
         route.update(
-            {key: value for key, value in
-             {"group_wait": group_wait, "group_interval": "1s", "repeat_interval": "1h"}.items()
-             if key in route or route is config["route"]}
+            {
+                key: value
+                for key, value in {
+                    "group_wait": group_wait,
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                }.items()
+                if key in route or route is config["route"]
+            }
         )
         routes.extend(route.get("routes", []))
     path = workdir / "alertmanager.yml"
@@ -225,7 +235,7 @@ def wait_until(
     while True:
         try:
             result = check()
-        except Exception as error:  # noqa: BLE001 - any failure while polling means "not yet"
+        except Exception as error:
             last_error = error
         else:
             if result:
@@ -291,7 +301,7 @@ def _start(name: str, argv: list[str], url: str, workdir: Path, ready_timeout: f
 
 
 def start_prometheus(config_file: Path, workdir: Path, ready_timeout: float = 30.0) -> Server:
-    """Start `prometheus` on a free loopback port with its TSDB under `workdir`; wait for /-/ready."""
+    """Start `prometheus` on a free loopback port, TSDB under `workdir`; wait for /-/ready."""
     binary = require_binary("prometheus")
     port = free_port()
     argv = [
@@ -387,7 +397,7 @@ def alertmanager_post_alerts(base_url: str, alerts: list[dict[str, Any]]) -> Non
 
 
 class _QuietHandler(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Keep request logs out of test output."""
 
 

@@ -87,8 +87,9 @@ def alertmanager(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[Server]:
 def values(server: Server, expr: str) -> dict[str, float]:
     """Instant query result as {"host/group/name/state" (empty labels left out): value}."""
     return {
-        "/".join(v for k in ("host", "group", "name", "state") if (v := r["metric"].get(k))):
-        float(r["value"][1])
+        "/".join(v for k in ("host", "group", "name", "state") if (v := r["metric"].get(k))): float(
+            r["value"][1]
+        )
         for r in prometheus_query(server.url, expr)
     }
 
@@ -100,13 +101,17 @@ class TestPrometheusHelpers:
         self, prometheus: Server
     ) -> None:
         """The scraped series carry `host`, rules record, and the FATAL alert goes pending."""
-        up = wait_until(lambda: values(prometheus, 'supervisord_up{job="supervisord"}'), WAIT,
-                        what="first scrape")
+        up = wait_until(
+            lambda: values(prometheus, 'supervisord_up{job="supervisord"}'),
+            WAIT,
+            what="first scrape",
+        )
         assert {HOST: 1.0} == up
 
         fatal = wait_until(
             lambda: values(prometheus, 'host_state:supervisord_process_state:sum{state="FATAL"}'),
-            WAIT, what="recording rule",
+            WAIT,
+            what="recording rule",
         )
         assert {f"{HOST}/FATAL": 1.0} == fatal
 
@@ -128,7 +133,7 @@ class TestAlertmanagerHelpers:
         """An alert posted to /api/v2/alerts is forwarded to the webhook receiver."""
         alertmanager_post_alerts(alertmanager.url, [crash_loop_alert("crashmail")])
 
-        receiver.wait_for(lambda bodies: bool(bodies), WAIT)
+        receiver.wait_for(bool, WAIT)
         assert [("firing", crash_loop_alert("crashmail")["labels"])] == [
             (a["status"], a["labels"]) for a in receiver.alerts()
         ]
@@ -148,7 +153,7 @@ class TestAlertmanagerHelpers:
             return {a["labels"]["source"]: a["status"]["state"] for a in alerts}
 
         wait_until(lambda: expected == states(), WAIT, what="inhibition of the Prometheus copy")
-        receiver.wait_for(lambda bodies: bool(bodies), WAIT)
+        receiver.wait_for(bool, WAIT)
         assert expected == states()
         assert [["crashmail"]] == [
             [a["labels"]["source"] for a in body["alerts"]] for body in receiver.bodies
