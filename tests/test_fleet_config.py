@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e.fleet_support import (
+
+from tests.e2e.fleet_support import (
     EXAMPLE_DIR,
     dashboard_exprs,
     dashboard_template_queries,

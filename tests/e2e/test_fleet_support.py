@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_support import (
+
+from tests.e2e.fleet_support import (
     Server,
     StaticMetricsServer,
     WebhookReceiver,
