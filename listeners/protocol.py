@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import io
 import os
+import re
 import select
 import signal
 import sys
@@ -71,9 +72,19 @@ class PayloadError(ValueError):
 
 def parse_tokens(text: str) -> dict[str, str]:
     """Parse space-separated ``key:value`` tokens; a value may itself contain ':'."""
-    fields: dict[str, str] = {}
     # supervisord joins tokens with single ASCII spaces; split on exactly that so that other
     # whitespace (a no-break space in a process name) stays inside its token.
+    try:
+        fields = dict(token.split(":", 1) for token in text.split(" ") if token)
+    except ValueError:
+        fields = None
+    if fields is None or "" in fields or "\n" in text:
+        return _parse_tokens_slowly(text)
+    return fields
+
+
+def _parse_tokens_slowly(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
     for token in text.replace("\n", " ").split(" "):
         if not token:
             continue
@@ -97,8 +108,17 @@ class Header:
     length: int
 
 
+_HEADER_RE = re.compile(
+    r"ver:(\S*) server:(\S*) serial:(\d+) pool:(\S*) poolserial:(\d+) eventname:(\S*) len:(\d+)"
+)
+
+
 def parse_header(line: str) -> Header:
     """Parse a header line; raises ProtocolError when it is not one."""
+    match = _HEADER_RE.fullmatch(line)
+    if match is not None:  # the order supervisord writes; anything else takes the long way
+        ver, server, serial, pool, poolserial, eventname, length = match.groups()
+        return Header(ver, server, int(serial), pool, int(poolserial), eventname, int(length))
     try:
         fields = parse_tokens(line)
     except PayloadError as exc:
@@ -479,6 +499,13 @@ class _Loop:
         self.busy = False
         self.stop_requested = False
         self.last_poolserial: int | None = None
+        # Frames go straight to the descriptor when there is one: no buffer to forget to flush.
+        self._out_fd: int | None = None
+        try:
+            out.flush()
+            self._out_fd = out.fileno()
+        except (OSError, io.UnsupportedOperation, AttributeError):
+            self._out_fd = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested = True
@@ -487,6 +514,11 @@ class _Loop:
             raise _Stop
 
     def _write(self, text: str) -> None:
+        if self._out_fd is not None:
+            data = text.encode()
+            while data:  # a pipe may take less than all of it
+                data = data[os.write(self._out_fd, data) :]
+            return
         self.out.write(text)
         self.out.flush()
 
