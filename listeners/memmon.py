@@ -43,6 +43,8 @@ LISTENER_CMDLINE = re.compile(
 RECONCILE_EVERY = 60.0
 #: Even with every PROCESS_STATE event seen, reconcile this often, in case one went astray.
 RECONCILE_SAFETY = 3600.0
+#: How long a restart without PROCESS_STATE events waits for the process to stop.
+COMPAT_STOP_TIMEOUT = 600.0
 NAMESIZE_FORM = "NAME=SIZE, e.g. worker=16MB or web:web_0=200MB"
 
 
@@ -426,6 +428,7 @@ class Memmon(protocol.Handler):
         self._classified: dict[str, int] = {}  # group:name -> pid whose cmdline was read
         self._lock = threading.RLock()
         self._check_queued = False
+        self._compat_pending: set[str] = set()
         self._seen_state_events = False
         self._dirty = False
         self._last_reconcile = clock()
@@ -526,7 +529,7 @@ class Memmon(protocol.Handler):
         self.restarter.check()
         if self._reconcile_due():
             self._reconcile()
-        pending = self.restarter.pending()
+        pending = self.restarter.pending() | self._compat_pending
         with self._lock:
             targets: dict[str, int] = {}
             rules: dict[str, Rule] = {}
@@ -671,9 +674,16 @@ class Memmon(protocol.Handler):
                 if not self.restarter.restart(key):
                     return
             else:
-                # No PROCESS_STATE subscription (a superlance conf with events=TICK_60): no
-                # STOPPED event will come, so stop with wait and start from the RPC thread.
-                self.rpc.submit(self._restart_polling, key)
+                # No PROCESS_STATE event seen (a superlance conf with events=TICK_60, or a
+                # check before the first event): no STOPPED event may come, so stop with wait
+                # and start, on a thread of its own so a slow stop holds up nothing else.
+                with self._lock:
+                    if key in self._compat_pending:
+                        return
+                    self._compat_pending.add(key)
+                threading.Thread(
+                    target=self._restart_polling, args=(key,), name="memmon-restart", daemon=True
+                ).start()
         self.rpc.submit(
             self._publish,
             bus.MemoryRestart(
@@ -696,11 +706,21 @@ class Memmon(protocol.Handler):
 
     def _restart_polling(self, key: str) -> None:
         try:
-            self.client.stop(key, wait=True)
+            self.client.stop(key, wait=False)
+            # Poll rather than stop(wait=True): a stop may outlast the RPC timeout.
+            deadline = self.clock() + COMPAT_STOP_TIMEOUT
+            while self.clock() < deadline:
+                state = self.client.process_info(key).get("statename")
+                if state in ("STOPPED", "EXITED", "FATAL"):
+                    break
+                time.sleep(0.25)
             self.client.start(key, wait=False)
         except SupervisorError as exc:
             log.error("memmon.restart_failed", process=key, error=str(exc))
             return
+        finally:
+            with self._lock:
+                self._compat_pending.discard(key)
         log.info("memmon.restarted", process=key)
 
     def _publish(self, message: bus.Message) -> None:
