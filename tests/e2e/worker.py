@@ -7,6 +7,8 @@ python worker.py chatty --lines 100     write non-ASCII lines to stdout, then sl
 python worker.py child-leak --mb-per-s 8      spawn a child that leaks; stay small itself
 python worker.py slow-stop --delay 10   ignore SIGTERM for a while before exiting
 python worker.py exit0 --after 1        exit 0 (an expected exit) after a while
+python worker.py bus-record --out FILE  an event listener that appends the data of every
+                                        REMOTE_COMMUNICATION event to FILE, one per line
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def leak(mb_per_s: float, stop_at_mb: float) -> None:
         time.sleep(step)
 
 
+def bus_record(path: str) -> None:
+    from listeners import protocol
+
+    class BusRecorder(protocol.Handler):
+        def handle(self, event: protocol.Event) -> None:
+            if isinstance(event, protocol.RemoteCommunicationEvent):
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(event.type + " " + event.data.replace("\n", " ") + "\n")
+
+    sys.exit(protocol.run(BusRecorder()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode")
@@ -43,6 +57,7 @@ def main() -> None:
     parser.add_argument("--stop-at-mb", type=float, default=512.0)
     parser.add_argument("--lines", type=int, default=100)
     parser.add_argument("--delay", type=float, default=10.0)
+    parser.add_argument("--out", default="", help="bus-record: where to append messages")
     parser.add_argument("--stderr", default="", help="text written to stderr before a crash")
     args = parser.parse_args()
     if args.mode == "steady":
@@ -62,7 +77,15 @@ def main() -> None:
         steady()
     elif args.mode == "child-leak":
         child = subprocess.Popen(
-            [sys.executable, __file__, "leak", "--mb-per-s", str(args.mb_per_s)]
+            [
+                sys.executable,
+                __file__,
+                "leak",
+                "--mb-per-s",
+                str(args.mb_per_s),
+                "--stop-at-mb",
+                str(args.stop_at_mb),
+            ]
         )
         signal.signal(signal.SIGTERM, lambda *_: (child.terminate(), sys.exit(0)))
         child.wait()
@@ -72,6 +95,8 @@ def main() -> None:
         while not asked or time.monotonic() - asked[0] < args.delay:
             time.sleep(0.05)
         sys.exit(0)
+    elif args.mode == "bus-record":
+        bus_record(args.out)
     else:
         parser.error(f"unknown mode {args.mode}")
 

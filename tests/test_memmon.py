@@ -1,0 +1,497 @@
+"""Unit tests of supervisor-memmon: flags, rule precedence, decisions, with fakes."""
+# ruff: noqa: SIM300 - assert expected == actual is the house style (STYLE.md 8)
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from listeners import bus, memmon, protocol
+from listeners.memmon import Config, Memmon, Rule, parse_config, resolve_rule
+from listeners.memory import Reading, Unreadable
+from listeners.restart import Restarter
+
+MB = 1024 * 1024
+ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
+
+
+def cfg(*argv: str) -> Config:
+    return parse_config(list(argv), env=ENV)
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cfg(*argv)
+    assert 2 == exc.value.code
+    return capsys.readouterr().err
+
+
+class TestFlags:
+    def test_superlance_flags_parse_with_their_meaning(self):
+        """Every superlance flag is accepted with the meaning it has there."""
+        c = cfg(
+            "-p", "web:web_0=200MB", "-p", "mailer=16MB", "-g", "queue=1GB", "-a", "16MB",
+            "-c", "-u", "1h", "-n", "Project 1", "-m", "ops@example.org",
+            "-s", "/usr/bin/msmtp -t",
+        )  # fmt: skip
+        assert (Rule("program", "web:web_0", 200 * MB), Rule("program", "mailer", 16 * MB)) == (
+            c.programs
+        )
+        assert (Rule("group", "queue", 1024 * MB),) == c.groups
+        assert Rule("any", "*", 16 * MB) == c.any
+        assert c.cumulative
+        assert 3600.0 == c.uptime
+        assert "Project 1" == c.name
+        assert ("ops@example.org",) == c.email
+        assert "/usr/bin/msmtp -t" == c.sendmail_program
+
+    def test_long_forms_and_the_dashed_sendmail_spelling(self):
+        """Long flags, including --sendmail-program, mean the same as the short ones."""
+        c = cfg(
+            "--program=a=1MB", "--group", "g=2MB", "--any", "3MB", "--cumulative",
+            "--uptime", "30s", "--name", "x", "--email", "a@b", "--sendmail-program", "cat",
+        )  # fmt: skip
+        assert (Rule("program", "a", MB),) == c.programs
+        assert "cat" == cfg("-a", "1MB", "--sendmail_program", "cat").sendmail_program
+        assert "cat" == c.sendmail_program
+        assert 30.0 == c.uptime
+
+    def test_new_flags(self):
+        """measure, interval, grace, samples, max-restarts, dry-run, exclude, file."""
+        c = cfg(
+            "-a", "16MB", "--measure", "pss", "--interval", "0.5", "--grace", "2m",
+            "--samples", "3", "--max-restarts", "3/10m", "--dry-run", "--exclude", "web",
+            "--exclude", "cron:*", "--alert-file", "/tmp/a.jsonl", "--no-skip-listeners",
+        )  # fmt: skip
+        assert ("pss", 0.5, 120.0, 3) == (c.measure, c.interval, c.grace, c.samples)
+        assert (3, 600.0) == c.max_restarts
+        assert c.dry_run
+        assert ("web", "cron:*") == c.exclude
+        assert "/tmp/a.jsonl" == c.alert_file
+        assert not c.skip_listeners
+
+    def test_defaults(self):
+        """Defaults: rss, no timer, one sample, listeners skipped, sendmail -t -i."""
+        c = cfg("-a", "16MB")
+        assert ("rss", None, 1, True) == (c.measure, c.interval, c.samples, c.skip_listeners)
+        assert "/usr/sbin/sendmail -t -i" == c.sendmail_program
+        assert (None, False, None) == (c.max_restarts, c.dry_run, c.uptime)
+
+    @pytest.mark.parametrize(
+        ("argv", "needle"),
+        [
+            (["-a", "16XB"], "'16XB'"),
+            (["-a", "-5MB"], "'-5MB'"),
+            (["--any=-5MB"], "'-5MB'"),
+            (["-p", "worker"], "NAME=SIZE"),
+            (["-p", "=16MB"], "NAME=SIZE"),
+            (["-g", "web=lots"], "'lots'"),
+            (["-a", "16MB", "--bogus"], "--bogus"),
+            (["-a", "16MB", "--measure", "vss"], "'vss'"),
+            (["-a", "16MB", "--interval", "0"], "'0'"),
+            (["-a", "16MB", "--samples", "0"], "'0'"),
+            (["-a", "16MB", "--max-restarts", "3"], "'3'"),
+            (["-a", "16MB", "-u", "soon"], "'soon'"),
+            ([], "no limit"),
+        ],
+    )
+    def test_bad_input_exits_2_naming_the_value(self, capsys, argv, needle):
+        """A bad flag value is a usage error (exit 2) whose message names the value."""
+        assert needle in usage_error(capsys, *argv)
+
+
+class TestSizeForms:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("16MB", 16 * MB),
+            ("16M", 16 * MB),
+            ("16MiB", 16 * MB),
+            ("16mb", 16 * MB),
+            ("1.5GB", 1536 * MB),
+            ("512KB", 512 * 1024),
+            ("512K", 512 * 1024),
+            ("1G", 1024 * MB),
+            ("1048576", MB),
+        ],
+    )
+    def test_sizes(self, text, expected):
+        """Every documented size form parses to bytes in powers of 1024, as superlance does."""
+        assert expected == cfg("-a", text).any.limit  # type: ignore[union-attr]
+
+    @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["K", "KB", "KiB", "M"]))
+    def test_any_positive_size_round_trips(self, n, unit):
+        """N<unit> is N times the unit, whatever the spelling."""
+        factor = 1024 if unit.startswith("K") else MB
+        assert n * factor == cfg("-p", f"w={n}{unit}").programs[0].limit
+
+    @given(st.text(max_size=12))
+    def test_namesize_never_raises_anything_but_a_usage_error(self, text):
+        """Arbitrary -p text either parses or is a clean usage error, never a traceback."""
+        code = None
+        try:
+            cfg("-p", text)
+        except SystemExit as exc:
+            code = exc.code
+        assert code in (None, 2)
+
+    @pytest.mark.parametrize(
+        ("text", "seconds"),
+        [("30", 30.0), ("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), ("1d", 86400.0)],
+    )
+    def test_durations(self, text, seconds):
+        """Durations take s, m, h and d (and bare seconds)."""
+        assert seconds == cfg("-a", "1MB", "--grace", text).grace
+
+
+class TestRulePrecedence:
+    def config(self) -> Config:
+        return cfg(
+            "-a", "1MB", "-g", "web=2MB", "-p", "web=3MB", "-p", "web_0=4MB", "-p", "web:web_0=5MB",
+        )  # fmt: skip
+
+    def test_group_colon_name_beats_everything(self):
+        """-p group:name is the most specific rule."""
+        assert 5 * MB == resolve_rule(self.config(), "web", "web_0").limit  # type: ignore[union-attr]
+
+    def test_process_name_beats_program_name(self):
+        """A bare -p process name beats a -p program name."""
+        c = cfg("-p", "web=3MB", "-p", "web_1=4MB")
+        assert 4 * MB == resolve_rule(c, "web", "web_1").limit  # type: ignore[union-attr]
+
+    def test_program_name_covers_all_its_processes(self):
+        """-p with a program name covers each of its numprocs processes."""
+        assert 3 * MB == resolve_rule(self.config(), "web", "web_7").limit  # type: ignore[union-attr]
+
+    def test_group_beats_any(self):
+        """-g beats -a; -a covers the rest."""
+        c = cfg("-a", "1MB", "-g", "web=2MB")
+        assert 2 * MB == resolve_rule(c, "web", "web_3").limit  # type: ignore[union-attr]
+        assert 1 * MB == resolve_rule(c, "cron", "cron").limit  # type: ignore[union-attr]
+
+    def test_skipped_processes_keep_only_an_explicit_program_rule(self):
+        """Excluded processes and listeners escape -g/-a but not a -p naming them."""
+        c = cfg("-a", "1MB", "-p", "crashmail=64MB")
+        assert resolve_rule(c, "exporter", "exporter", skipped=True) is None
+        assert 64 * MB == resolve_rule(c, "crashmail", "crashmail", skipped=True).limit  # type: ignore[union-attr]
+
+    def test_exclude_globs_match_group_or_full_name(self):
+        """--exclude takes a group, a group:name, or a glob of either."""
+        assert "web" == memmon.excluded_by(["web"], "web", "web_0")
+        assert "cron:*" == memmon.excluded_by(["cron:*"], "cron", "cron_1")
+        assert memmon.excluded_by(["cron:*"], "web", "web_0") is None
+
+    def test_unknown_program_names(self):
+        """-p names are checked against supervisord's processes."""
+        infos = [{"group": "web", "name": "web_0"}]
+        c = cfg("-p", "web=1MB", "-p", "web_0=1MB", "-p", "web:web_0=1MB", "-p", "nope=1MB")
+        assert ["nope"] == memmon.unknown_programs(c, infos)
+
+
+# --------------------------------------------------------------------------- the handler
+
+
+class SyncWorker:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.calls.append((fn, args))
+        fn(*args)
+
+
+class FakeClient:
+    def __init__(self, infos: list[dict[str, Any]] | None = None) -> None:
+        self.infos = infos or []
+        self.calls: list[tuple[str, Any]] = []
+
+    def all_process_info(self) -> list[dict[str, Any]]:
+        self.calls.append(("all_process_info", None))
+        return self.infos
+
+    def stop(self, name: str, *, wait: bool = False) -> bool:
+        self.calls.append(("stop", name))
+        return True
+
+    def start(self, name: str, *, wait: bool = False) -> bool:
+        self.calls.append(("start", name))
+        return True
+
+    def process_info(self, name: str) -> dict[str, Any]:
+        return {"statename": "STOPPED"}
+
+    def send_remote_comm(self, type_: str, data: str) -> None:
+        self.calls.append(("bus", json.loads(data)))
+
+    def bus(self, kind: str) -> list[dict[str, Any]]:
+        return [d for c, d in self.calls if c == "bus" and d["kind"] == kind]
+
+    def acts(self) -> list[tuple[str, Any]]:
+        return [c for c in self.calls if c[0] in ("stop", "start")]
+
+
+class FakeMeter:
+    def __init__(self) -> None:
+        self.values: dict[int, Reading | Unreadable] = {}
+        self.asked: list[dict[str, int]] = []
+
+    def measure(self, pids: dict[str, int]) -> dict[str, Reading | Unreadable]:
+        self.asked.append(dict(pids))
+        return {k: self.values.get(p, Reading(1 * MB)) for k, p in pids.items()}
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def info(group: str, name: str, pid: int, state: str = "RUNNING") -> dict[str, Any]:
+    return {"group": group, "name": name, "pid": pid, "statename": state, "start": 1.0}
+
+
+def state_event(group: str, name: str, state: str, pid: int | None = None) -> protocol.Event:
+    payload = f"processname:{name} groupname:{group} from_state:STARTING"
+    if pid:
+        payload += f" pid:{pid}"
+    header = protocol.parse_header(
+        protocol.format_event(f"PROCESS_STATE_{state}", payload).partition("\n")[0]
+    )
+    return protocol.parse_event(header, payload)
+
+
+def tick() -> protocol.Event:
+    text = protocol.format_event("TICK_5", "when:1")
+    return protocol.parse_event(protocol.parse_header(text.partition("\n")[0]), "when:1")
+
+
+def make(*argv: str, infos=None, cmdlines=None, self_key=None):
+    client = FakeClient(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
+    meter = FakeMeter()
+    rpc = SyncWorker()
+    clock = Clock()
+    m = Memmon(
+        cfg(*argv),
+        client,  # type: ignore[arg-type]
+        meter=meter,  # type: ignore[arg-type]
+        rpc=rpc,
+        checker=SyncWorker(),
+        restarter=Restarter(client, rpc, clock=clock),  # type: ignore[arg-type]
+        clock=clock,
+        wall=clock,
+        host="h",
+        self_key=self_key,
+        own_pid=1,
+        cmdline=lambda pid: (cmdlines or {}).get(pid, "php worker.php"),
+    )
+    m.start(client.all_process_info())
+    # Events flow: memmon has seen PROCESS_STATE, so restarts are the event-driven kind.
+    m.handle(state_event("web", "web_0", "RUNNING", 100))
+    return m, client, meter, clock
+
+
+class TestDecisions:
+    def test_over_the_limit_is_restarted_once_and_announced(self):
+        """One check over the limit: stop, start on STOPPED, a MemoryRestart on the bus."""
+        m, client, meter, _ = make("-a", "16MB")
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        assert [("stop", "web:web_0")] == client.acts()
+        m.handle(tick())  # still pending: no second stop
+        assert [("stop", "web:web_0")] == client.acts()
+        m.handle(state_event("web", "web_0", "STOPPED", 100))
+        assert [("stop", "web:web_0"), ("start", "web:web_0")] == client.acts()
+        [restart] = client.bus("memory_restart")
+        assert (100, 20 * MB, 16 * MB, "web") == (
+            restart["pid"], restart["measured_bytes"], restart["limit_bytes"], restart["group"]
+        )  # fmt: skip
+
+    def test_under_the_limit_nothing_happens(self):
+        """Processes under their limit are measured and left alone."""
+        m, client, meter, _ = make("-a", "16MB")
+        m.handle(tick())
+        assert [] == client.acts()
+        assert {"web:web_0": 100, "web:web_1": 101} == meter.asked[-1]
+
+    def test_no_rpc_per_check(self):
+        """Checks read no XML-RPC: only the start-up getAllProcessInfo and the limits."""
+        m, client, _, _ = make("-a", "16MB")
+        for _ in range(5):
+            m.handle(tick())
+        assert 1 == sum(1 for c, _ in client.calls if c == "all_process_info")
+        assert 1 == len(client.bus("memory_limits"))
+
+    def test_samples_need_consecutive_checks(self):
+        """--samples 3 restarts at the third consecutive over-limit check, not before."""
+        m, client, meter, _ = make("-a", "16MB", "--samples", "3")
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        m.handle(tick())
+        assert [] == client.acts()
+        meter.values[100] = Reading(1 * MB)
+        m.handle(tick())  # back under: the count starts again
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        m.handle(tick())
+        assert [] == client.acts()
+        m.handle(tick())
+        assert [("stop", "web:web_0")] == client.acts()
+
+    def test_grace_after_a_start(self):
+        """--grace leaves a freshly started process alone."""
+        m, client, meter, clock = make("-a", "16MB", "--grace", "30s")
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        assert [] == client.acts()
+        clock.now += 31
+        m.handle(tick())
+        assert [("stop", "web:web_0")] == client.acts()
+
+    def test_dry_run_only_reports(self):
+        """--dry-run announces what it would do and restarts nothing."""
+        m, client, meter, _ = make("-a", "16MB", "--dry-run")
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        m.handle(tick())
+        assert [] == client.acts()
+        [restart] = client.bus("memory_restart")
+        assert restart["dry_run"]
+
+    def test_max_restarts_stops_and_alerts_once(self):
+        """--max-restarts 2/1h: two restarts, then RestartsExhausted once, then nothing."""
+        m, client, meter, clock = make("-a", "16MB", "--max-restarts", "2/1h")
+        meter.values[100] = Reading(20 * MB)
+        for _ in range(2):
+            m.handle(tick())
+            m.handle(state_event("web", "web_0", "STOPPED", 100))
+            m.handle(state_event("web", "web_0", "STARTING"))
+            m.handle(state_event("web", "web_0", "RUNNING", 100))
+            clock.now += 1
+        for _ in range(3):
+            m.handle(tick())
+        assert 2 == len([a for a in client.acts() if a[0] == "stop"])
+        [gone] = client.bus("restarts_exhausted")
+        assert (2, 3600.0) == (gone["restarts"], gone["window_seconds"])
+
+    def test_never_itself_nor_the_suite_listeners(self):
+        """Its own process and the suite's listeners are not judged by -a."""
+        infos = [info("memmon", "memmon", 7), info("crashmail", "crashmail", 8)]
+        infos.append(info("web", "web_0", 100))
+        m, client, meter, _ = make(
+            "-a", "1KB",
+            infos=infos,
+            cmdlines={8: "/usr/bin/python3 -m listeners.crashmail -m x"},
+            self_key="memmon:memmon",
+        )  # fmt: skip
+        meter.values = {7: Reading(30 * MB), 8: Reading(30 * MB)}
+        m.handle(tick())
+        assert {"web:web_0": 100} == meter.asked[-1]
+        assert {
+            "crashmail:crashmail": "/usr/bin/python3 -m listeners.crashmail -m x"
+        } == m.listeners
+        assert {"web:web_0": 1024} == client.bus("memory_limits")[-1]["limits"]
+
+    def test_no_skip_listeners_judges_them(self):
+        """--no-skip-listeners puts the listeners back under -a."""
+        infos = [info("crashmail", "crashmail", 8)]
+        m, _, meter, _ = make(
+            "-a", "1KB", "--no-skip-listeners", infos=infos, cmdlines={8: "supervisor-crashmail"}
+        )
+        m.handle(tick())
+        assert 8 == meter.asked[-1]["crashmail:crashmail"]
+
+    def test_excluded_groups_are_not_measured(self):
+        """--exclude removes a group from -a."""
+        m, _, meter, _ = make("-a", "1KB", "--exclude", "web")
+        m.handle(tick())
+        assert {} == meter.asked[-1]
+
+    def test_vanished_and_denied_processes_are_skipped(self):
+        """Gone or AccessDenied readings are logged and skipped, nothing restarts."""
+        m, client, meter, _ = make("-a", "1KB")
+        meter.values = {100: Unreadable("gone"), 101: Unreadable("denied")}
+        m.handle(tick())
+        assert [] == client.acts()
+
+    def test_events_keep_pids_current(self):
+        """A RUNNING event's pid is the one measured next; a stopped process is not measured."""
+        m, _, meter, _ = make("-a", "16MB")
+        m.handle(state_event("web", "web_0", "RUNNING", 555))
+        m.handle(state_event("web", "web_1", "STOPPED", 101))
+        m.handle(tick())
+        assert {"web:web_0": 555} == meter.asked[-1]
+
+    def test_reconcile_on_tick_without_state_events(self):
+        """With no PROCESS_STATE subscription, a check 60 s later reconciles first."""
+        client = FakeClient([info("web", "web_0", 100)])
+        clock = Clock()
+        m = Memmon(
+            cfg("-a", "16MB"),
+            client,  # type: ignore[arg-type]
+            meter=FakeMeter(),  # type: ignore[arg-type]
+            rpc=SyncWorker(),
+            checker=SyncWorker(),
+            clock=clock,
+            wall=clock,
+            host="h",
+            own_pid=1,
+        )
+        m.start(client.all_process_info())
+        m.handle(tick())
+        assert 1 == sum(1 for c, _ in client.calls if c == "all_process_info")
+        clock.now += 61
+        m.handle(tick())
+        assert 2 == sum(1 for c, _ in client.calls if c == "all_process_info")
+
+    def test_email_and_file_notices(self, tmp_path):
+        """-m sends through sendmail, --alert-file appends a JSON line; uptime gates both."""
+        out = tmp_path / "mail.txt"
+        notices = tmp_path / "alerts.jsonl"
+        m, _, meter, _ = make(
+            "-a", "16MB", "-m", "ops@example.org", "-s", f"tee {out}", "-n", "edge",
+            "--alert-file", str(notices),
+        )  # fmt: skip
+        m._notifier = SyncWorker()
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        mail = out.read_text()
+        assert "Subject: memmon [edge]: [h] web:web_0 was restarted" in mail
+        assert "To: ops@example.org" in mail
+        [line] = notices.read_text().splitlines()
+        assert "memory_restart" == json.loads(line)["kind"]
+
+    def test_uptime_limits_mail_to_early_restarts(self, tmp_path):
+        """-u: a process up longer than the limit is restarted without a notice."""
+        notices = tmp_path / "alerts.jsonl"
+        m, client, meter, clock = make("-a", "16MB", "-u", "10s", "--alert-file", str(notices))
+        m._notifier = SyncWorker()
+        clock.now += 60
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        assert [("stop", "web:web_0")] == client.acts()
+        assert not notices.exists()
+
+    def test_bus_message_decodes(self):
+        """What memmon publishes is valid for bus.decode."""
+        _, client, _, _ = make("-a", "16MB")
+        [limits] = client.bus("memory_limits")
+        assert isinstance(bus.decode(json.dumps(limits)), bus.MemoryLimits)
+
+
+class TestMain:
+    def test_unreachable_supervisord_is_said_clearly(self, capsys):
+        """With supervisord down at start memmon says so and exits before READY."""
+        code = memmon.main(["-a", "16MB", "--server-url", "unix:///nonexistent/s.sock"])
+        err = capsys.readouterr()
+        assert 1 == code
+        assert "" == err.out
+        assert "cannot reach supervisord at unix:///nonexistent/s.sock" in err.err
