@@ -710,7 +710,8 @@ class CrashMail(protocol.Handler):
                     count=lost,
                     message=f"{lost} events were lost: supervisord's event buffer for this"
                     " listener overflowed. Raise buffer_size in its [eventlistener:x] section"
-                    " (4 x the number of processes, see docs/crashmail.md). The reconcile found {len(found)}"
+                    " (4 x the number of processes, see docs/crashmail.md)."
+                    f" The reconcile found {len(found)}"
                     " process(es) in BACKOFF/FATAL/EXITED that no event reported"
                     + (": " + ", ".join(found) if found else "."),
                     processes=tuple(found),
