@@ -200,9 +200,10 @@ class TestFloodControl:
         """Past the window the next crash is a first crash again."""
         fc = FloodControl(window=60, burst=5)
         fc.schedule(Alert(kind="crash", host="h", group="g", name="w", key="a"), 0)
-        assert fc.schedule(
-            Alert(kind="crash", host="h", group="g", name="w", key="b"), 61
-        ) == (61, "b")
+        assert fc.schedule(Alert(kind="crash", host="h", group="g", name="w", key="b"), 61) == (
+            61,
+            "b",
+        )
 
     def test_fold_names_every_process_with_counts(self):
         """A summary lists every process and adds up repeats of the same process."""
@@ -267,9 +268,10 @@ class TestEnrich:
 
     def test_signal_deaths_are_recognised_in_the_log(self):
         """`terminated by SIGKILL` gives no status and names the signal."""
-        assert exit_from_log(
-            "exited: w (terminated by SIGKILL; not expected)", "w"
-        ) == (None, "terminated by SIGKILL")
+        assert exit_from_log("exited: w (terminated by SIGKILL; not expected)", "w") == (
+            None,
+            "terminated by SIGKILL",
+        )
 
 
 class TestFlags:

@@ -140,9 +140,10 @@ class TestAlertmanagerRendering:
             },
         )
         items = am_alerts(summary, now=5.0)
-        assert [
-            (i["labels"]["alertname"], i["labels"]["name"]) for i in items
-        ] == [("SupervisorProcessCrash", "a"), ("SupervisorProcessFatal", "b")]
+        assert [(i["labels"]["alertname"], i["labels"]["name"]) for i in items] == [
+            ("SupervisorProcessCrash", "a"),
+            ("SupervisorProcessFatal", "b"),
+        ]
 
     def test_fatal_and_memory_restart_names(self):
         """FATAL and memmon restarts map to the agreed alertnames."""
