@@ -340,3 +340,45 @@ class TestLoop:
         stdout = io.StringIO()
         assert protocol.run(h.cm, stdin, stdout, install_signals=False) == 0
         assert (stdout.getvalue(), h.kinds()) == ("READY\nRESULT 2\nOKREADY\n", [("crash", "w")])
+
+
+class TestHangingSink:
+    def test_256_crashes_are_acknowledged_while_the_only_sink_hangs(self, tmp_path):
+        """With the sink blocked mid-send, all 256 events are acknowledged and committed."""
+        import threading
+
+        from listeners.notify.outbox import Courier
+
+        release = threading.Event()
+        entered = threading.Event()
+
+        class HangingSink:
+            name = "smtp:hang"
+
+            def send(self, alert):
+                entered.set()
+                release.wait(30)
+
+        h = Harness(tmp_path, burst=1000)
+        courier = Courier(h.outbox, [HangingSink()], fold=fold)
+        h.cm.wake = courier.wake
+        courier.start()
+        try:
+            frames = "".join(
+                protocol.format_event(
+                    "PROCESS_STATE_EXITED",
+                    f"processname:w{i} groupname:g from_state:RUNNING expected:0 pid:{i + 10}",
+                    serial=i + 1,
+                )
+                for i in range(256)
+            )
+            stdout = io.StringIO()
+            protocol.run(h.cm, io.StringIO(frames), stdout, install_signals=False)
+            assert entered.wait(10)
+            acks = stdout.getvalue().count("RESULT 2\nOK")
+            incidents = h.outbox.counts()["incidents_open"] + h.outbox.counts()["messages"]
+            assert (acks, incidents >= 256) == (256, True)
+            assert not release.is_set()
+        finally:
+            release.set()
+            courier.stop()
