@@ -1,15 +1,833 @@
-"""supervisor-crashmail (not built yet)."""
+"""supervisor-crashmail: crash, crash-loop and start-failure alerts that arrive once, fast.
+
+Every alert-worthy event becomes an *incident* committed to the SQLite outbox before the event
+is acknowledged. The courier threads fold due incidents into messages (flood control), add the
+exit status and stderr tail over XML-RPC, and deliver each message to each sink exactly once.
+The event loop itself never waits on RPC or on a sink.
+"""
 
 from __future__ import annotations
 
+import argparse
+import fnmatch
+import hashlib
+import os
+import queue
+import re
 import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-__all__ = ["main"]
+from listeners import bus, protocol
+from listeners.background import Worker
+from listeners.cli import (
+    add_connection_args,
+    add_logging_args,
+    arg_type,
+    connection_from_args,
+    hostname,
+)
+from listeners.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.log import configure, get_logger
+from listeners.notify.alert import Alert
+from listeners.notify.outbox import Courier, Outbox
+from listeners.notify.sinks import Sink
+from listeners.notify.spec import SinkSpec, build_sink, parse_sink
+from listeners.state import ProcessTable
+from listeners.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.units import parse_duration, parse_rate
+
+__all__ = ["Config", "CrashMail", "FloodControl", "enrich_alert", "fold", "main", "parse_args"]
+
+log = get_logger("listeners.crashmail")
+
+#: Seconds to wait after a poolserial gap before reconciling, so a storm has settled.
+RECONCILE_SETTLE = 1.0
+
+
+def default_state_dir(env: dict[str, str] | None = None) -> str:
+    """systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME, else ~/.local/state; our subdir."""
+    env = dict(os.environ) if env is None else env
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "supervisor-listeners")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Config:
+    programs: tuple[str, ...] = ()
+    any: bool = False
+    exclude: tuple[str, ...] = ()
+    optionalheader: str = ""
+    sinks: tuple[SinkSpec, ...] = ()
+    loop: tuple[int, float] = DEFAULT_LOOP
+    coalesce: float = 60.0
+    burst: int = 5
+    outbox: str = ""
+    keep: int = 10000
+    retry_max: float = 300.0
+    retry_for: float = 86400.0
+    tail_lines: int = 20
+    host: str = ""
+    log_level: str = "info"
+
+    def watches(self, group: str, name: str) -> bool:
+        """superlance's -p/-a plus --exclude; patterns match ``group:name`` or ``name``."""
+        full = f"{group}:{name}"
+
+        def match(patterns: Sequence[str]) -> bool:
+            return any(
+                fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(name, p) for p in patterns
+            )
+
+        if match(self.exclude):
+            return False
+        # superlance parses -a and ignores it (it mails for every process); with no -p we do too.
+        return self.any or not self.programs or match(self.programs)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"invalid count {text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="supervisor-crashmail",
+        description="Alert on crashes, crash loops, start failures and memmon restarts of"
+        " supervisord processes; superlance crashmail's -p/-a/-o/-m/-s keep their meaning.",
+    )
+    sel = p.add_argument_group("which processes (superlance compatible)")
+    sel.add_argument(
+        "-p",
+        "--program",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="watch NAME (name, group:name or a glob such as web:*); repeatable",
+    )
+    sel.add_argument("-a", "--any", action="store_true", help="watch every process (the default)")
+    sel.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="never alert on NAME (same forms as -p); repeatable",
+    )
+    mail = p.add_argument_group("superlance mail flags")
+    mail.add_argument(
+        "-o", "--optionalheader", default="", metavar="TEXT", help="prefix of every subject line"
+    )
+    mail.add_argument(
+        "-m",
+        "--email",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="mail ADDRESS through the sendmail program (adds a sendmail sink)",
+    )
+    mail.add_argument(
+        "-s",
+        "--sendmail_program",
+        "--sendmail-program",
+        default="/usr/sbin/sendmail -t -i",
+        metavar="COMMAND",
+        help="sendmail command for -m (default: %(default)s)",
+    )
+    out = p.add_argument_group("delivery")
+    out.add_argument(
+        "--sink",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="where alerts go; repeatable; see docs/crashmail.md (default: a JSON"
+        " lines file in the state directory)",
+    )
+    out.add_argument(
+        "--outbox",
+        metavar="PATH",
+        help="SQLite outbox (default: <state dir>/crashmail-outbox.sqlite)",
+    )
+    out.add_argument(
+        "--outbox-keep",
+        type=arg_type(_positive_int),
+        default=10000,
+        metavar="N",
+        help="delivered messages kept before the oldest are pruned (default: 10000)",
+    )
+    out.add_argument(
+        "--retry-max",
+        type=arg_type(parse_duration),
+        default=300.0,
+        metavar="DURATION",
+        help="longest wait between two attempts (default: 5m)",
+    )
+    out.add_argument(
+        "--retry-for",
+        type=arg_type(parse_duration),
+        default=86400.0,
+        metavar="DURATION",
+        help="give a delivery up after this long (default: 1d)",
+    )
+    det = p.add_argument_group("detection and flood control")
+    det.add_argument(
+        "--loop",
+        type=arg_type(parse_rate),
+        default=DEFAULT_LOOP,
+        metavar="N/WINDOW",
+        help="N unexpected exits or failed starts within WINDOW is a crash loop (default: 3/5m)",
+    )
+    det.add_argument(
+        "--coalesce",
+        type=arg_type(parse_duration),
+        default=60.0,
+        metavar="WINDOW",
+        help="repeats within WINDOW are folded into one summary (default: 1m)",
+    )
+    det.add_argument(
+        "--burst",
+        type=arg_type(_positive_int),
+        default=5,
+        metavar="N",
+        help="at most N alerts sent at once per coalesce window; more wait for the"
+        " summary (default: 5)",
+    )
+    det.add_argument(
+        "--tail-lines",
+        type=arg_type(_positive_int),
+        default=20,
+        metavar="N",
+        help="lines of stderr in a crash alert (default: 20)",
+    )
+    det.add_argument("--host", default=None, help="host name in alerts (default: this host's)")
+    add_connection_args(p)
+    add_logging_args(p)
+    return p
+
+
+def parse_args(
+    argv: Sequence[str] | None, env: dict[str, str] | None = None
+) -> tuple[Config, Connection, argparse.ArgumentParser]:
+    """Flags -> (Config, Connection); a bad value exits 2 through ``parser.error``."""
+    env = dict(os.environ) if env is None else env
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    specs: list[SinkSpec] = []
+    for text in args.sink:
+        try:
+            specs.append(parse_sink(text, env))
+        except ValueError as exc:
+            parser.error(str(exc))
+    for address in args.email:
+        # superlance's -m: a sendmail sink per flag, through -s.
+        specs.append(
+            SinkSpec(
+                "sendmail",
+                f"sendmail:{address}",
+                "",
+                {"to": address, "program": args.sendmail_program},
+            )
+        )
+    state_dir = default_state_dir(env)
+    if not specs:
+        path = os.path.join(state_dir, "crashmail-alerts.jsonl")
+        specs.append(SinkSpec("file", f"file:{path}", path, {}))
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        parser.error(f"two sinks are named {dupes[0]!r}: give one of them a name= option")
+    if not args.sendmail_program.strip():
+        parser.error("invalid -s/--sendmail_program '': expected a command")
+    config = Config(
+        programs=tuple(args.program),
+        any=args.any,
+        exclude=tuple(args.exclude),
+        optionalheader=args.optionalheader,
+        sinks=tuple(specs),
+        loop=args.loop,
+        coalesce=args.coalesce,
+        burst=args.burst,
+        outbox=args.outbox or os.path.join(state_dir, "crashmail-outbox.sqlite"),
+        keep=args.outbox_keep,
+        retry_max=max(args.retry_max, 0.05),
+        retry_for=args.retry_for,
+        tail_lines=args.tail_lines,
+        host=args.host or hostname(),
+        log_level=args.log_level,
+    )
+    return config, connection_from_args(parser, args), parser
+
+
+# --------------------------------------------------------------------------- flood control
+
+
+class FloodControl:
+    """Decides when an incident is sent: now, or folded into the open batch.
+
+    An alert goes at once when its process had no alert of the same kind within the window and
+    fewer than ``burst`` alerts went at once within the window. Everything else joins one
+    batch, sent as one summary when the window since the batch opened is over; so a storm of
+    any size gives at most ``burst + 1`` messages per window and sink.
+    """
+
+    def __init__(self, window: float, burst: int) -> None:
+        self.window = window
+        self.burst = burst
+        self._last: dict[tuple[str, str], float] = {}
+        self._recent: deque[float] = deque()
+        self._batch: tuple[str, float] | None = None
+
+    def resume(self, batches: dict[str, float]) -> None:
+        """After a restart, join the batch the outbox still holds instead of opening another."""
+        open_ = [(b, d) for b, d in batches.items() if b.startswith("batch:")]
+        if open_:
+            self._batch = max(open_, key=lambda bd: bd[1])
+
+    def schedule(self, alert: Alert, now: float) -> tuple[float, str]:
+        """(due time, batch key) for ``alert``."""
+        kind = f"resolved:{alert.resolves}" if alert.kind == "resolved" else alert.kind
+        key = (alert.process or alert.host, kind)
+        while self._recent and now - self._recent[0] >= self.window:
+            self._recent.popleft()
+        if self._batch is not None and self._batch[1] <= now:
+            self._batch = None
+        last = self._last.get(key)
+        if alert.kind == "events_lost":
+            # The one notice per reconcile: never folded, so its advice is read.
+            return now, alert.key
+        if (last is None or now - last >= self.window) and len(self._recent) < self.burst:
+            self._last[key] = now
+            self._recent.append(now)
+            return now, alert.key
+        if self._batch is None:
+            self._batch = (f"batch:{alert.key}", now + self.window)
+        return self._batch[1], self._batch[0]
+
+
+def fold(alerts: list[Alert]) -> Alert:
+    """One summary naming every process of a batch, with counts per process and kind."""
+    items: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for a in alerts:
+        k = (a.kind, a.group, a.name, a.resolves or "")
+        item = items.get(k)
+        if item is None:
+            items[k] = {
+                "kind": a.kind,
+                "group": a.group,
+                "name": a.name,
+                "count": a.count,
+                "time": a.time,
+                "exit_status": a.exit_status,
+                "resolves": a.resolves,
+            }
+        else:
+            item["count"] += a.count
+    processes = sorted({a.process for a in alerts if a.process})
+    lines = []
+    for it in items.values():
+        target = f"{it['group']}:{it['name']}" if it["group"] or it["name"] else "(host)"
+        what = f"resolved ({it['resolves']})" if it["kind"] == "resolved" else it["kind"]
+        lines.append(f"{target}: {what} x{it['count']}")
+    key = hashlib.sha256(",".join(sorted(a.key for a in alerts)).encode()).hexdigest()[:24]
+    return Alert(
+        kind="summary",
+        host=alerts[0].host,
+        time=min(a.time for a in alerts),
+        count=sum(a.count for a in alerts),
+        message="\n".join(lines),
+        processes=tuple(processes),
+        details={"items": list(items.values())},
+        key=key,
+    )
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+# supervisord's own log line for every exit (process.py finish()); the only place the status of
+# an autorestarted process survives, since spawn() resets exitstatus before we can ask.
+_EXIT_LINE = re.compile(
+    r"exited: (?P<name>\S+) \((?P<how>exit status (?P<code>\d+)|terminated by"
+    r" (?P<sig>\w+))"
+)
+
+
+def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
+    """(exit status or None, how) from the last ``exited: NAME (...)`` line of supervisord's log."""
+    found: tuple[int | None, str] = (None, "")
+    for m in _EXIT_LINE.finditer(text):
+        if m.group("name") == name:
+            code = m.group("code")
+            found = (int(code) if code is not None else None, m.group("how"))
+    return found
+
+
+NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
+
+
+def enrich_alert(alert: Alert, rpc: Any, tail_lines: int = 20) -> Alert:
+    """Add exit status, spawn error and stderr tail over XML-RPC (runs on a courier thread)."""
+    if alert.kind in ("crash", "crash_loop", "fatal", "backoff") and alert.group:
+        return _enrich_one(alert, rpc, tail_lines)
+    if alert.kind == "summary":
+        return _enrich_summary(alert, rpc)
+    return alert
+
+
+def _read_log(rpc: Any, size: int) -> str:
+    try:
+        return str(rpc.call("supervisor.readLog", -size, 0))
+    except SupervisorError:
+        return ""
+
+
+def _enrich_one(alert: Alert, rpc: Any, tail_lines: int) -> Alert:
+    full = alert.process
+    details = dict(alert.details)
+    try:
+        info = rpc.process_info(full)
+    except SupervisorError as exc:
+        return replace(alert, details={**details, "rpc_error": str(exc)})
+    exit_status = alert.exit_status
+    if alert.kind in ("crash", "crash_loop") and exit_status is None:
+        if info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
+            exit_status = int(info.get("exitstatus") or 0)
+        else:
+            # Restarted already: spawn() cleared exitstatus; supervisord's log still has it.
+            exit_status, how = exit_from_log(_read_log(rpc, 65536), alert.name)
+            if how.startswith("terminated"):
+                details["signal"] = how.removeprefix("terminated by ")
+    if info.get("spawnerr"):
+        details["spawnerr"] = str(info["spawnerr"])
+    message = alert.message
+    if details.get("spawnerr") and details["spawnerr"] not in message:
+        message = (message + "\n" if message else "") + f"spawnerr: {details['spawnerr']}"
+    try:
+        text = rpc.tail_stderr(full, 8192)
+        tail = NO_LOG if text is None else _tail(text, tail_lines)
+    except SupervisorError as exc:
+        tail = f"(stderr tail unavailable: {exc})"
+    return replace(
+        alert, exit_status=exit_status, stderr_tail=tail, details=details, message=message
+    )
+
+
+def _enrich_summary(alert: Alert, rpc: Any) -> Alert:
+    items = alert.details.get("items", [])
+    if any(i.get("exit_status") is None and i.get("kind") == "crash" for i in items):
+        try:
+            infos = {f"{i['group']}:{i['name']}": i for i in rpc.all_process_info()}
+        except SupervisorError:
+            return alert
+        log_tail: str | None = None
+        new_items = []
+        for it in items:
+            info = infos.get(f"{it['group']}:{it['name']}")
+            if it.get("exit_status") is not None or it["kind"] != "crash" or not info:
+                new_items.append(it)
+            elif info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
+                new_items.append({**it, "exit_status": int(info.get("exitstatus") or 0)})
+            else:
+                if log_tail is None:
+                    log_tail = _read_log(rpc, 262144)
+                new_items.append({**it, "exit_status": exit_from_log(log_tail, it["name"])[0]})
+        return replace(alert, details={**alert.details, "items": new_items})
+    return alert
+
+
+# --------------------------------------------------------------------------- the listener
+
+
+class CrashMail(protocol.Handler):
+    timer_interval = 0.5
+
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        *,
+        wake: Callable[[], None] = lambda: None,
+        reconcile: Callable[[Callable[[list[dict[str, Any]]], None]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        boot: str | None = None,
+        me: str | None = None,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.wake = wake
+        self.clock = clock
+        self.boot = boot if boot is not None else str(os.getppid())
+        self.me = me
+        self.detector = CrashLoopDetector(*config.loop, clock=clock)
+        self.flood = FloodControl(config.coalesce, config.burst)
+        self.flood.resume(outbox.open_batches())
+        self.table = ProcessTable(clock=clock, ignore=[me] if me else [])
+        self._reconcile = reconcile
+        self._results: queue.Queue[tuple[str, list[dict[str, Any]]]] = queue.Queue()
+        self._fatal: set[str] = set()
+        self._covered: dict[str, str] = {}
+        self._loop_started: dict[str, float] = {}
+        self.lost_pending = 0
+        self.lost_key = ""
+        self._reconcile_at: float | None = None
+        self._reconcile_running = False
+        self.seeded = False
+        self.alerts_recorded = 0
+
+    # ---------------------------------------------------------------- helpers
+
+    def start(self) -> None:
+        """Ask for the first snapshot (seeds the table; alerts on nothing)."""
+        if self._reconcile is not None:
+            self._reconcile_running = True
+            self._reconcile(lambda infos: self._results.put(("seed", infos)))
+
+    def _key(self, *parts: object) -> str:
+        return hashlib.sha256(repr((self.boot, *parts)).encode()).hexdigest()[:24]
+
+    def _record(self, alert: Alert) -> None:
+        due, batch = self.flood.schedule(alert, self.clock())
+        if self.outbox.record(alert, due=due, batch=batch):
+            self.alerts_recorded += 1
+            log.info(
+                "crashmail.alert_recorded",
+                kind=alert.kind,
+                process=alert.process,
+                key=alert.key,
+                immediate=batch == alert.key,
+            )
+            self.wake()
+        else:
+            log.info("crashmail.duplicate_ignored", kind=alert.kind, key=alert.key)
+
+    def _alert(self, kind: str, group: str = "", name: str = "", *, key: str, **kw: Any) -> Alert:
+        return Alert(
+            kind=kind,
+            host=self.config.host,
+            group=group,
+            name=name,
+            time=self.clock(),
+            key=key,
+            **kw,
+        )
+
+    # ---------------------------------------------------------------- events
+
+    def handle(self, event: protocol.Event) -> None:
+        self._drain()
+        if isinstance(event, protocol.ProcessStateEvent):
+            self._state(event)
+        elif isinstance(event, protocol.RemoteCommunicationEvent) and event.type == bus.MEMMON_TYPE:
+            self._bus(event)
+        elif isinstance(event, protocol.ProcessGroupEvent):
+            self.table.apply_group(event)
+
+    def _state(self, ev: protocol.ProcessStateEvent) -> None:
+        name = ev.full_name
+        if name == self.me or not self.config.watches(ev.groupname, ev.processname):
+            return
+        self.table.apply(ev)
+        state = ev.state
+        covered = self._covered.get(name)
+        if state in ("STARTING", "RUNNING", "STOPPED"):
+            self._covered.pop(name, None)
+        change = self.detector.observe(ev)
+        if state == "EXITED" and ev.expected is False:
+            if covered == "EXITED":
+                log.info("crashmail.already_reported", process=name, by="reconcile")
+            else:
+                self._record(
+                    self._alert(
+                        "crash",
+                        ev.groupname,
+                        ev.processname,
+                        key=self._key(ev.serial, "crash", name),
+                        message=f"exited unexpectedly (pid {ev.pid}) from state {ev.from_state}",
+                        details={"pid": ev.pid, "from_state": ev.from_state},
+                    )
+                )
+        elif state == "FATAL":
+            self._fatal.add(name)
+            if covered != "FATAL":
+                self._record(
+                    self._alert(
+                        "fatal",
+                        ev.groupname,
+                        ev.processname,
+                        key=self._key(ev.serial, "fatal", name),
+                        message="supervisord gave up starting it (FATAL)",
+                    )
+                )
+        elif state == "RUNNING" and name in self._fatal:
+            self._fatal.discard(name)
+            self._record(
+                self._alert(
+                    "resolved",
+                    ev.groupname,
+                    ev.processname,
+                    resolves="fatal",
+                    key=self._key(ev.serial, "resolved", name),
+                    message="running again after FATAL",
+                )
+            )
+        if change is not None:
+            self._loop_change(
+                ev.groupname,
+                ev.processname,
+                change.looping,
+                change.exits,
+                key=self._key(ev.serial, "loop", name),
+            )
+
+    def _loop_change(self, group: str, name: str, looping: bool, exits: int, *, key: str) -> None:
+        full = f"{group}:{name}"
+        window = self.config.loop[1]
+        if looping:
+            self._loop_started[full] = self.clock()
+            self._record(
+                self._alert(
+                    "crash_loop",
+                    group,
+                    name,
+                    key=key,
+                    count=exits,
+                    message=f"{exits} unexpected exits or failed starts within {window:g}s",
+                )
+            )
+        else:
+            started = self._loop_started.pop(full, self.clock())
+            self._record(
+                self._alert(
+                    "resolved",
+                    group,
+                    name,
+                    key=key,
+                    count=exits,
+                    resolves="crash_loop",
+                    message=f"stable again: RUNNING for {window:g}s (or stopped on purpose)"
+                    f" after {exits} exits",
+                    details={"started": started},
+                )
+            )
+
+    def _bus(self, ev: protocol.RemoteCommunicationEvent) -> None:
+        try:
+            msg = bus.decode(ev.data)
+        except ValueError as exc:
+            log.warning("crashmail.bad_bus_message", error=str(exc), serial=ev.serial)
+            return
+        if isinstance(msg, bus.MemoryRestart):
+            if not self.config.watches(msg.group, msg.name):
+                return
+            verb = "would have restarted (dry run)" if msg.dry_run else "restarted"
+            self._record(
+                self._alert(
+                    "memory_restart",
+                    msg.group,
+                    msg.name,
+                    key=self._key(ev.serial, "memory"),
+                    message=f"memmon {verb} it: {msg.measure} {msg.measured_bytes} bytes over the"
+                    f" limit of {msg.limit_bytes} bytes (rule {msg.rule})",
+                    details={
+                        "measured_bytes": msg.measured_bytes,
+                        "limit_bytes": msg.limit_bytes,
+                        "rule": msg.rule,
+                        "dry_run": msg.dry_run,
+                        "pid": msg.pid,
+                    },
+                )
+            )
+        elif isinstance(msg, bus.RestartsExhausted):
+            if not self.config.watches(msg.group, msg.name):
+                return
+            self._record(
+                self._alert(
+                    "restarts_exhausted",
+                    msg.group,
+                    msg.name,
+                    key=self._key(ev.serial, "exhausted"),
+                    count=msg.restarts,
+                    message=f"memmon restarted it {msg.restarts} times in {msg.window_seconds:g}s"
+                    f" and stopped restarting it ({msg.measured_bytes} bytes, limit"
+                    f" {msg.limit_bytes})",
+                )
+            )
+
+    # ---------------------------------------------------------------- lost events
+
+    def on_events_lost(self, count: int, event: protocol.Event) -> None:
+        if not self.lost_pending:
+            self.lost_key = self._key(event.serial, "lost")
+        self.lost_pending += count
+        if self._reconcile_at is None:
+            self._reconcile_at = self.clock() + RECONCILE_SETTLE
+
+    def on_timer(self) -> None:
+        self._drain()
+        for change in self.detector.check():
+            group, _, name = change.name.partition(":")
+            self._loop_change(
+                group,
+                name,
+                change.looping,
+                change.exits,
+                key=self._key("resolve", change.name, self._loop_started.get(change.name, 0.0)),
+            )
+        now = self.clock()
+        if (
+            self._reconcile_at is not None
+            and now >= self._reconcile_at
+            and not self._reconcile_running
+            and self._reconcile is not None
+        ):
+            self._reconcile_at = None
+            self._reconcile_running = True
+            self._reconcile(lambda infos: self._results.put(("lost", infos)))
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                why, infos = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._reconcile_running = False
+            if why == "seed":
+                self._seed(infos)
+            else:
+                self.reconciled(infos)
+
+    def _seed(self, infos: list[dict[str, Any]]) -> None:
+        known = {r.full_name for r in self.table}
+        self.table.reconcile(
+            [i for i in infos if f"{i['group']}:{i['name']}" not in known]
+            + [{"group": r.group, "name": r.name, "statename": r.state} for r in self.table]
+        )
+        for i in infos:
+            if i.get("statename") == "FATAL":
+                self._fatal.add(f"{i['group']}:{i['name']}")
+        self.seeded = True
+
+    def reconciled(self, infos: list[dict[str, Any]]) -> None:
+        """After lost events: alert on processes in BACKOFF/FATAL/EXITED we were not told of."""
+        found: list[str] = []
+        for info in infos:
+            group, name = str(info["group"]), str(info["name"])
+            full = f"{group}:{name}"
+            state = str(info.get("statename"))
+            if full == self.me or not self.config.watches(group, name):
+                continue
+            record = self.table.get(full)
+            told = record is not None and record.state == state
+            exit_status = int(info.get("exitstatus") or 0)
+            if told or state not in ("BACKOFF", "FATAL", "EXITED"):
+                continue
+            if state == "EXITED" and exit_status == 0:
+                continue
+            kind = {"EXITED": "crash", "FATAL": "fatal", "BACKOFF": "backoff"}[state]
+            self._covered[full] = state
+            if state == "FATAL":
+                self._fatal.add(full)
+            found.append(full)
+            self._record(
+                self._alert(
+                    kind,
+                    group,
+                    name,
+                    key=self._key("reconcile", full, state, info.get("stop"), info.get("start")),
+                    exit_status=exit_status if state == "EXITED" else None,
+                    message=f"found {state} by the reconcile after lost events"
+                    + (f"; spawnerr: {info['spawnerr']}" if info.get("spawnerr") else ""),
+                )
+            )
+        self.table.reconcile(infos)
+        lost = self.lost_pending
+        if lost:
+            self.lost_pending = 0
+            self._record(
+                self._alert(
+                    "events_lost",
+                    key=self.lost_key or self._key("lost", self.clock()),
+                    count=lost,
+                    message=f"{lost} events were lost: supervisord's event buffer for this"
+                    " listener overflowed. Raise buffer_size in its [eventlistener:x] section"
+                    " (4 x the number of processes, see docs/crashmail.md)."
+                    f" The reconcile found {len(found)}"
+                    " process(es) in BACKOFF/FATAL/EXITED that no event reported"
+                    + (": " + ", ".join(found) if found else "."),
+                    processes=tuple(found),
+                )
+            )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_sinks(config: Config, env: dict[str, str] | None = None) -> list[Sink]:
+    return [build_sink(s, subject_prefix=config.optionalheader, env=env) for s in config.sinks]
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.stderr.write("supervisor-crashmail: not built yet\n")
-    return 2
+    config, connection, parser = parse_args(argv)
+    configure(config.log_level)
+    try:
+        sinks = build_sinks(config)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        outbox = Outbox(config.outbox)
+    except (OSError, Exception) as exc:  # sqlite3.Error, permissions
+        parser.error(f"cannot open the outbox {config.outbox}: {exc}")
+    rpc = Supervisor(connection)
+    worker = Worker("crashmail-rpc")
+    courier = Courier(
+        outbox,
+        sinks,
+        fold=fold,
+        enrich=lambda a: enrich_alert(a, rpc, config.tail_lines),
+        retry_max=config.retry_max,
+        retry_for=config.retry_for,
+        keep=config.keep,
+    )
+
+    def reconcile(done: Callable[[list[dict[str, Any]]], None]) -> None:
+        def call() -> None:
+            try:
+                infos = rpc.all_process_info()
+            except SupervisorError as exc:
+                log.warning("crashmail.reconcile_failed", error=str(exc))
+                infos = []
+            done(infos)
+
+        worker.submit(call)
+
+    handler = CrashMail(config, outbox, wake=courier.wake, reconcile=reconcile, me=self_name())
+    log.info(
+        "crashmail.started",
+        sinks=[s.name for s in sinks],
+        outbox=config.outbox,
+        loop=f"{config.loop[0]}/{config.loop[1]:g}s",
+        coalesce=config.coalesce,
+        burst=config.burst,
+        programs=list(config.programs) or "any",
+        exclude=list(config.exclude),
+    )
+    courier.start()
+    handler.start()
+    try:
+        return protocol.run(handler)
+    finally:
+        courier.stop()
+        worker.close(2.0)
+        outbox.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """Unit tests of supervisor-memmon: flags, rule precedence, decisions, with fakes."""
-# ruff: noqa: SIM300 - assert expected == actual is the house style (STYLE.md 8)
 
 from __future__ import annotations
 

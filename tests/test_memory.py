@@ -1,5 +1,4 @@
 """Unit tests of listeners.memory against this machine's /proc and a fake one."""
-# ruff: noqa: SIM300 - assert expected == actual is the house style (STYLE.md 8)
 
 from __future__ import annotations
 

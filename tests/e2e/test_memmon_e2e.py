@@ -1,5 +1,4 @@
 """memmon against a real supervisord, real leaking workers and a real bus."""
-# ruff: noqa: SIM300 - assert expected == actual is the house style (STYLE.md 8)
 
 from __future__ import annotations
 

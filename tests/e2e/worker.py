@@ -9,11 +9,15 @@ python worker.py slow-stop --delay 10   ignore SIGTERM for a while before exitin
 python worker.py exit0 --after 1        exit 0 (an expected exit) after a while
 python worker.py bus-record --out FILE  an event listener that appends the data of every
                                         REMOTE_COMMUNICATION event to FILE, one per line
+python worker.py crash-until --flag F --after 1.5 --code 3 [--touch]
+                                        crash like `crash` unless file F exists (then steady);
+                                        --touch creates F first, so it crashes only once
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -59,6 +63,8 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=10.0)
     parser.add_argument("--out", default="", help="bus-record: where to append messages")
     parser.add_argument("--stderr", default="", help="text written to stderr before a crash")
+    parser.add_argument("--flag", default="", help="crash-until: a file that means fixed")
+    parser.add_argument("--touch", action="store_true", help="crash-until: create --flag first")
     args = parser.parse_args()
     if args.mode == "steady":
         steady()
@@ -70,6 +76,15 @@ def main() -> None:
             sys.stderr.write(args.stderr + "\n")
             sys.stderr.flush()
         sys.exit(0 if args.mode == "exit0" else args.code)
+    elif args.mode == "crash-until":
+        if args.flag and os.path.exists(args.flag):
+            steady()
+        time.sleep(args.after)
+        if args.touch:
+            open(args.flag, "a").close()
+        sys.stderr.write((args.stderr or "crash-until: failing") + "\n")
+        sys.stderr.flush()
+        sys.exit(args.code)
     elif args.mode == "chatty":
         for i in range(args.lines):
             sys.stdout.write(f"line {i} naïve café ✓ 日本 len:5 key:value\n")

@@ -1,0 +1,384 @@
+"""crashmail's detection, flood control and flags, with a fake clock and a fake RPC object."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from listeners import bus, protocol
+from listeners.crashmail import (
+    NO_LOG,
+    Config,
+    CrashMail,
+    FloodControl,
+    enrich_alert,
+    exit_from_log,
+    fold,
+    parse_args,
+)
+from listeners.notify.alert import Alert
+from listeners.notify.outbox import Outbox
+from listeners.supervisor import NO_FILE, RPCFault
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state_event(state, name="w", group="g", serial=1, **fields):
+    payload = f"processname:{name} groupname:{group} from_state:RUNNING"
+    for key, value in fields.items():
+        payload += f" {key}:{value}"
+    header = protocol.parse_header(
+        protocol.format_event(f"PROCESS_STATE_{state}", payload, serial=serial).split("\n")[0]
+    )
+    return protocol.parse_event(header, payload)
+
+
+class Harness:
+    def __init__(self, tmp_path, **config):
+        self.clock = FakeClock()
+        self.outbox = Outbox(str(tmp_path / "o.sqlite"), clock=self.clock)
+        self.reconciles: list = []
+        cfg = {"host": "h", "loop": (3, 60.0), "coalesce": 30.0, "burst": 5, **config}
+        self.cm = CrashMail(
+            Config(**cfg),
+            self.outbox,
+            clock=self.clock,
+            boot="b",
+            reconcile=self.reconciles.append,
+            me="crashmail:crashmail",
+        )
+        self.serial = 0
+
+    def send(self, state, name="w", group="g", **fields):
+        self.serial += 1
+        self.cm.handle(state_event(state, name, group, self.serial, **fields))
+
+    def kinds(self, due=None):
+        now = self.clock.now if due is None else due
+        return [(i.alert.kind, i.alert.name) for i in self.outbox.due_incidents(now)]
+
+
+class TestDetection:
+    def test_an_unexpected_exit_is_one_crash_incident(self, tmp_path):
+        """EXITED expected:0 is recorded at once as a crash."""
+        h = Harness(tmp_path)
+        h.send("EXITED", expected=0, pid=5)
+        assert h.kinds() == [("crash", "w")]
+
+    def test_expected_exits_are_never_alerts(self, tmp_path):
+        """EXITED expected:1 records nothing, however often."""
+        h = Harness(tmp_path)
+        for _ in range(10):
+            h.send("EXITED", expected=1, pid=5)
+        assert h.kinds(due=10**12) == []
+
+    def test_third_crash_in_the_window_starts_a_loop_and_stable_running_resolves_it(self, tmp_path):
+        """3 exits in 60s give one crash_loop; RUNNING for 60s gives one resolved."""
+        h = Harness(tmp_path)
+        for _ in range(3):
+            h.send("EXITED", expected=0, pid=5)
+            h.clock.now += 2
+            h.send("RUNNING", pid=6)
+        h.clock.now += 61
+        h.cm.on_timer()
+        kinds = [k for k, _ in h.kinds(due=10**12)]
+        assert (
+            kinds.count("crash"),
+            kinds.count("crash_loop"),
+            kinds.count("resolved"),
+        ) == (3, 1, 1)
+
+    def test_fatal_is_an_alert_and_running_again_resolves_it(self, tmp_path):
+        """FATAL is recorded; the next RUNNING records a resolved for it."""
+        h = Harness(tmp_path)
+        h.send("FATAL")
+        h.send("STARTING")
+        h.send("RUNNING", pid=7)
+        resolved = [i.alert for i in h.outbox.due_incidents(10**12) if i.alert.kind == "resolved"]
+        assert (h.kinds()[:1], resolved[0].resolves) == ([("fatal", "w")], "fatal")
+
+    def test_own_events_and_excluded_processes_are_ignored(self, tmp_path):
+        """The listener never alerts on itself or on --exclude'd names."""
+        h = Harness(tmp_path, exclude=("skip*",))
+        h.send("EXITED", name="crashmail", group="crashmail", expected=0, pid=1)
+        h.send("EXITED", name="skipme", expected=0, pid=1)
+        assert h.kinds() == []
+
+    def test_memmon_restarts_on_the_bus_are_alerts(self, tmp_path):
+        """A MemoryRestart bus message becomes a memory_restart incident."""
+        h = Harness(tmp_path)
+        data = bus.encode(
+            bus.MemoryRestart(
+                host="h", group="g", name="w", pid=3, measured_bytes=20, limit_bytes=16, rule="g:*"
+            )
+        )
+        payload = f"type:{bus.MEMMON_TYPE}\n{data}"
+        line = protocol.format_event("REMOTE_COMMUNICATION", payload).split("\n")[0]
+        h.cm.handle(protocol.parse_event(protocol.parse_header(line), payload))
+        assert h.kinds() == [("memory_restart", "w")]
+
+    def test_a_redelivered_event_records_nothing_new(self, tmp_path):
+        """The same serial from the same supervisord gives the same key: recorded once."""
+        h = Harness(tmp_path)
+        h.cm.handle(state_event("EXITED", serial=9, expected=0, pid=5))
+        h.cm.handle(state_event("EXITED", serial=9, expected=0, pid=5))
+        assert len(h.kinds()) == 1
+
+
+class TestLostEvents:
+    def test_a_gap_reconciles_once_and_alerts_on_untold_processes_and_the_loss(self, tmp_path):
+        """After a gap: one reconcile, a crash for an EXITED process we missed, one notice."""
+        h = Harness(tmp_path)
+        h.send("RUNNING", name="a", pid=1)
+        h.send("RUNNING", name="b", pid=2)
+        ev = state_event("RUNNING", name="c", serial=50, pid=3)
+        h.cm.on_events_lost(40, ev)
+        h.cm.on_events_lost(5, ev)
+        h.clock.now += 2
+        h.cm.on_timer()
+        h.cm.on_timer()
+        assert len(h.reconciles) == 1
+        h.reconciles[0](
+            [
+                {"group": "g", "name": "a", "statename": "EXITED", "exitstatus": 3, "stop": 1},
+                {"group": "g", "name": "b", "statename": "RUNNING", "exitstatus": 0},
+                {"group": "g", "name": "d", "statename": "FATAL", "spawnerr": "no such file"},
+            ]
+        )
+        h.cm.on_timer()
+        alerts = {i.alert.kind: i.alert for i in h.outbox.due_incidents(10**12)}
+        assert (3, "fatal" in alerts, 45) == (
+            alerts["crash"].exit_status,
+            True,
+            alerts["events_lost"].count,
+        )
+        assert "raise buffer_size" in alerts["events_lost"].message.lower()
+
+    def test_an_event_that_arrives_after_the_reconcile_is_not_reported_twice(self, tmp_path):
+        """A late EXITED for a process the reconcile reported adds no second crash."""
+        h = Harness(tmp_path)
+        h.cm.on_events_lost(3, state_event("RUNNING", serial=5))
+        h.clock.now += 2
+        h.cm.on_timer()
+        h.reconciles[0]([{"group": "g", "name": "w", "statename": "EXITED", "exitstatus": 2}])
+        h.cm.on_timer()
+        h.send("EXITED", expected=0, pid=4)
+        crashes = [i for i in h.outbox.due_incidents(10**12) if i.alert.kind == "crash"]
+        assert len(crashes) == 1
+
+
+class TestFloodControl:
+    def test_first_crash_goes_now_repeats_join_one_batch(self):
+        """A process's first alert is immediate; its repeats in the window share one batch."""
+        fc = FloodControl(window=60, burst=5)
+        a = [Alert(kind="crash", host="h", group="g", name="w", key=f"k{i}") for i in range(3)]
+        (d0, b0), (d1, b1), (d2, b2) = (
+            fc.schedule(a[0], 0),
+            fc.schedule(a[1], 1),
+            fc.schedule(a[2], 2),
+        )
+        assert (d0, b0, d1, d2) == (0, "k0", 61, 61)
+        assert b1 == b2
+
+    def test_a_storm_gives_burst_immediate_alerts_and_one_batch(self):
+        """200 processes at once: 5 at once, 195 in a single batch (6 messages)."""
+        fc = FloodControl(window=60, burst=5)
+        plans = [
+            fc.schedule(Alert(kind="crash", host="h", group="g", name=f"w{i}", key=f"k{i}"), 0)
+            for i in range(200)
+        ]
+        assert len({batch for _, batch in plans}) == 6
+
+    def test_after_the_window_a_process_alerts_at_once_again(self):
+        """Past the window the next crash is a first crash again."""
+        fc = FloodControl(window=60, burst=5)
+        fc.schedule(Alert(kind="crash", host="h", group="g", name="w", key="a"), 0)
+        assert fc.schedule(Alert(kind="crash", host="h", group="g", name="w", key="b"), 61) == (
+            61,
+            "b",
+        )
+
+    def test_fold_names_every_process_with_counts(self):
+        """A summary lists every process and adds up repeats of the same process."""
+        alerts = [
+            Alert(kind="crash", host="h", group="g", name=n, key=f"k{i}", time=i)
+            for i, n in enumerate(["a", "b", "a"])
+        ]
+        s = fold(alerts)
+        assert (s.kind, s.processes, s.count) == ("summary", ("g:a", "g:b"), 3)
+        assert "g:a: crash x2" in s.message
+
+
+class FakeRPC:
+    def __init__(self, info, tail="line1\nline2\n", log="", no_file=False):
+        self.info, self.tail, self.log, self.no_file = info, tail, log, no_file
+
+    def process_info(self, name):
+        return self.info
+
+    def tail_stderr(self, name, length):
+        if self.no_file:
+            return None
+        return self.tail
+
+    def call(self, method, *args):
+        if method == "supervisor.readLog":
+            return self.log
+        raise RPCFault(NO_FILE, "NO_FILE", method)
+
+    def all_process_info(self):
+        return [dict(self.info, group="g", name="w")]
+
+
+class TestEnrich:
+    def test_exit_status_and_stderr_tail_of_a_process_still_exited(self):
+        """EXITED: exitstatus from getProcessInfo and the last lines of stderr."""
+        alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
+        out = enrich_alert(alert, FakeRPC({"statename": "EXITED", "exitstatus": 7}), 1)
+        assert (out.exit_status, out.stderr_tail) == (7, "line2")
+
+    def test_exit_status_of_a_restarted_process_comes_from_supervisords_log(self):
+        """Once respawned (exitstatus cleared), the last `exited: w (exit status N` line wins."""
+        log = (
+            "exited: w (exit status 1; not expected)\nexited: x (exit status 9)\n"
+            "exited: w (exit status 4; not expected)\n"
+        )
+        alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
+        out = enrich_alert(alert, FakeRPC({"statename": "STARTING", "exitstatus": 0}, log=log))
+        assert out.exit_status == 4
+
+    def test_no_log_file_is_said_plainly(self):
+        """A program without a stderr log file gets a sentence saying so."""
+        alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
+        out = enrich_alert(alert, FakeRPC({"statename": "EXITED"}, no_file=True))
+        assert out.stderr_tail == NO_LOG
+
+    def test_fatal_carries_the_spawn_error(self):
+        """FATAL alerts include supervisord's spawnerr."""
+        alert = Alert(kind="fatal", host="h", group="g", name="w", key="k")
+        out = enrich_alert(alert, FakeRPC({"statename": "FATAL", "spawnerr": "Exited too quickly"}))
+        assert "spawnerr: Exited too quickly" in out.message
+
+    def test_signal_deaths_are_recognised_in_the_log(self):
+        """`terminated by SIGKILL` gives no status and names the signal."""
+        assert exit_from_log("exited: w (terminated by SIGKILL; not expected)", "w") == (
+            None,
+            "terminated by SIGKILL",
+        )
+
+
+class TestFlags:
+    def env(self, tmp_path):
+        return {"XDG_STATE_HOME": str(tmp_path), "SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
+
+    def test_superlance_flags_keep_their_meaning(self, tmp_path):
+        """-p/-a/-o/-m/-s as in superlance: -m adds a sendmail sink through -s."""
+        cfg, _, _ = parse_args(
+            ["-p", "g:w", "-a", "-o", "PROD", "-m", "ops@x", "-s", "/bin/cat"], self.env(tmp_path)
+        )
+        (sink,) = cfg.sinks
+        assert (
+            cfg.programs,
+            cfg.any,
+            cfg.optionalheader,
+            sink.kind,
+            sink.options["program"],
+            sink.options["to"],
+        ) == (("g:w",), True, "PROD", "sendmail", "/bin/cat", "ops@x")
+
+    def test_defaults_are_a_file_sink_and_an_outbox_in_the_state_dir(self, tmp_path):
+        """No sink flag: JSON lines file; outbox and file under $XDG_STATE_HOME."""
+        cfg, _, _ = parse_args([], self.env(tmp_path))
+        assert (
+            cfg.sinks[0].kind,
+            cfg.outbox.startswith(str(tmp_path)),
+            cfg.loop,
+            cfg.coalesce,
+        ) == ("file", True, (3, 300.0), 60.0)
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["--loop", "3"],
+            ["--coalesce", "soon"],
+            ["--burst", "0"],
+            ["--sink", "ftp://x"],
+            ["--sink", "file:a", "--sink", "file:a"],
+        ],
+    )
+    def test_bad_flags_exit_2_naming_the_value(self, argv, tmp_path, capsys):
+        """A bad value is a usage error (exit 2) before anything runs."""
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv, self.env(tmp_path))
+        assert exc.value.code == 2
+        assert argv[-1].split(":")[0] in capsys.readouterr().err
+
+    def test_program_filters_accept_names_and_globs(self):
+        """-p matches name, group:name or a glob; --exclude wins."""
+        cfg = Config(programs=("web:*", "cron"), exclude=("web:w_9",))
+        assert [
+            cfg.watches("web", "w_1"),
+            cfg.watches("cron", "cron"),
+            cfg.watches("web", "w_9"),
+            cfg.watches("db", "db"),
+        ] == [True, True, False, False]
+
+
+class TestLoop:
+    def test_protocol_loop_acknowledges_after_the_commit(self, tmp_path):
+        """Through the real protocol loop, an EXITED is in the outbox when OK is written."""
+        h = Harness(tmp_path)
+        payload = "processname:w groupname:g from_state:RUNNING expected:0 pid:3"
+        stdin = io.StringIO(protocol.format_event("PROCESS_STATE_EXITED", payload))
+        stdout = io.StringIO()
+        assert protocol.run(h.cm, stdin, stdout, install_signals=False) == 0
+        assert (stdout.getvalue(), h.kinds()) == ("READY\nRESULT 2\nOKREADY\n", [("crash", "w")])
+
+
+class TestHangingSink:
+    def test_256_crashes_are_acknowledged_while_the_only_sink_hangs(self, tmp_path):
+        """With the sink blocked mid-send, all 256 events are acknowledged and committed."""
+        import threading
+
+        from listeners.notify.outbox import Courier
+
+        release = threading.Event()
+        entered = threading.Event()
+
+        class HangingSink:
+            name = "smtp:hang"
+
+            def send(self, alert):
+                entered.set()
+                release.wait(30)
+
+        h = Harness(tmp_path, burst=1000)
+        courier = Courier(h.outbox, [HangingSink()], fold=fold)
+        h.cm.wake = courier.wake
+        courier.start()
+        try:
+            frames = "".join(
+                protocol.format_event(
+                    "PROCESS_STATE_EXITED",
+                    f"processname:w{i} groupname:g from_state:RUNNING expected:0 pid:{i + 10}",
+                    serial=i + 1,
+                )
+                for i in range(256)
+            )
+            stdout = io.StringIO()
+            protocol.run(h.cm, io.StringIO(frames), stdout, install_signals=False)
+            assert entered.wait(10)
+            acks = stdout.getvalue().count("RESULT 2\nOK")
+            incidents = h.outbox.counts()["incidents_open"] + h.outbox.counts()["messages"]
+            assert (acks, incidents >= 256) == (256, True)
+            assert not release.is_set()
+        finally:
+            release.set()
+            courier.stop()
