@@ -24,7 +24,12 @@ class ExampleStack:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sl-ex-", dir="/tmp"))
         self.dir = self.root / "supervisord"
-        shutil.copytree(STACK, self.dir, ignore=shutil.ignore_patterns("*.sock", "*.log", "*.pid"))
+        # as shipped: nothing a local `make run` left in run/ comes along
+        shutil.copytree(
+            STACK,
+            self.dir,
+            ignore=lambda d, names: [n for n in names if Path(d).name == "run" and n != ".gitkeep"],
+        )
         self.run_dir = self.dir / "run"
         self.conf = self.dir / "supervisord.conf"
         self.client = Supervisor(Connection(url=f"unix://{self.run_dir}/supervisor.sock"))

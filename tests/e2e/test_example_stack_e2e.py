@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -89,3 +90,83 @@ class TestExampleStack:
         parser.read(STACK / "supervisord.conf")
         assert parser.get("inet_http_server", "port").startswith("127.0.0.1:")
         assert "%(ENV_" in parser.get("inet_http_server", "password")
+
+
+def alerts(stack: ExampleStack) -> list[dict[str, object]]:
+    path = stack.run_dir / "alerts.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+LISTENERS = ("memmon", "crashmail", "exporter")
+
+
+class TestExampleStackListeners:
+    def test_leaking_worker_is_restarted_by_memmon_at_16mb(self, stack):
+        """image_resizer passes 16 MiB, memmon restarts it, crashmail reports it, it runs again."""
+
+        def restart_alert() -> dict[str, object] | None:
+            found = [
+                a
+                for a in alerts(stack)
+                if a["kind"] == "memory_restart" and a["group"] == "image_resizer"
+            ]
+            return found[0] if found else None
+
+        alert = wait_for(restart_alert, 60, what="memory_restart alert for image_resizer")
+        details = alert["details"]
+        assert isinstance(details, dict)
+        assert 16 * 1024 * 1024 == details["limit_bytes"]
+        # the worker leaks 1 MiB/s and memmon checks every second: caught just past the ceiling
+        assert 16 * 1024 * 1024 < details["measured_bytes"] < 20 * 1024 * 1024
+        info = wait_for(
+            lambda: (
+                (i := stack.client.process_info("image_resizer:image_resizer_0"))["statename"]
+                == "RUNNING"
+                and i["pid"] != details["pid"]
+                and i
+            ),
+            30,
+            what="image_resizer back RUNNING",
+        )
+        assert info["pid"] != details["pid"]
+
+    def test_crash_looping_worker_is_reported_once_as_a_loop(self, stack):
+        """webhook_sender's crashes produce a crash alert and one crash_loop alert."""
+
+        def loop_alerts() -> list[dict[str, object]]:
+            return [
+                a
+                for a in alerts(stack)
+                if a["kind"] == "crash_loop" and a["group"] == "webhook_sender"
+            ]
+
+        wait_for(loop_alerts, 90, what="crash_loop alert for webhook_sender")
+        crash = [
+            a for a in alerts(stack) if a["kind"] == "crash" and a["group"] == "webhook_sender"
+        ]
+        assert crash
+        assert 3 == crash[0]["exit_status"]
+        assert "503" in str(crash[0]["stderr_tail"])
+        assert 1 == len(loop_alerts())
+
+    def test_expected_exits_and_listeners_never_alert(self, stack):
+        """queue_consumer exits 0 on purpose and the listeners run clean: no alert names them."""
+        wait_for(lambda: alerts(stack), 60, what="any alert")
+        quiet = {"queue_consumer", "mail_sender", *LISTENERS}
+        assert [] == [a for a in alerts(stack) if a["group"] in quiet]
+
+    def test_no_listener_is_ever_restarted_by_memmon(self, stack):
+        """The 16 MB ceiling applies to workers only: every listener keeps its first pid."""
+        first = {n: stack.client.process_info(f"{n}:{n}") for n in LISTENERS}
+        assert {"RUNNING"} == {i["statename"] for i in first.values()}
+        log = (stack.run_dir / "memmon.log").read_text()
+        restarted = [
+            line
+            for line in log.splitlines()
+            if '"action": "restart"' in line and any(f'"{n}:{n}"' in line for n in LISTENERS)
+        ]
+        assert [] == restarted
+        now = {n: stack.client.process_info(f"{n}:{n}")["pid"] for n in LISTENERS}
+        assert {n: i["pid"] for n, i in first.items()} == now

@@ -11,14 +11,13 @@ def main() -> None:
     parser.add_argument("--mb-per-second", type=float, default=1.0)
     args = parser.parse_args()
     kept = []
-    per_tick = max(1, round(args.mb_per_second * 1024 * 1024 / CHUNK / 10))
+    # one 256 KiB block every `pause` seconds is mb_per_second MiB a second
+    pause = CHUNK / (args.mb_per_second * 1024 * 1024)
     while True:
-        for _ in range(per_tick):
-            block = bytearray(CHUNK)
-            block[::4096] = b"x" * len(block[::4096])  # touch every page so it counts in RSS
-            kept.append(block)
-        time.sleep(0.1)
-
+        block = bytearray(CHUNK)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page so it counts in RSS
+        kept.append(block)
+        time.sleep(pause)
 
 if __name__ == "__main__":
     main()
