@@ -267,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     raw_requestline: bytes
     server_version = "supervisor-exporter"
+    # Answer garbage with a real status line, not an HTTP/0.9 headerless body.
+    default_request_version = "HTTP/1.0"
     sys_version = ""
 
     def parse_request(self) -> bool:
