@@ -182,6 +182,7 @@ class ExporterState:
         self.lost_events = 0
         self.reconcile_errors = 0
         self.reconciles = 0
+        self.stale_events = 0
 
     def count_event(self) -> None:
         with self.lock:
@@ -191,6 +192,15 @@ class ExporterState:
         if event.full_name in self.ignore:
             return
         with self.lock:
+            record = self.table.get(event.full_name)
+            # Events buffered before we started arrive after the start-up reconcile; their
+            # from_state then differs from the state we hold. Take the state, count nothing.
+            if record is not None and record.state != event.from_state:
+                counts = record.restarts, record.unexpected_exits, record.fatal
+                self.table.apply(event)
+                record.restarts, record.unexpected_exits, record.fatal = counts
+                self.stale_events += 1
+                return
             self.table.apply(event)
             self.loops.observe(event)
 
@@ -383,7 +393,8 @@ class ExporterHandler(protocol.Handler):
             return
         for name in names:
             info = infos.get(name)
-            if info is not None:
+            # Once respawned (or in BACKOFF/FATAL) supervisord reports 0, not the last exit.
+            if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
                 self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
 
 

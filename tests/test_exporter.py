@@ -43,11 +43,20 @@ def ev(name: str, payload: str) -> protocol.Event:
     return protocol.parse_event(protocol.parse_header(head), body)
 
 
-def state_ev(group: str, name: str, state: str, **extra: Any) -> protocol.Event:
+#: The last state each test process was put in, so events carry a consistent from_state.
+LAST: dict[str, str] = {}
+
+
+def state_ev(
+    group: str, name: str, state: str, from_state: str | None = None, **extra: Any
+) -> protocol.Event:
+    key = f"{group}:{name}"
+    frm = from_state or LAST.get(key, "STOPPED")
+    LAST[key] = state
     fields = " ".join(f"{k}:{v}" for k, v in extra.items())
     return ev(
         f"PROCESS_STATE_{state}",
-        f"processname:{name} groupname:{group} from_state:X {fields}".strip(),
+        f"processname:{name} groupname:{group} from_state:{frm} {fields}".strip(),
     )
 
 
@@ -109,6 +118,8 @@ def worker() -> Iterator[Worker]:
 def make(
     worker: Worker, infos: list[dict[str, Any]] | None = None, **kw: Any
 ) -> tuple[ExporterState, ExporterHandler, FakeRPC]:
+    LAST.clear()
+    LAST.update({f"{i['group']}:{i['name']}": i["statename"] for i in infos or []})
     state = ExporterState(**kw)
     rpc = FakeRPC(infos)
     handler = ExporterHandler(state, rpc, worker)
@@ -149,15 +160,29 @@ class TestCollector:
             handler.handle(state_ev("app", "app", "EXITED", expected=0, pid=10 + i))
             handler.handle(state_ev("app", "app", "STARTING", tries=0))
             handler.handle(state_ev("app", "app", "RUNNING", pid=11 + i))
-        rpc.infos = [info("app", "app", "RUNNING", pid=13, exitstatus=3)]
+        rpc.infos = [info("app", "app", "EXITED", pid=0, exitstatus=3)]
+        rpc.infos[0]["start"] = 1_700_000_000
+        handler.handle(state_ev("app", "app", "EXITED", expected=0, pid=13))
         assert worker.join()
         reg = registry_for(state)
         labels = {"group": "app", "name": "app"}
         assert 3 == val(reg, "supervisord_process_restarts_total", **labels)
-        assert 3 == val(reg, "supervisord_process_unexpected_exits_total", **labels)
+        assert 4 == val(reg, "supervisord_process_unexpected_exits_total", **labels)
         assert 1 == val(reg, "supervisord_process_crash_looping", **labels)
         assert 3 == val(reg, "supervisord_process_exit_status", **labels)
-        assert 9 == val(reg, "supervisord_exporter_events_total")
+        assert 10 == val(reg, "supervisord_exporter_events_total")
+
+    def test_a_respawned_process_keeps_its_last_exit_status(self, worker):
+        """supervisord's 0 for a respawned process does not overwrite the last exit status."""
+        state, handler, rpc = make(worker, [info("x", "x", "EXITED", exitstatus=3)])
+        rpc.infos = [info("x", "x", "EXITED", exitstatus=3)]
+        rpc.infos[0]["start"] = 1_700_000_000
+        handler.on_timer()
+        assert worker.join()
+        rpc.infos = [info("x", "x", "RUNNING", pid=5, exitstatus=0)]
+        handler.on_timer()
+        assert worker.join()
+        assert 3 == val(registry_for(state), "supervisord_process_exit_status", group="x", name="x")
 
     def test_expected_exits_are_not_crashes(self, worker):
         """EXITED expected:1 counts a restart but no unexpected exit and no loop."""
@@ -169,6 +194,15 @@ class TestCollector:
         assert 0 == val(reg, "supervisord_process_unexpected_exits_total", group="q", name="q")
         assert 0 == val(reg, "supervisord_process_crash_looping", group="q", name="q")
         assert 5 == val(reg, "supervisord_process_restarts_total", group="q", name="q")
+
+    def test_events_older_than_the_start_up_reconcile_count_nothing(self, worker):
+        """A buffered STARTING replayed after the reconcile saw RUNNING is no restart."""
+        state, handler, _ = make(worker, [info("s", "s", "RUNNING", pid=10)])
+        handler.handle(state_ev("s", "s", "STARTING", from_state="STOPPED", tries=0))
+        handler.handle(state_ev("s", "s", "RUNNING", from_state="STARTING", pid=10))
+        reg = registry_for(state)
+        assert 0 == val(reg, "supervisord_process_restarts_total", group="s", name="s")
+        assert 1 == val(reg, "supervisord_process_state", group="s", name="s", state="RUNNING")
 
     def test_fatal_counted(self, worker):
         """BACKOFF x3 then FATAL: fatal_total 1 and state FATAL."""

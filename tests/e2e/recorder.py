@@ -24,7 +24,9 @@ class Recorder(protocol.Handler):
         if self.noisy:
             print("stray output that must not reach supervisord")  # noqa: T201 - deliberate
         h = event.header
-        self.out.write(f"{h.serial} {h.poolserial} {h.eventname} {len(event.payload)} {self.lost}\n")
+        self.out.write(
+            f"{h.serial} {h.poolserial} {h.eventname} {len(event.payload)} {self.lost}\n"
+        )
         self.out.flush()
         self.lost = 0
 
