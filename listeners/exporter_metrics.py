@@ -166,12 +166,24 @@ class ProcReader:
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
 
-    def _stat(self, pid: int) -> tuple[int, int, int] | None:
-        """(rss pages, own cpu ticks, reaped children's cpu ticks) or None if gone."""
+    @staticmethod
+    def _read(path: str) -> bytes | None:
+        # os.open/os.read: a Python file object costs more than the read itself here.
         try:
-            with open(f"{self.proc}/{pid}/stat", "rb") as fh:
-                data = fh.read()
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
+            return None
+        try:
+            return os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _stat(self, pid: int) -> tuple[int, int, int, int] | None:
+        """(rss pages, own cpu ticks, reaped children's cpu ticks, threads) or None if gone."""
+        data = self._read(f"{self.proc}/{pid}/stat")
+        if not data:
             return None
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
         fields = data[data.rfind(b")") + 2 :].split()
@@ -181,21 +193,23 @@ class ProcReader:
             int(fields[21]),
             int(fields[11]) + int(fields[12]),
             int(fields[13]) + int(fields[14]),
+            int(fields[17]),
         )
 
-    def _children(self, pid: int) -> list[int]:
+    def _children(self, pid: int, threads: int) -> list[int]:
         base = f"{self.proc}/{pid}/task"
-        try:
-            tids = os.listdir(base)
-        except OSError:
-            return []
+        # Each thread lists the children it forked; most workers have one thread.
+        tids: list[str] = [str(pid)]
+        if threads > 1:
+            try:
+                tids = os.listdir(base)
+            except OSError:
+                return []
         kids: list[int] = []
         for tid in tids:
-            try:
-                with open(f"{base}/{tid}/children", "rb") as fh:
-                    kids.extend(int(k) for k in fh.read().split())
-            except (OSError, ValueError):
-                continue
+            data = self._read(f"{base}/{tid}/children")
+            if data:
+                kids.extend(int(k) for k in data.split())
         return kids
 
     def usage(self, pid: int) -> Usage | None:
@@ -205,7 +219,7 @@ class ProcReader:
             return None
         rss, ticks = top[0], top[1] + top[2]
         seen = {pid}
-        todo = self._children(pid)
+        todo = self._children(pid, top[3])
         while todo:
             child = todo.pop()
             if child in seen or len(seen) > 4096:
@@ -216,7 +230,7 @@ class ProcReader:
                 continue
             rss += stat[0]
             ticks += stat[1]
-            todo.extend(self._children(child))
+            todo.extend(self._children(child, stat[3]))
         return Usage(rss * self.page_size, ticks / self.ticks)
 
     def usage_many(self, pids: Mapping[str, int]) -> dict[str, Usage]:
