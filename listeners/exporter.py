@@ -193,12 +193,10 @@ class ExporterState:
             return
         with self.lock:
             record = self.table.get(event.full_name)
-            # Events buffered before we started arrive after the start-up reconcile; their
-            # from_state then differs from the state we hold. Take the state, count nothing.
+            # Events buffered before we started arrive after the start-up reconcile, which
+            # already holds their outcome: their from_state disagrees with our state. Skip
+            # them; a real divergence (lost events) is fixed by the next reconcile.
             if record is not None and record.state != event.from_state:
-                counts = record.restarts, record.unexpected_exits, record.fatal
-                self.table.apply(event)
-                record.restarts, record.unexpected_exits, record.fatal = counts
                 self.stale_events += 1
                 return
             self.table.apply(event)

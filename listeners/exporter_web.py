@@ -236,6 +236,10 @@ class _Server(ThreadingHTTPServer):
         finally:
             wrapped.close()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a client that hung up is not news.
+        log.info("exporter.request_failed", client=str(client_address[0]), exc_info=True)
+
     def check_auth(self, header: str | None) -> bool:
         users = self.web_config.users
         if not users:
