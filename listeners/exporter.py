@@ -1,15 +1,452 @@
-"""supervisor-exporter (not built yet)."""
+"""supervisor-exporter: Prometheus metrics and a status page, fed by supervisord's events.
+
+It runs as an event listener, so it sees every transition (a polling exporter misses what
+happens between scrapes), and serves HTTP from a thread of the same process. State comes
+from PROCESS_STATE / PROCESS_GROUP events, one getAllProcessInfo at start and a reconcile on
+TICK_60 (or every ``--reconcile-interval``), always on a background thread. A scrape makes no
+XML-RPC call: it copies the state under a lock and reads /proc for memory and CPU.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-__all__ = ["main"]
+from listeners import bus, cli, protocol
+from listeners.background import Worker
+from listeners.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.exporter_metrics import ProcessView, ProcReader, Snapshot
+from listeners.log import configure, get_logger
+from listeners.state import ProcessTable
+from listeners.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.units import parse_duration, parse_rate
+
+__all__ = ["Config", "ExporterHandler", "ExporterState", "main", "parse_args"]
+
+
+log = get_logger("listeners.exporter")
+
+DEFAULT_LISTEN = "127.0.0.1:9876"
+DEFAULT_DASHBOARD = "http://127.0.0.1:8080/"
+#: Above this many exits waiting for their status, one getAllProcessInfo is cheaper.
+BULK_EXIT_LOOKUP = 16
+
+
+class RPC(Protocol):
+    """The part of ``Supervisor`` the exporter uses; tests pass a fake."""
+
+    def version(self) -> str: ...
+    def identification(self) -> str: ...
+    def all_process_info(self) -> list[dict[str, Any]]: ...
+    def process_info(self, name: str) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Config:
+    connection: Connection
+    listen_host: str
+    listen_port: int
+    web_config_file: Path | None
+    dashboard_url: str
+    loop: tuple[int, float]
+    reconcile_interval: float | None
+    log_level: str
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    forms = "HOST:PORT, for example 127.0.0.1:9876, [::1]:9876 or 0.0.0.0:9876"
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ValueError(f"invalid listen address {text!r}: expected {forms}")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"invalid listen address {text!r}: expected {forms}")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"invalid listen address {text!r}: write IPv6 hosts as [::1]:9876")
+    return host, int(port)
+
+
+def parse_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"invalid URL {text!r}: expected http://host:port/ or https://...")
+    return text
+
+
+def parse_interval(text: str) -> float:
+    value = parse_duration(text)
+    if value < 0.1:
+        raise ValueError(f"invalid interval {text!r}: must be at least 0.1s")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisor-exporter",
+        description="Prometheus metrics and a status page for supervisord, as an event"
+        " listener (events=PROCESS_STATE,PROCESS_GROUP,TICK_60,REMOTE_COMMUNICATION,"
+        "SUPERVISOR_STATE_CHANGE).",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        type=cli.arg_type(parse_listen, "listen address"),
+        metavar="HOST:PORT",
+        help="where to serve /metrics, /healthz and the status page (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="exporter-toolkit web config (TLS, bcrypt basic auth); default: plain HTTP",
+    )
+    parser.add_argument(
+        "--dashboard-url",
+        default=DEFAULT_DASHBOARD,
+        type=cli.arg_type(parse_url, "URL"),
+        help="supervisord's web dashboard, linked from the status page (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loop",
+        default=DEFAULT_LOOP,
+        type=cli.arg_type(parse_rate, "rate"),
+        metavar="COUNT/WINDOW",
+        help="crash loop: COUNT unexpected exits within WINDOW, the rule crashmail uses"
+        " (default: 3/5m)",
+    )
+    parser.add_argument(
+        "--reconcile-interval",
+        type=cli.arg_type(parse_interval, "interval"),
+        metavar="DURATION",
+        help="reconcile with getAllProcessInfo every DURATION (e.g. 30s) instead of on each"
+        " TICK_60 event",
+    )
+    cli.add_connection_args(parser)
+    cli.add_logging_args(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    connection = cli.connection_from_args(parser, args)
+    host, port = args.listen
+    web_config = Path(args.web_config) if args.web_config else None
+    loop = (int(args.loop[0]), float(args.loop[1]))
+    return Config(
+        connection=connection,
+        listen_host=host,
+        listen_port=port,
+        web_config_file=web_config,
+        dashboard_url=args.dashboard_url,
+        loop=loop,
+        reconcile_interval=args.reconcile_interval,
+        log_level=args.log_level,
+    )
+
+
+# --------------------------------------------------------------------------- state
+
+
+class ExporterState:
+    """The exporter's view of supervisord; every method takes the lock, scrapes copy it."""
+
+    def __init__(
+        self,
+        *,
+        loop: tuple[int, float] = DEFAULT_LOOP,
+        ignore: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.table = ProcessTable(clock=clock, ignore=ignore)
+        self.loops = CrashLoopDetector(loop[0], loop[1], clock=monotonic)
+        self.ignore = frozenset(ignore)
+        self.limits: dict[str, int] = {}
+        self.memory_restarts: dict[str, int] = {}
+        self.up = False
+        self.version: str | None = None
+        self.identification: str | None = None
+        self.events = 0
+        self.lost_events = 0
+        self.reconcile_errors = 0
+        self.reconciles = 0
+        self.stale_events = 0
+
+    def count_event(self) -> None:
+        with self.lock:
+            self.events += 1
+
+    def apply_process(self, event: protocol.ProcessStateEvent) -> None:
+        if event.full_name in self.ignore:
+            return
+        with self.lock:
+            record = self.table.get(event.full_name)
+            # Events buffered before we started arrive after the start-up reconcile, which
+            # already holds their outcome: their from_state disagrees with our state. Skip
+            # them; a real divergence (lost events) is fixed by the next reconcile.
+            if record is not None and record.state != event.from_state:
+                self.stale_events += 1
+                return
+            self.table.apply(event)
+            self.loops.observe(event)
+
+    def apply_group(self, event: protocol.ProcessGroupEvent) -> None:
+        with self.lock:
+            gone = [r.full_name for r in self.table if r.group == event.groupname]
+            self.table.apply_group(event)
+            if not event.added:
+                for name in gone:
+                    self.loops.forget(name)
+
+    def apply_bus(self, message: bus.Message) -> None:
+        with self.lock:
+            if isinstance(message, bus.MemoryLimits):
+                self.limits = dict(message.limits)
+            elif isinstance(message, bus.MemoryRestart) and not message.dry_run:
+                key = f"{message.group}:{message.name}"
+                self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
+                self.limits.setdefault(key, message.limit_bytes)
+
+    def apply_reconcile(
+        self, infos: list[dict[str, Any]], version: str, identification: str
+    ) -> None:
+        with self.lock:
+            self.table.reconcile(infos)
+            self.up = True
+            self.version = version
+            self.identification = identification
+            self.reconciles += 1
+
+    def reconcile_failed(self) -> None:
+        with self.lock:
+            self.up = False
+            self.reconcile_errors += 1
+
+    def mark_down(self) -> None:
+        with self.lock:
+            self.up = False
+
+    def add_lost(self, count: int) -> None:
+        with self.lock:
+            self.lost_events += count
+
+    def set_exit_status(self, name: str, status: int) -> None:
+        with self.lock:
+            self.table.set_exit_status(name, status)
+
+    def snapshot(self) -> Snapshot:
+        with self.lock:
+            self.loops.check()
+            looping = self.loops.looping()
+            limits, mem_restarts = self.limits, self.memory_restarts
+            procs = tuple(
+                ProcessView(
+                    r.group,
+                    r.name,
+                    r.state,
+                    r.pid,
+                    r.start_time,
+                    r.exit_status,
+                    r.restarts,
+                    r.unexpected_exits,
+                    r.fatal,
+                    limits.get(key := r.full_name),
+                    mem_restarts.get(key, 0),
+                    key in looping,
+                )
+                for r in self.table
+            )
+            return Snapshot(
+                self.up,
+                self.version,
+                self.identification,
+                procs,
+                self.events,
+                self.lost_events,
+                self.reconcile_errors,
+            )
+
+
+# --------------------------------------------------------------------------- events
+
+
+class ExporterHandler(protocol.Handler):
+    """Feeds events into the state; RPC (reconcile, exit statuses) goes to ``worker``."""
+
+    def __init__(
+        self,
+        state: ExporterState,
+        rpc: RPC,
+        worker: Worker,
+        *,
+        reconcile_interval: float | None = None,
+    ) -> None:
+        self.state = state
+        self.rpc = rpc
+        self.worker = worker
+        self.timer_interval = reconcile_interval
+        self._pending_lock = threading.Lock()
+        self._reconcile_pending = False
+        self._exits: set[str] = set()
+
+    # The event loop side: cheap, never blocks.
+
+    def handle(self, event: protocol.Event) -> None:
+        self.state.count_event()
+        if isinstance(event, protocol.ProcessStateEvent):
+            self.state.apply_process(event)
+            if event.state in ("EXITED", "BACKOFF") and event.full_name not in self.state.ignore:
+                self.request_exit_status(event.full_name)
+        elif isinstance(event, protocol.ProcessGroupEvent):
+            self.state.apply_group(event)
+            if event.added:
+                self.request_reconcile()
+        elif isinstance(event, protocol.TickEvent):
+            if event.period == 60 and self.timer_interval is None:
+                self.request_reconcile()
+        elif isinstance(event, protocol.RemoteCommunicationEvent):
+            if event.type == bus.MEMMON_TYPE:
+                try:
+                    message = bus.decode(event.data)
+                except ValueError as exc:
+                    log.warning("exporter.bad_bus_message", error=str(exc), data=event.data[:200])
+                    return
+                self.state.apply_bus(message)
+        elif isinstance(event, protocol.SupervisorStateEvent):
+            if event.state == "STOPPING":
+                self.state.mark_down()
+            else:
+                self.request_reconcile()
+
+    def on_events_lost(self, count: int, event: protocol.Event) -> None:
+        self.state.add_lost(count)
+        self.request_reconcile()
+
+    def on_timer(self) -> None:
+        self.request_reconcile()
+
+    def close(self) -> None:
+        self.worker.close(timeout=5.0)
+
+    def request_reconcile(self) -> None:
+        with self._pending_lock:
+            if self._reconcile_pending:
+                return
+            self._reconcile_pending = True
+        self.worker.submit(self.reconcile)
+
+    def request_exit_status(self, name: str) -> None:
+        with self._pending_lock:
+            first = not self._exits
+            self._exits.add(name)
+        if first:
+            self.worker.submit(self.fetch_exit_statuses)
+
+    # The worker side: RPC calls.
+
+    def reconcile(self) -> None:
+        with self._pending_lock:
+            self._reconcile_pending = False
+        started = time.monotonic()
+        try:
+            version = self.rpc.version()
+            identification = self.rpc.identification()
+            infos = self.rpc.all_process_info()
+        except SupervisorError as exc:
+            self.state.reconcile_failed()
+            log.warning("exporter.reconcile_failed", error=str(exc))
+            return
+        self.state.apply_reconcile(infos, version, identification)
+        log.debug(
+            "exporter.reconciled",
+            processes=len(infos),
+            seconds=round(time.monotonic() - started, 4),
+        )
+
+    def fetch_exit_statuses(self) -> None:
+        # supervisord's events do not carry the exit code; getProcessInfo does.
+        with self._pending_lock:
+            names, self._exits = self._exits, set()
+        try:
+            if len(names) > BULK_EXIT_LOOKUP:
+                infos: Mapping[str, dict[str, Any]] = {
+                    f"{i['group']}:{i['name']}": i for i in self.rpc.all_process_info()
+                }
+            else:
+                infos = {n: self.rpc.process_info(n) for n in names}
+        except SupervisorError as exc:
+            log.info("exporter.exit_status_unavailable", error=str(exc))
+            return
+        for name in names:
+            info = infos.get(name)
+            # Once respawned (or in BACKOFF/FATAL) supervisord reports 0, not the last exit.
+            if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
+                self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.stderr.write("supervisor-exporter: not built yet\n")
-    return 2
+    config = parse_args(argv)
+    configure(config.log_level)
+    from listeners import exporter_web
+
+    try:
+        web_config = exporter_web.load_web_config(config.web_config_file)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    me = self_name()
+    state = ExporterState(loop=config.loop, ignore=[me] if me else [])
+    reader = ProcReader()
+    try:
+        server = exporter_web.make_server(
+            config.listen_host,
+            config.listen_port,
+            state=state,
+            reader=reader,
+            web_config=web_config,
+            dashboard_url=config.dashboard_url,
+        )
+    except OSError as exc:
+        log.error(
+            "exporter.listen_failed",
+            address=f"{config.listen_host}:{config.listen_port}",
+            error=exc.strerror or str(exc),
+        )
+        return 1
+    handler = ExporterHandler(
+        state,
+        Supervisor(config.connection),
+        Worker("exporter-rpc"),
+        reconcile_interval=config.reconcile_interval,
+    )
+    handler.request_reconcile()
+    thread = threading.Thread(target=server.serve_forever, name="exporter-http", daemon=True)
+    thread.start()
+    log.info(
+        "exporter.listening",
+        address=f"{config.listen_host}:{server.server_address[1]}",
+        tls=web_config.tls is not None,
+        basic_auth=bool(web_config.users),
+    )
+    try:
+        return protocol.run(handler)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ class ProcessTable:
             record.start_time = start or record.start_time
             if start:
                 record.started_before = True
-            if state in ("EXITED", "FATAL", "BACKOFF") or record.exit_status is not None:
+            # supervisord resets exitstatus on spawn and never sets it for BACKOFF/FATAL, so
+            # only EXITED and STOPPED (after a run) report a real one; otherwise keep ours.
+            if state in ("EXITED", "STOPPED") and start:
                 record.exit_status = int(info.get("exitstatus") or 0)
         for key in set(self._records) - seen:
             del self._records[key]

@@ -1,0 +1,179 @@
+"""Scrape latency and supervisord CPU per scrape: supervisor-exporter vs node_exporter.
+
+    python bench/exporter.py [--workers 256,1000] [--scrapes 30]
+
+For each worker count, one real supervisord (unix socket plus an inet_http_server on
+loopback, since node_exporter speaks http:// only) runs N tiny workers and our exporter as
+an event listener; prometheus-node-exporter runs with only its supervisord collector. Each
+exporter is scraped in turn; supervisord's utime+stime from /proc/<pid>/stat is read
+before and after, so the CPU it spent answering (node_exporter calls getAllProcessInfo on
+every scrape) shows up per scrape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.support import PYTHON, Supervisord, wait_for  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes."""
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - loopback http
+        return str(resp.read().decode())
+
+
+def series_per_process(text: str, n: int) -> float:
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#") and 'name="w_' in ln]
+    return len(lines) / n
+
+
+def measure(url: str, sup_pid: int, scrapes: int) -> dict[str, float]:
+    for _ in range(3):
+        text = fetch(url)
+    latencies = []
+    cpu0 = cpu_seconds(sup_pid)
+    for _ in range(scrapes):
+        t0 = time.perf_counter()
+        text = fetch(url)
+        latencies.append(time.perf_counter() - t0)
+    cpu1 = cpu_seconds(sup_pid)
+    return {
+        "median_ms": statistics.median(latencies) * 1000,
+        "p90_ms": sorted(latencies)[int(len(latencies) * 0.9) - 1] * 1000,
+        "sup_cpu_ms": (cpu1 - cpu0) / scrapes * 1000,
+        "bytes": len(text),
+        "text": text,  # type: ignore[dict-item]
+    }
+
+
+def run(n: int, scrapes: int) -> None:
+    http_port, exp_port, node_port = free_port(), free_port(), free_port()
+    sup = Supervisord(
+        f"""
+        [program:w]
+        command=sleep 1000000
+        numprocs={n}
+        process_name=%(program_name)s_%(process_num)04d
+        startsecs=0
+
+        [eventlistener:exporter]
+        command={PYTHON} -m listeners.exporter --web.listen-address 127.0.0.1:{exp_port}
+        events=PROCESS_STATE,PROCESS_GROUP,TICK_60,REMOTE_COMMUNICATION,SUPERVISOR_STATE_CHANGE
+        buffer_size=4096
+        environment=PYTHONPATH="{ROOT}"
+        """,
+        extra_conf=f"""
+        [inet_http_server]
+        port=127.0.0.1:{http_port}
+        """,
+    )
+    sup.conf.write_text(sup.conf.read_text().replace("minfds=1024", "minfds=8192"))
+    node = None
+    try:
+        sup.start()
+        sup.wait_all("RUNNING", timeout=300)
+        assert sup.proc is not None
+        sup_pid = sup.proc.pid
+        exp_url = f"http://127.0.0.1:{exp_port}/metrics"
+        wait_for(lambda: f'name="w_{n - 1:04d}",state="RUNNING"}} 1' in fetch(exp_url), 120)
+        node = subprocess.Popen(
+            [
+                "prometheus-node-exporter",
+                "--collector.disable-defaults",
+                "--collector.supervisord",
+                f"--collector.supervisord.url=http://127.0.0.1:{http_port}/RPC2",
+                f"--web.listen-address=127.0.0.1:{node_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(sup.dir / "node_exporter.log", "wb"),  # noqa: SIM115 - lives with node
+        )
+        node_url = f"http://127.0.0.1:{node_port}/metrics"
+        try:
+            wait_for(
+                lambda: (
+                    'node_scrape_collector_success{collector="supervisord"} 1' in fetch(node_url)
+                ),
+                60,
+            )
+        except AssertionError:
+            print((sup.dir / "node_exporter.log").read_text()[-2000:])
+            raise
+        idle0 = cpu_seconds(sup_pid)
+        time.sleep(5)
+        idle_ms_per_s = (cpu_seconds(sup_pid) - idle0) / 5 * 1000
+        ours = measure(exp_url, sup_pid, scrapes)
+        theirs = measure(node_url, sup_pid, scrapes)
+        exp_pid = int(sup.info("exporter:exporter")["pid"])
+        rss, pss = memory(exp_pid)
+        s_ours = series_per_process(str(ours["text"]), n)
+        s_theirs = series_per_process(str(theirs["text"]), n)
+        print(f"\n{n} workers, {scrapes} scrapes each (after 3 warm-up scrapes)")
+        print(f"{'':34}{'supervisor-exporter':>22}{'node_exporter':>16}{'ratio':>10}")
+        rows = [
+            ("median scrape (ms)", ours["median_ms"], theirs["median_ms"]),
+            ("p90 scrape (ms)", ours["p90_ms"], theirs["p90_ms"]),
+            ("supervisord CPU per scrape (ms)", ours["sup_cpu_ms"], theirs["sup_cpu_ms"]),
+            ("series per process", s_ours, s_theirs),
+            ("response size (KiB)", ours["bytes"] / 1024, theirs["bytes"] / 1024),
+        ]
+        for label, a, b in rows:
+            ratio = (b / a if a else float("inf")) if "series" not in label else a / b
+            print(f"{label:34}{a:>22.2f}{b:>16.2f}{ratio:>9.1f}x")
+        print(f"{'exporter RSS / PSS (MiB)':34}{rss / 2**20:>15.1f} / {pss / 2**20:.1f}")
+        print(f"{'supervisord idle CPU (ms per s)':34}{idle_ms_per_s:>22.2f}")
+        print("(ratio: node_exporter / ours for times and sizes, ours / node_exporter for series)")
+    finally:
+        if node is not None:
+            node.terminate()
+            node.wait(10)
+        sup.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="256,1000")
+    parser.add_argument("--scrapes", type=int, default=30)
+    args = parser.parse_args()
+    for n in (int(x) for x in args.workers.split(",")):
+        run(n, args.scrapes)
+
+
+if __name__ == "__main__":
+    main()
