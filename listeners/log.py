@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -16,6 +17,49 @@ import structlog
 __all__ = ["configure", "get_logger"]
 
 _configured = False
+_lock = threading.Lock()
+
+
+class _StderrLogger:
+    """Writes each rendered line to a stream looked up at write time (sys.stderr by default).
+
+    Binding sys.stderr once would keep a stream that can be swapped out and closed later (by a
+    test runner, or by a library that replaces it); a closed stream must never crash a listener.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        out = self._stream if self._stream is not None else sys.stderr
+        with _lock:
+            try:
+                out.write(message + "\n")
+                out.flush()
+            except (ValueError, OSError):
+                pass
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
+    failure = msg
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stdlib handler that, like _StderrLogger, writes to whatever sys.stderr is now."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def _factory(stream: TextIO | None) -> Any:
+    def make(*_args: Any) -> _StderrLogger:
+        return _StderrLogger(stream)
+
+    return make
 
 
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
@@ -40,11 +84,12 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_factory(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries that use the stdlib (urllib3, asyncio) must not reach stdout either.
-    logging.basicConfig(stream=out, level=max(numeric, logging.WARNING), force=True)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
+    logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING), force=True)
     _configured = True
 
 

@@ -19,5 +19,6 @@ def main() -> None:
         kept.append(block)
         time.sleep(pause)
 
+
 if __name__ == "__main__":
     main()
