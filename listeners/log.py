@@ -43,10 +43,10 @@ class _StderrLogger:
     failure = msg
 
 
-class _CurrentStderrHandler(logging.StreamHandler):
+class _CurrentStderrHandler(logging.StreamHandler[TextIO]):
     """A stdlib handler that, like _StderrLogger, writes to whatever sys.stderr is now."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 
