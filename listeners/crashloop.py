@@ -4,7 +4,8 @@ A crash loop often never reaches FATAL: a process that dies after ``startsecs`` 
 EXITED -> STARTING -> RUNNING forever because supervisord resets its backoff counter on
 RUNNING. So the rule counts unexpected exits (EXITED expected:0) and BACKOFF transitions
 (death before startsecs) over a sliding window, and calls the loop over once the process has
-stayed RUNNING for a whole window.
+stayed RUNNING for a whole window. FATAL ends a loop without a change: supervisord stopped
+restarting the process, and FATAL is a state of its own (its own alert, its own series).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ class CrashLoopDetector:
             track.looping = False
             track.exits.clear()
             return LoopChange(name, False, track.total_in_loop)
+        if state == "FATAL":
+            # supervisord gave up: the process no longer restarts, so it no longer loops. FATAL
+            # is reported on its own; the loop simply ends, with no "stable again" message.
+            track.looping = False
+            track.exits.clear()
         if state in ("STOPPING", "STOPPED", "FATAL", "UNKNOWN"):
             track.running_since = None
         return None

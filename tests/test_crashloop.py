@@ -93,3 +93,12 @@ class TestCrashLoopDetector:
         d = CrashLoopDetector(1, 60, clock=Clock())
         d.observe(state("EXITED", expected=0))
         assert LoopChange("g:w", False, 1) == d.observe(state("STOPPED"))
+
+    def test_fatal_ends_the_loop_without_a_resolution(self):
+        """After FATAL (supervisord gave up) the process is not looping; nothing says stable."""
+        d = CrashLoopDetector(3, 60, clock=Clock())
+        changes = [d.observe(state("BACKOFF")) for _ in range(3)]
+        assert LoopChange("g:w", True, 3) == changes[-1]
+        assert d.observe(state("FATAL")) is None
+        assert (False, 0) == (d.is_looping("g:w"), d.exits_in_window("g:w"))
+        assert [] == d.check()

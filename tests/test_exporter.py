@@ -205,7 +205,7 @@ class TestCollector:
         assert 1 == val(reg, "supervisord_process_state", group="s", name="s", state="RUNNING")
 
     def test_fatal_counted(self, worker):
-        """BACKOFF x3 then FATAL: fatal_total 1 and state FATAL."""
+        """BACKOFF x3 then FATAL: fatal_total 1, state FATAL, and no longer crash looping."""
         state, handler, _ = make(worker, [info("b", "b", "STOPPED")])
         handler.handle(state_ev("b", "b", "STARTING", tries=0))
         for n in range(3):
@@ -214,7 +214,7 @@ class TestCollector:
         reg = registry_for(state)
         assert 1 == val(reg, "supervisord_process_fatal_total", group="b", name="b")
         assert 1 == val(reg, "supervisord_process_state", group="b", name="b", state="FATAL")
-        assert 1 == val(reg, "supervisord_process_crash_looping", group="b", name="b")
+        assert 0 == val(reg, "supervisord_process_crash_looping", group="b", name="b")
 
     def test_memmon_bus_messages_become_limit_and_memory_restarts(self, worker):
         """memmon's limits and restarts on the bus become the two memory series."""
