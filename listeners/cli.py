@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from listeners.supervisor import Connection, SupervisorError
@@ -62,10 +62,18 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def connection_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Connection:
-    """Build the Connection, reporting a bad URL or unreadable password file as a usage error."""
+def connection_from_args(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+) -> Connection:
+    """Build the Connection, reporting a bad URL or unreadable password file as a usage error.
+
+    ``env`` stands in for os.environ (tests pass their own).
+    """
     try:
         return Connection.from_env(
+            env,
             url=args.server_url,
             username=args.username,
             password_file=args.password_file,

@@ -289,19 +289,7 @@ def parse_config(
     email = tuple(a.strip() for v in args.email for a in v.split(",") if a.strip())
     if args.email and not email:
         parser.error(f"invalid -m {args.email[0]!r}: expected an email address")
-    if env is None:
-        connection = cli.connection_from_args(parser, args)
-    else:
-        try:
-            connection = Connection.from_env(
-                env,
-                url=args.server_url,
-                username=args.username,
-                password_file=args.password_file,
-                timeout=args.rpc_timeout,
-            )
-        except (ValueError, SupervisorError) as exc:
-            parser.error(str(exc))
+    connection = cli.connection_from_args(parser, args, env)
     return Config(
         programs=tuple(programs.values()),
         groups=tuple(groups.values()),
