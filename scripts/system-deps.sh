@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real (Prometheus, Alertmanager, promtool,
-# node_exporter for the benchmark, Chromium for the status page), if any is missing.
+# node_exporter for the benchmark, Chromium for the status page, msmtp as a real sendmail),
+# if any is missing.
 # Uses sudo when not root. Stops the services the packages start: tests run their own.
 set -euo pipefail
 need=()
@@ -8,6 +9,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 command -v chromium >/dev/null || need+=(chromium)
+command -v msmtp >/dev/null || need+=(msmtp)
 [ "${#need[@]}" -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
