@@ -55,7 +55,11 @@ EXPORTED_METRICS = frozenset(
 PROMETHEUS_METRICS = frozenset({"up"})
 
 # crashmail's direct pushes use these alertnames (and kinds); the rules raise the same names.
-CRASHMAIL_ALERTS = {"SupervisorProcessCrashLoop": "crash_loop", "SupervisorProcessFatal": "fatal"}
+CRASHMAIL_ALERTS = {
+    "SupervisorProcessCrashLoop": "crash_loop",
+    "SupervisorProcessFatal": "fatal",
+    "SupervisorMemoryRestart": "memory_restart",
+}
 PROCESS_LABELS = ("host", "group", "name")
 
 PROMQL_KEYWORDS = frozenset(
@@ -214,7 +218,7 @@ class TestRules:
             "SupervisorProcessCrashLoop",
             "SupervisorProcessFatal",
             "SupervisorProcessMemoryNearLimit",
-            "SupervisorProcessMemoryRestarts",
+            "SupervisorMemoryRestart",
         }
         assert expected == expected & set(alerts_by_name())
 

@@ -39,6 +39,7 @@ __all__ = [
     "write_alertmanager_config",
     "free_port",
     "wait_until",
+    "http_get",
     "Server",
     "start_prometheus",
     "start_alertmanager",
@@ -155,11 +156,14 @@ def write_prometheus_config(
     targets: dict[str, str],
     alertmanager: str | None = None,
     interval: str = "1s",
+    alert_for: str | None = None,
 ) -> Path:
     """Write prometheus.yml + rules.yml into `workdir`, from the shipped example.
 
     The example's `supervisord` job is kept (relabelling included) with its targets replaced by
     `targets` ({host: "127.0.0.1:port"}), file_sd dropped and every interval set to `interval`.
+    With `alert_for`, every alert's `for:` is replaced by it (a test cannot wait the shipped
+    minutes); expressions, labels and annotations stay exactly as shipped.
     """
     config = yaml.safe_load((EXAMPLE_DIR / "prometheus" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": interval, "evaluation_interval": interval}
@@ -175,7 +179,15 @@ def write_prometheus_config(
         config.pop("alerting", None)
     else:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
-    shutil.copy(EXAMPLE_DIR / "prometheus" / "rules.yml", workdir / "rules.yml")
+    if alert_for is None:
+        shutil.copy(EXAMPLE_DIR / "prometheus" / "rules.yml", workdir / "rules.yml")
+    else:
+        rules = yaml.safe_load((EXAMPLE_DIR / "prometheus" / "rules.yml").read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = alert_for
+        (workdir / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
     path = workdir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -269,7 +281,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None
             process.wait(timeout=timeout)
 
 
-def _http_get(url: str) -> tuple[int, bytes]:
+def http_get(url: str) -> tuple[int, bytes]:
+    """GET `url`: (status, body); an HTTP error status is returned, not raised."""
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:  # noqa: S310 - loopback URL built here
             return int(response.status), response.read()
@@ -288,7 +301,7 @@ def _start(name: str, argv: list[str], url: str, workdir: Path, ready_timeout: f
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log()}")
             try:
-                if _http_get(url + "/-/ready")[0] == 200:
+                if http_get(url + "/-/ready")[0] == 200:
                     return server
             except OSError:  # refused or reset while starting (URLError is an OSError)
                 pass
@@ -353,7 +366,7 @@ def running_alertmanager(config_file: Path, workdir: Path) -> Iterator[Server]:
 def prometheus_query(base_url: str, expr: str) -> list[dict[str, Any]]:
     """Instant query via /api/v1/query; the `result` list. RuntimeError on an API error."""
     url = f"{base_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    status, body = _http_get(url)
+    status, body = http_get(url)
     payload = json.loads(body)
     if status != 200 or payload.get("status") != "success":
         raise RuntimeError(f"query {expr!r} failed ({status}): {payload}")
@@ -363,7 +376,7 @@ def prometheus_query(base_url: str, expr: str) -> list[dict[str, Any]]:
 
 def prometheus_rules(base_url: str) -> list[dict[str, Any]]:
     """Every rule Prometheus has loaded (/api/v1/rules), flattened over groups."""
-    status, body = _http_get(f"{base_url}/api/v1/rules")
+    status, body = http_get(f"{base_url}/api/v1/rules")
     payload = json.loads(body)
     if status != 200:
         raise RuntimeError(f"rules API failed ({status}): {payload}")
@@ -373,7 +386,7 @@ def prometheus_rules(base_url: str) -> list[dict[str, Any]]:
 def alertmanager_alerts(base_url: str, matchers: list[str] | None = None) -> list[dict[str, Any]]:
     """Alerts Alertmanager holds (/api/v2/alerts), inhibited and silenced ones included."""
     query = urllib.parse.urlencode([("filter", m) for m in matchers or []])
-    status, body = _http_get(f"{base_url}/api/v2/alerts?{query}")
+    status, body = http_get(f"{base_url}/api/v2/alerts?{query}")
     if status != 200:
         raise RuntimeError(f"alerts API failed ({status}): {body!r}")
     alerts: list[dict[str, Any]] = json.loads(body)
