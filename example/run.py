@@ -15,6 +15,13 @@ import sys
 from pathlib import Path
 
 STACK = Path(__file__).resolve().parent / "docker" / "supervisord"
+#: Where the dashboard and the exporter listen unless the environment says otherwise: loopback
+#: only. The image sets 0.0.0.0 (inside its own network namespace) and is published on the
+#: host's loopback.
+DEFAULT_ADDRESSES = {
+    "SUPERVISOR_DASHBOARD_ADDRESS": "127.0.0.1:8080",
+    "EXPORTER_ADDRESS": "127.0.0.1:9876",
+}
 
 
 def dashboard_password(run_dir: Path) -> tuple[str, str]:
@@ -38,11 +45,12 @@ def main() -> int:
     if supervisord is None:
         sys.stderr.write("supervisord is not on PATH: run `make run`, which installs it\n")
         return 2
-    env = dict(os.environ, SUPERVISOR_DASHBOARD_PASSWORD=password)
+    env = {**DEFAULT_ADDRESSES, **os.environ, "SUPERVISOR_DASHBOARD_PASSWORD": password}
+    dashboard, exporter = env["SUPERVISOR_DASHBOARD_ADDRESS"], env["EXPORTER_ADDRESS"]
     sys.stderr.write(
         "Example stack starting (Ctrl-C stops it)\n"
-        f"  dashboard  http://127.0.0.1:8080/  user admin, password {where}\n"
-        "  metrics    http://127.0.0.1:9876/metrics   status page http://127.0.0.1:9876/\n"
+        f"  dashboard  http://{dashboard}/  user admin, password {where}\n"
+        f"  metrics    http://{exporter}/metrics   status page http://{exporter}/\n"
         f"  alerts     {run_dir / 'alerts.jsonl'}\n"
         f"  logs       {run_dir}\n"
         f"  tasks      supervisor-tasks -c {conf} list\n"

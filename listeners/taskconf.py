@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import glob
 import os
 import platform
 import re
@@ -268,11 +269,16 @@ def _server(parser: Any, here: Path) -> tuple[str, str | None, str | None]:
     user = _get(parser, "supervisorctl", "username", here)
     password = _get(parser, "supervisorctl", "password", here)
     sock = _get(parser, "unix_http_server", "file", here)
-    port = _get(parser, "inet_http_server", "port", here)
+
+    # Read the inet port only when it matters: it may be an %(ENV_x)s that only the process
+    # starting supervisord sets (the example's dashboard address is one).
+    def inet_port() -> str | None:
+        return _get(parser, "inet_http_server", "port", here)
+
     server_section = None
     if url is None and sock:
         url, server_section = f"unix://{sock}", "unix_http_server"
-    elif url is None and port:
+    elif url is None and (port := inet_port()):
         host, _, portnum = port.rpartition(":")
         url = f"http://{host if host not in ('', '*') else '127.0.0.1'}:{portnum}"
         server_section = "inet_http_server"
@@ -280,13 +286,39 @@ def _server(parser: Any, here: Path) -> tuple[str, str | None, str | None]:
         if url.startswith("unix://"):
             url = "unix://" + os.path.normpath(os.path.expanduser(url[len("unix://") :]))
             server_section = "unix_http_server" if sock and url == f"unix://{sock}" else None
-        elif port:
+        elif inet_port():
             server_section = "inet_http_server"
     url = url or "http://localhost:9001"
     if user is None and password is None and server_section:
         user = _get(parser, server_section, "username", here)
         password = _get(parser, server_section, "password", here)
     return url, user, password
+
+
+_ENV_REF = re.compile(r"%\(ENV_(\w+)\)s")
+
+
+def _placeholders(
+    conf: Path, includes: Iterable[str], disabled_dir: Path, known: Mapping[str, str]
+) -> dict[str, str]:
+    """A stand-in value for each %(ENV_x)s the confs use that this shell does not set.
+
+    Such variables are set where supervisord starts (the example's dashboard address is one);
+    this command only needs the confs to parse, so it checks them with "1", a value every
+    supervisord key type accepts (a number, a boolean, a command, a name).
+    """
+    paths = [conf, *(Path(p) for g in includes for p in glob.glob(g))]
+    paths += sorted(disabled_dir.glob("*.conf")) if disabled_dir.is_dir() else []
+    missing: dict[str, str] = {}
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for name in _ENV_REF.findall(text):
+            if name not in os.environ and name not in known:
+                missing[name] = "1"
+    return missing
 
 
 def load_layout(
@@ -335,6 +367,7 @@ def load_layout(
     if disabled_dir is None:
         disabled_dir = tasks_dir.parent / DISABLED_DIR_NAME
     url, user, password = _server(parser, here)
+    environment.update(_placeholders(conf, includes, disabled_dir, environment))
     return Layout(
         conf=conf,
         tasks_dir=tasks_dir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -9,11 +10,25 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from listeners.supervisor import Connection, Supervisor
 from tests.e2e.support import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_py() -> Any:
+    """example/run.py as a module, for the defaults it gives the stack."""
+    spec = importlib.util.spec_from_file_location("example_run", REPO / "example" / "run.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DEFAULT_ADDRESSES: dict[str, str] = _run_py().DEFAULT_ADDRESSES
 STACK = REPO / "example" / "docker" / "supervisord"
 PASSWORD = "e2e-dashboard-password"  # noqa: S105 - a throwaway for a loopback test stack
 
@@ -38,6 +53,7 @@ class ExampleStack:
             **os.environ,
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
             "SUPERVISOR_DASHBOARD_PASSWORD": PASSWORD,
+            **DEFAULT_ADDRESSES,
         }
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.example_stack import PASSWORD, STACK, ExampleStack
+from tests.e2e.example_stack import DEFAULT_ADDRESSES, PASSWORD, STACK, ExampleStack
 from tests.e2e.support import BAD_LOG_LINES, wait_for
 
 
@@ -84,12 +84,16 @@ class TestExampleStack:
         assert 401 == get("http://127.0.0.1:8080/", ("admin", "wrong"))
         assert 200 == get("http://127.0.0.1:8080/", ("admin", PASSWORD))
 
-    def test_dashboard_binds_loopback_only(self):
-        """The shipped conf never binds the dashboard to every interface."""
+    def test_dashboard_and_exporter_default_to_loopback(self):
+        """Outside the image, the dashboard and the exporter listen on 127.0.0.1 only."""
         parser = configparser.RawConfigParser()
         parser.read(STACK / "supervisord.conf")
-        assert parser.get("inet_http_server", "port").startswith("127.0.0.1:")
+        assert "%(ENV_SUPERVISOR_DASHBOARD_ADDRESS)s" == parser.get("inet_http_server", "port")
         assert "%(ENV_" in parser.get("inet_http_server", "password")
+        assert {
+            "SUPERVISOR_DASHBOARD_ADDRESS": "127.0.0.1:8080",
+            "EXPORTER_ADDRESS": "127.0.0.1:9876",
+        } == DEFAULT_ADDRESSES
 
 
 def alerts(stack: ExampleStack) -> list[dict[str, object]]:

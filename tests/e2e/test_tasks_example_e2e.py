@@ -21,12 +21,15 @@ def stack() -> Iterator[ExampleStack]:
 
 
 def tasks_cli(stack: ExampleStack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The console script's code path, as `supervisor-tasks -c <example conf> ...`."""
+    """The console script's code path, as `supervisor-tasks -c <example conf> ...` typed in a
+    shell that lacks the variables only supervisord's own environment has (the dashboard's
+    address and password)."""
+    shell = {k: v for k, v in stack.env.items() if not k.startswith(("SUPERVISOR_", "EXPORTER_"))}
     return subprocess.run(
         [sys.executable, "-m", "listeners.tasks", "-c", str(stack.conf), *args],
         capture_output=True,
         text=True,
-        env=stack.env,
+        env=shell,
         timeout=120,
         check=False,
     )
