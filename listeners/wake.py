@@ -54,7 +54,7 @@ def connect_poke(url: str, timeout: float = 2.0) -> Callable[[], None]:
 
 
 def rpc_poke(rpc: Supervisor) -> Callable[[], None]:
-    """A wake by ``supervisor.getAPIVersion``: also proves supervisord answers; ~2x the cost."""
+    """A wake by ``supervisor.getAPIVersion``; costs 2x a connect with 20 processes."""
 
     def poke() -> None:
         rpc.call("supervisor.getAPIVersion")
