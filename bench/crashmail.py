@@ -5,7 +5,12 @@ sinks), superlance crashmail (its -s points at a script that forwards the mail t
 server) and superlance crashmailbatch (SMTP, TICK_5, shortest interval). A real aiosmtpd server
 and a real HTTP receiver record arrival times.
 
-    python bench/crashmail.py [--crashes 20] [--storm 200]
+    python bench/crashmail.py [--crashes 20] [--storm 200] [--wake 200ms] [--idle 256]
+        [--cost-seconds 30] [--only latency|cost|storm]
+
+Latency runs twice: crashmail with --wake-interval 0 and with --wake (superlance beside it each
+time). The cost part reads supervisord's utime+stime from /proc with --idle sleeping workers,
+without a wake and with each kind of wake.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import email
 import json
+import os
 import socket
 import statistics
 import sys
@@ -28,6 +34,8 @@ from aiosmtpd.controller import Controller
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from listeners.supervisor import Connection, Supervisor  # noqa: E402
+from listeners.wake import Waker, connect_poke, rpc_poke  # noqa: E402
 from tests.e2e.support import PYTHON, Supervisord, wait_for  # noqa: E402
 
 FORWARD = """\
@@ -88,14 +96,16 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
-def listeners(tmp: Path, smtp_port: int, hook: str, buffer_size: int, burst: int = 5) -> str:
+def listeners(
+    tmp: Path, smtp_port: int, hook: str, buffer_size: int, burst: int = 5, wake: str = "200ms"
+) -> str:
     fwd = tmp / "sendmail_fwd.py"
     fwd.write_text(FORWARD.format(port=smtp_port))
     sink = f"smtp://127.0.0.1:{smtp_port}?from=crashmail@example.com&to=ops@example.com"
     return textwrap.dedent(f"""
     [eventlistener:crashmail]
     command={PYTHON} -m listeners.crashmail --sink '{sink}' --sink webhook+{hook}
-        --outbox {tmp}/outbox.sqlite --coalesce 30s --burst {burst}
+        --outbox {tmp}/outbox.sqlite --coalesce 30s --burst {burst} --wake-interval {wake}
     events=PROCESS_STATE,REMOTE_COMMUNICATION
     buffer_size={buffer_size}
     environment=PYTHONPATH="{REPO}"
@@ -113,8 +123,14 @@ def listeners(tmp: Path, smtp_port: int, hook: str, buffer_size: int, burst: int
     """)
 
 
-def latency(args: argparse.Namespace, inbox: Inbox, hook_srv: Any, smtp_port: int) -> None:
+def latency(
+    args: argparse.Namespace, inbox: Inbox, hook_srv: Any, smtp_port: int, wake: str
+) -> tuple[dict[str, list[float]], list[float]]:
+    """One supervisord, ``--crashes`` crashes one after another; crashmail with ``wake``."""
     n = args.crashes
+    with inbox.lock:
+        inbox.mails.clear()
+    hook_srv.got.clear()
     tmp_marks = []
     programs = ""
     for i in range(n):
@@ -129,7 +145,7 @@ def latency(args: argparse.Namespace, inbox: Inbox, hook_srv: Any, smtp_port: in
     sup = Supervisord("")
     (sup.dir / "lat.py").write_text(LAT_WORKER)
     # Every crash here is a first crash: lift the burst limit so none waits for a summary.
-    sup.write_conf(programs + listeners(sup.dir, smtp_port, hook, 1024, burst=1000))
+    sup.write_conf(programs + listeners(sup.dir, smtp_port, hook, 1024, burst=1000, wake=wake))
     sup.start()
     try:
         time.sleep(3)
@@ -179,26 +195,111 @@ def latency(args: argparse.Namespace, inbox: Inbox, hook_srv: Any, smtp_port: in
         own = outbox_latency(sup.dir / "outbox.sqlite")
     finally:
         sup.cleanup()
+    return results, own
+
+
+def stats(vals: list[float]) -> tuple[float, float, float]:
+    vals = sorted(vals)
+    return statistics.median(vals), vals[int(0.9 * (len(vals) - 1))], vals[-1]
+
+
+def print_latency(
+    n: int,
+    off: dict[str, list[float]],
+    on: dict[str, list[float]],
+    own: list[float],
+    wake: str,
+) -> None:
+    rows = [
+        (f"crashmail smtp, wake {wake}", on["crashmail smtp"]),
+        (f"crashmail webhook, wake {wake}", on["crashmail webhook"]),
+        ("crashmail smtp, wake off", off["crashmail smtp"]),
+        ("crashmail webhook, wake off", off["crashmail webhook"]),
+        ("superlance crashmail", off["superlance crashmail"]),
+        ("superlance crashmailbatch", off["superlance crashmailbatch"]),
+        ("superlance crashmail + wake", on["superlance crashmail"]),
+    ]
     print(f"\nLatency from crash to alert, {n} crashes one after another (seconds)")
-    print(f"{'listener':28} {'delivered':>9} {'median':>8} {'p90':>8} {'max':>8}")
-    base = statistics.median(results["crashmail smtp"])
-    for label, vals in results.items():
+    print(f"{'listener':32} {'delivered':>9} {'median':>8} {'p90':>8} {'max':>8}")
+    base = statistics.median(on["crashmail smtp"])
+    for label, vals in rows:
         if not vals:
-            print(f"{label:28} {0:>9}")
+            print(f"{label:32} {0:>9}")
             continue
-        vals.sort()
-        med = statistics.median(vals)
-        p90 = vals[int(0.9 * (len(vals) - 1))]
+        med, p90, top = stats(vals)
         print(
-            f"{label:28} {len(vals):>9} {med:8.3f} {p90:8.3f} {vals[-1]:8.3f}"
-            f"   x{med / base:.2f} of crashmail smtp"
+            f"{label:32} {len(vals):>9} {med:8.3f} {p90:8.3f} {top:8.3f}"
+            f"   x{med / base:.2f} of crashmail smtp with the wake"
         )
+    print(
+        "The superlance rows without '+ wake' ran in the supervisord where crashmail's wake was"
+        " off; '+ wake' is superlance crashmail beside crashmail with the wake on (the wake"
+        " hurries every listener of that supervisord)."
+    )
     if own:
         print(
             f"crashmail's own part (event received -> SMTP accepted): median"
-            f" {statistics.median(own):.3f}s. The rest is supervisord: it dispatches an EXITED"
-            " event after its next poll, up to 1 s later when nothing else wakes it."
+            f" {statistics.median(own):.3f}s. Without the wake the rest is supervisord: it hands"
+            " a buffered EXITED event to listeners after its next poll, 1 s later when nothing"
+            " else wakes it."
         )
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wake_cost(args: argparse.Namespace) -> None:
+    """supervisord's CPU with ``--idle`` sleeping workers: no wake, connect wakes, RPC wakes."""
+    n, seconds = args.idle, args.cost_seconds
+    sup = Supervisord(
+        textwrap.dedent(f"""
+        [program:idle]
+        command=sleep 86400
+        numprocs={n}
+        process_name=%(program_name)s_%(process_num)03d
+        startsecs=0
+        stdout_logfile=NONE
+        stderr_logfile=NONE
+        """)
+    )
+    sup.start()
+    assert sup.proc is not None
+    pid = sup.proc.pid
+    modes: list[tuple[str, Any]] = [
+        ("no wake", None),
+        ("connect every 200ms (default)", connect_poke(sup.url)),
+        ("connect every 100ms", connect_poke(sup.url)),
+        ("getAPIVersion every 200ms", rpc_poke(Supervisor(Connection(url=sup.url, timeout=2)))),
+    ]
+    intervals = [0.0, 0.2, 0.1, 0.2]
+    rows = []
+    try:
+        sup.wait_all("RUNNING", timeout=60)
+        time.sleep(2)
+        for (label, poke), interval in zip(modes, intervals, strict=True):
+            waker = Waker(poke, interval) if poke is not None else None
+            if waker is not None:
+                waker.start()
+            time.sleep(1)
+            c0, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(seconds)
+            c1, t1 = cpu_seconds(pid), time.monotonic()
+            if waker is not None:
+                waker.stop()
+            rows.append((label, 100 * (c1 - c0) / (t1 - t0), waker.pokes if waker else 0))
+    finally:
+        sup.cleanup()
+    print(f"\nsupervisord CPU with {n} idle workers, {seconds:g}s per mode (% of one core)")
+    print(f"{'wake':32} {'CPU %':>8} {'extra':>8} {'wakes':>7}")
+    base = rows[0][1]
+    for label, pct, pokes in rows:
+        print(f"{label:32} {pct:8.3f} {pct - base:8.3f} {pokes:>7}")
 
 
 def outbox_latency(path: Path) -> list[float]:
@@ -282,6 +383,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--crashes", type=int, default=20)
     parser.add_argument("--storm", type=int, default=200)
+    parser.add_argument("--wake", default="200ms", help="crashmail's --wake-interval when on")
+    parser.add_argument("--idle", type=int, default=256, help="idle workers for the CPU cost")
+    parser.add_argument("--cost-seconds", type=float, default=30.0, help="per wake mode")
+    parser.add_argument("--only", choices=["latency", "cost", "storm"], action="append")
     args = parser.parse_args()
     inbox = Inbox()
     smtp_port = free_port()
@@ -291,8 +396,15 @@ def main() -> None:
     hook_srv.got = []  # type: ignore[attr-defined]
     threading.Thread(target=hook_srv.serve_forever, daemon=True).start()
     try:
-        latency(args, inbox, hook_srv, smtp_port)
-        storm(args, inbox, hook_srv, smtp_port)
+        parts = args.only or ["latency", "cost", "storm"]
+        if "latency" in parts:
+            off, _ = latency(args, inbox, hook_srv, smtp_port, "0")
+            on, own = latency(args, inbox, hook_srv, smtp_port, args.wake)
+            print_latency(args.crashes, off, on, own, args.wake)
+        if "cost" in parts:
+            wake_cost(args)
+        if "storm" in parts:
+            storm(args, inbox, hook_srv, smtp_port)
     finally:
         controller.stop()
         hook_srv.shutdown()

@@ -15,11 +15,13 @@ from listeners.crashmail import (
     enrich_alert,
     exit_from_log,
     fold,
+    make_waker,
     parse_args,
+    parse_wake_interval,
 )
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Outbox
-from listeners.supervisor import NO_FILE, RPCFault
+from listeners.supervisor import NO_FILE, Connection, RPCFault
 
 
 class FakeClock:
@@ -311,6 +313,8 @@ class TestFlags:
             ["--burst", "0"],
             ["--sink", "ftp://x"],
             ["--sink", "file:a", "--sink", "file:a"],
+            ["--wake-interval", "10ms"],
+            ["--wake-interval", "soon"],
         ],
     )
     def test_bad_flags_exit_2_naming_the_value(self, argv, tmp_path, capsys):
@@ -329,6 +333,31 @@ class TestFlags:
             cfg.watches("web", "w_9"),
             cfg.watches("db", "db"),
         ] == [True, True, False, False]
+
+
+class TestWakeFlag:
+    def env(self, tmp_path):
+        return {"XDG_STATE_HOME": str(tmp_path), "SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
+
+    @pytest.mark.parametrize(
+        ("text", "seconds"), [("0", 0.0), ("200ms", 0.2), ("0.2", 0.2), ("0.5s", 0.5), ("1m", 60.0)]
+    )
+    def test_wake_interval_forms(self, text, seconds):
+        """0 is off; milliseconds and the usual durations are accepted."""
+        assert seconds == pytest.approx(parse_wake_interval(text))
+
+    def test_the_wake_is_on_by_default_every_200ms(self, tmp_path):
+        """The default (chosen from bench/crashmail.py) is a wake every 0.2 s."""
+        cfg, _, _ = parse_args([], self.env(tmp_path))
+        assert 0.2 == cfg.wake_interval
+
+    def test_zero_makes_no_waker_and_an_interval_makes_one_with_a_short_timeout(self):
+        """--wake-interval 0 starts no thread; otherwise the thread uses that interval."""
+        conn = Connection(url="unix:///tmp/x.sock", timeout=10.0)
+        off = make_waker(Config(wake_interval=0.0), conn)
+        on = make_waker(Config(wake_interval=0.3), conn)
+        assert on is not None
+        assert (None, 0.3) == (off, on.interval)
 
 
 class TestLoop:
