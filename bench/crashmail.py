@@ -5,12 +5,15 @@ sinks), superlance crashmail (its -s points at a script that forwards the mail t
 server) and superlance crashmailbatch (SMTP, TICK_5, shortest interval). A real aiosmtpd server
 and a real HTTP receiver record arrival times.
 
-    python bench/crashmail.py [--crashes 20] [--storm 200] [--wake 200ms] [--idle 256]
+    python bench/crashmail.py [--crashes 20] [--storm 200] [--wake 200ms] [--idle 20,256]
         [--cost-seconds 30] [--only latency|cost|storm]
 
-Latency runs twice: crashmail with --wake-interval 0 and with --wake (superlance beside it each
-time). The cost part reads supervisord's utime+stime from /proc with --idle sleeping workers,
-without a wake and with each kind of wake.
+Latency runs once per wake mode, each in its own supervisord with superlance beside crashmail:
+crashmail --wake off, --wake interval (every --wake), --wake exit, and two runs with crashmail's
+wake off and a bench-side DeathWatch (one poke, then a poke plus a second one 50 ms later) to
+show what the second poke buys. The cost part reads supervisord's utime+stime from /proc with
+--idle sleeping workers: no wake, the interval wake and the exit wake (a DeathWatch holding a
+pidfd for every worker), then no wake again to show the noise.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from listeners.supervisor import Connection, Supervisor  # noqa: E402
-from listeners.wake import Waker, connect_poke, rpc_poke  # noqa: E402
+from listeners.wake import DeathWatch, Waker, connect_poke, rpc_poke  # noqa: E402
 from tests.e2e.support import PYTHON, Supervisord, wait_for  # noqa: E402
 
 FORWARD = """\
@@ -97,7 +100,12 @@ class Hook(BaseHTTPRequestHandler):
 
 
 def listeners(
-    tmp: Path, smtp_port: int, hook: str, buffer_size: int, burst: int = 5, wake: str = "200ms"
+    tmp: Path,
+    smtp_port: int,
+    hook: str,
+    buffer_size: int,
+    burst: int = 5,
+    wake: str = "--wake exit",
 ) -> str:
     fwd = tmp / "sendmail_fwd.py"
     fwd.write_text(FORWARD.format(port=smtp_port))
@@ -105,7 +113,7 @@ def listeners(
     return textwrap.dedent(f"""
     [eventlistener:crashmail]
     command={PYTHON} -m listeners.crashmail --sink '{sink}' --sink webhook+{hook}
-        --outbox {tmp}/outbox.sqlite --coalesce 30s --burst {burst} --wake-interval {wake}
+        --outbox {tmp}/outbox.sqlite --coalesce 30s --burst {burst} {wake}
     events=PROCESS_STATE,REMOTE_COMMUNICATION
     buffer_size={buffer_size}
     environment=PYTHONPATH="{REPO}"
@@ -124,9 +132,18 @@ def listeners(
 
 
 def latency(
-    args: argparse.Namespace, inbox: Inbox, hook_srv: Any, smtp_port: int, wake: str
+    args: argparse.Namespace,
+    inbox: Inbox,
+    hook_srv: Any,
+    smtp_port: int,
+    wake: str,
+    repoke: float | None = None,
 ) -> tuple[dict[str, list[float]], list[float]]:
-    """One supervisord, ``--crashes`` crashes one after another; crashmail with ``wake``."""
+    """One supervisord, ``--crashes`` crashes one after another; crashmail with ``wake`` flags.
+
+    ``repoke`` not None: a DeathWatch in this process (with that second-poke delay) watches each
+    worker once it is RUNNING, standing in for crashmail's own exit wake.
+    """
     n = args.crashes
     with inbox.lock:
         inbox.mails.clear()
@@ -147,6 +164,10 @@ def latency(
     # Every crash here is a first crash: lift the burst limit so none waits for a summary.
     sup.write_conf(programs + listeners(sup.dir, smtp_port, hook, 1024, burst=1000, wake=wake))
     sup.start()
+    watch = None
+    if repoke is not None:
+        watch = DeathWatch(connect_poke(sup.url), repoke=repoke)
+        watch.start()
     try:
         time.sleep(3)
         results: dict[str, list[float]] = {
@@ -158,6 +179,8 @@ def latency(
         for i in range(n):
             name = f"lat{i:02d}"
             sup.client.start(f"{name}:{name}", wait=True)
+            if watch is not None:
+                watch.watch({name: sup.info(f"{name}:{name}")["pid"]})
             mark = sup.dir / f"{name}.t"
             wait_for(mark.exists, 20, what=f"{name} crash")
             time.sleep(0.05)
@@ -194,6 +217,8 @@ def latency(
                     break
         own = outbox_latency(sup.dir / "outbox.sqlite")
     finally:
+        if watch is not None:
+            watch.stop()
         sup.cleanup()
     return results, own
 
@@ -203,43 +228,36 @@ def stats(vals: list[float]) -> tuple[float, float, float]:
     return statistics.median(vals), vals[int(0.9 * (len(vals) - 1))], vals[-1]
 
 
-def print_latency(
-    n: int,
-    off: dict[str, list[float]],
-    on: dict[str, list[float]],
-    own: list[float],
-    wake: str,
-) -> None:
-    rows = [
-        (f"crashmail smtp, wake {wake}", on["crashmail smtp"]),
-        (f"crashmail webhook, wake {wake}", on["crashmail webhook"]),
-        ("crashmail smtp, wake off", off["crashmail smtp"]),
-        ("crashmail webhook, wake off", off["crashmail webhook"]),
-        ("superlance crashmail", off["superlance crashmail"]),
-        ("superlance crashmailbatch", off["superlance crashmailbatch"]),
-        ("superlance crashmail + wake", on["superlance crashmail"]),
-    ]
+def print_latency(n: int, runs: list[tuple[str, dict[str, list[float]]]], own: list[float]) -> None:
     print(f"\nLatency from crash to alert, {n} crashes one after another (seconds)")
-    print(f"{'listener':32} {'delivered':>9} {'median':>8} {'p90':>8} {'max':>8}")
-    base = statistics.median(on["crashmail smtp"])
-    for label, vals in rows:
-        if not vals:
-            print(f"{label:32} {0:>9}")
-            continue
-        med, p90, top = stats(vals)
+    print(f"{'wake':34} {'listener':26} {'n':>3} {'median':>7} {'p90':>7} {'max':>7} {'ratio':>6}")
+    base = statistics.median(runs[0][1]["crashmail smtp"])
+    for wake, res in runs:
+        for label in ("crashmail smtp", "crashmail webhook", "superlance crashmail"):
+            vals = res[label]
+            if not vals:
+                print(f"{wake:34} {label:26} {0:>3}")
+                continue
+            med, p90, top = stats(vals)
+            print(
+                f"{wake:34} {label:26} {len(vals):>3} {med:7.3f} {p90:7.3f} {top:7.3f}"
+                f" {med / base:6.2f}"
+            )
+    batch = runs[0][1]["superlance crashmailbatch"]
+    if batch:
+        med, p90, top = stats(batch)
         print(
-            f"{label:32} {len(vals):>9} {med:8.3f} {p90:8.3f} {top:8.3f}"
-            f"   x{med / base:.2f} of crashmail smtp with the wake"
+            f"{runs[0][0]:34} {'superlance crashmailbatch':26} {len(batch):>3} {med:7.3f}"
+            f" {p90:7.3f} {top:7.3f} {med / base:6.2f}"
         )
     print(
-        "The superlance rows without '+ wake' ran in the supervisord where crashmail's wake was"
-        " off; '+ wake' is superlance crashmail beside crashmail with the wake on (the wake"
-        " hurries every listener of that supervisord)."
+        "ratio: median / median of crashmail smtp with the wake off. superlance crashmail ran"
+        " beside crashmail in the same supervisord: a wake hurries every listener."
     )
     if own:
         print(
             f"crashmail's own part (event received -> SMTP accepted): median"
-            f" {statistics.median(own):.3f}s. Without the wake the rest is supervisord: it hands"
+            f" {statistics.median(own):.3f}s. Without a wake the rest is supervisord: it hands"
             " a buffered EXITED event to listeners after its next poll, 1 s later when nothing"
             " else wakes it."
         )
@@ -254,9 +272,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def wake_cost(args: argparse.Namespace) -> None:
-    """supervisord's CPU with ``--idle`` sleeping workers: no wake, connect wakes, RPC wakes."""
-    n, seconds = args.idle, args.cost_seconds
+def wake_cost(args: argparse.Namespace, n: int) -> None:
+    """supervisord's CPU with ``n`` sleeping workers: no wake, interval wakes, the exit wake."""
+    seconds = args.cost_seconds
     sup = Supervisord(
         textwrap.dedent(f"""
         [program:idle]
@@ -271,35 +289,53 @@ def wake_cost(args: argparse.Namespace) -> None:
     sup.start()
     assert sup.proc is not None
     pid = sup.proc.pid
+
+    def interval(seconds: float, poke: Any) -> Any:
+        return lambda: Waker(poke, seconds)
+
+    def exit_watch() -> Any:
+        watch = DeathWatch(connect_poke(sup.url))
+        infos = sup.client.getAllProcessInfo()
+        watch.watch({f"{i['group']}:{i['name']}": i["pid"] for i in infos})
+        return watch
+
     modes: list[tuple[str, Any]] = [
-        ("no wake", None),
-        ("connect every 200ms (default)", connect_poke(sup.url)),
-        ("connect every 100ms", connect_poke(sup.url)),
-        ("getAPIVersion every 200ms", rpc_poke(Supervisor(Connection(url=sup.url, timeout=2)))),
+        ("off", None),
+        ("exit (pidfds, nothing dies)", exit_watch),
+        ("interval, connect every 200ms", interval(0.2, connect_poke(sup.url))),
     ]
-    intervals = [0.0, 0.2, 0.1, 0.2]
+    if args.all_pokes:
+        rpc = Supervisor(Connection(url=sup.url, timeout=2))
+        modes += [
+            ("interval, connect every 100ms", interval(0.1, connect_poke(sup.url))),
+            ("interval, getAPIVersion 200ms", interval(0.2, rpc_poke(rpc))),
+        ]
+    modes.append(("off (again)", None))
     rows = []
     try:
         sup.wait_all("RUNNING", timeout=60)
         time.sleep(2)
-        for (label, poke), interval in zip(modes, intervals, strict=True):
-            waker = Waker(poke, interval) if poke is not None else None
+        for label, make in modes:
+            waker = make() if make is not None else None
             if waker is not None:
                 waker.start()
             time.sleep(1)
             c0, t0 = cpu_seconds(pid), time.monotonic()
             time.sleep(seconds)
             c1, t1 = cpu_seconds(pid), time.monotonic()
+            extra = ""
+            if isinstance(waker, DeathWatch):
+                extra = f" ({len(waker.held())} pidfds)"
             if waker is not None:
                 waker.stop()
-            rows.append((label, 100 * (c1 - c0) / (t1 - t0), waker.pokes if waker else 0))
+            rows.append((label + extra, 100 * (c1 - c0) / (t1 - t0), waker.pokes if waker else 0))
     finally:
         sup.cleanup()
     print(f"\nsupervisord CPU with {n} idle workers, {seconds:g}s per mode (% of one core)")
-    print(f"{'wake':32} {'CPU %':>8} {'extra':>8} {'wakes':>7}")
+    print(f"{'wake':40} {'CPU %':>8} {'extra':>8} {'wakes':>7}")
     base = rows[0][1]
     for label, pct, pokes in rows:
-        print(f"{label:32} {pct:8.3f} {pct - base:8.3f} {pokes:>7}")
+        print(f"{label:40} {pct:8.3f} {pct - base:8.3f} {pokes:>7}")
 
 
 def outbox_latency(path: Path) -> list[float]:
@@ -383,8 +419,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--crashes", type=int, default=20)
     parser.add_argument("--storm", type=int, default=200)
-    parser.add_argument("--wake", default="200ms", help="crashmail's --wake-interval when on")
-    parser.add_argument("--idle", type=int, default=256, help="idle workers for the CPU cost")
+    parser.add_argument("--wake", default="200ms", help="the interval mode's --wake-interval")
+    parser.add_argument(
+        "--idle", default="20,256", help="idle workers for the CPU cost, comma-separated counts"
+    )
+    parser.add_argument(
+        "--all-pokes", action="store_true", help="cost: also a 100ms connect and getAPIVersion"
+    )
     parser.add_argument("--cost-seconds", type=float, default=30.0, help="per wake mode")
     parser.add_argument("--only", choices=["latency", "cost", "storm"], action="append")
     args = parser.parse_args()
@@ -398,11 +439,23 @@ def main() -> None:
     try:
         parts = args.only or ["latency", "cost", "storm"]
         if "latency" in parts:
-            off, _ = latency(args, inbox, hook_srv, smtp_port, "0")
-            on, own = latency(args, inbox, hook_srv, smtp_port, args.wake)
-            print_latency(args.crashes, off, on, own, args.wake)
+            runs: list[tuple[str, dict[str, list[float]]]] = []
+            own: list[float] = []
+            for label, flags, repoke in (
+                ("off", "--wake off", None),
+                (f"interval {args.wake}", f"--wake interval --wake-interval {args.wake}", None),
+                ("exit (crashmail --wake exit)", "--wake exit", None),
+                ("exit, one poke (bench-side)", "--wake off", 0.0),
+                ("exit, poke + 50ms (bench-side)", "--wake off", 0.05),
+            ):
+                res, own_part = latency(args, inbox, hook_srv, smtp_port, flags, repoke)
+                runs.append((label, res))
+                if flags == "--wake exit":
+                    own = own_part
+            print_latency(args.crashes, runs, own)
         if "cost" in parts:
-            wake_cost(args)
+            for n in (int(x) for x in args.idle.split(",")):
+                wake_cost(args, n)
         if "storm" in parts:
             storm(args, inbox, hook_srv, smtp_port)
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 
 import pytest
 
@@ -22,6 +24,7 @@ from listeners.crashmail import (
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Outbox
 from listeners.supervisor import NO_FILE, Connection, RPCFault
+from listeners.wake import DeathWatch, Waker, pidfd_unavailable
 
 
 class FakeClock:
@@ -346,18 +349,128 @@ class TestWakeFlag:
         """0 is off; milliseconds and the usual durations are accepted."""
         assert seconds == pytest.approx(parse_wake_interval(text))
 
-    def test_the_wake_is_on_by_default_every_200ms(self, tmp_path):
-        """The default (chosen from bench/crashmail.py) is a wake every 0.2 s."""
+    def test_the_wake_is_exit_triggered_by_default_with_a_200ms_fallback(self, tmp_path):
+        """The default (chosen from bench/crashmail.py): poke when a process exits."""
         cfg, _, _ = parse_args([], self.env(tmp_path))
-        assert 0.2 == cfg.wake_interval
+        assert ("exit", 0.2) == (cfg.wake, cfg.wake_interval)
 
-    def test_zero_makes_no_waker_and_an_interval_makes_one_with_a_short_timeout(self):
-        """--wake-interval 0 starts no thread; otherwise the thread uses that interval."""
+    @pytest.mark.parametrize(
+        ("argv", "mode", "interval"),
+        [
+            (["--wake-interval", "0"], "off", 0.0),
+            (["--wake-interval", "500ms"], "exit", 0.5),
+            (["--wake", "interval"], "interval", 0.2),
+            (["--wake", "interval", "--wake-interval", "1s"], "interval", 1.0),
+            (["--wake", "off"], "off", 0.2),
+            (["--wake", "exit", "--wake-interval", "0"], "exit", 0.0),
+        ],
+    )
+    def test_wake_and_wake_interval_combine(self, argv, mode, interval, tmp_path):
+        """--wake-interval 0 alone still means off; otherwise it is the interval (and fallback)."""
+        cfg, _, _ = parse_args(argv, self.env(tmp_path))
+        assert (mode, interval) == (cfg.wake, pytest.approx(cfg.wake_interval))
+
+    @pytest.mark.parametrize(
+        ("argv", "named"),
+        [
+            (["--wake", "sometimes"], "sometimes"),
+            (["--wake", "interval", "--wake-interval", "0"], "--wake-interval 0"),
+        ],
+    )
+    def test_bad_wake_combinations_exit_2(self, argv, named, tmp_path, capsys):
+        """An unknown mode, or an interval wake of 0, is a usage error naming it."""
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv, self.env(tmp_path))
+        assert (2, True) == (exc.value.code, named in capsys.readouterr().err)
+
+    def test_each_mode_makes_its_thread(self):
+        """off: none; interval: a Waker with a short timeout; exit: a DeathWatch."""
         conn = Connection(url="unix:///tmp/x.sock", timeout=10.0)
-        off = make_waker(Config(wake_interval=0.0), conn)
-        on = make_waker(Config(wake_interval=0.3), conn)
-        assert on is not None
-        assert (None, 0.3) == (off, on.interval)
+        off = make_waker(Config(wake="off"), conn)
+        interval = make_waker(Config(wake="interval", wake_interval=0.3), conn)
+        exit_ = make_waker(Config(wake="exit"), conn)
+        try:
+            assert isinstance(interval, Waker)
+            assert (None, 0.3, True) == (off, interval.interval, isinstance(exit_, DeathWatch))
+        finally:
+            if isinstance(exit_, DeathWatch):
+                exit_.stop()
+
+    @pytest.mark.parametrize("err", [errno.ENOSYS, errno.EPERM])
+    def test_exit_falls_back_to_the_interval_without_pidfds(self, err, capsys):
+        """pidfd_open failing (old kernel, seccomp): the interval wake runs, and says why."""
+
+        def opener(pid: int) -> int:
+            raise OSError(err, os.strerror(err))
+
+        conn = Connection(url="unix:///tmp/x.sock", timeout=10.0)
+        waker = make_waker(Config(wake="exit", wake_interval=0.5), conn, pidfd_open=opener)
+        none = make_waker(Config(wake="exit", wake_interval=0.0), conn, pidfd_open=opener)
+        logged = capsys.readouterr().err
+        assert isinstance(waker, Waker)
+        assert (0.5, None) == (waker.interval, none)
+        assert ("crashmail.wake_fallback" in logged, os.strerror(err) in logged) == (True, True)
+
+
+class TestWatchedPids:
+    def test_running_gives_the_pid_and_exit_takes_it_away(self, tmp_path):
+        """The wake thread learns each pid at RUNNING and forgets it at EXITED."""
+        h = Harness(tmp_path)
+        maps: list[dict[str, int]] = []
+        h.cm.on_pids = maps.append
+        h.cm.handle(state_event("RUNNING", name="w", pid=41))
+        h.cm.handle(state_event("RUNNING", name="v", pid=42, serial=2))
+        h.cm.handle(state_event("EXITED", name="w", pid=41, expected=0, serial=3))
+        assert [{"g:w": 41}, {"g:w": 41, "g:v": 42}, {"g:v": 42}] == maps
+
+    def test_events_that_do_not_change_a_pid_send_nothing(self, tmp_path):
+        """STARTING after EXITED, BACKOFF: no pid either way, no new map."""
+        h = Harness(tmp_path)
+        maps: list[dict[str, int]] = []
+        h.cm.on_pids = maps.append
+        h.cm.handle(state_event("STARTING", name="w"))
+        h.cm.handle(state_event("BACKOFF", name="w", serial=2))
+        assert [] == maps
+
+    def test_the_seed_gives_the_pids_of_watched_processes_only(self, tmp_path):
+        """The first snapshot fills the map, without excluded processes or ourselves."""
+        h = Harness(tmp_path, exclude=("g:skip",))
+        maps: list[dict[str, int]] = []
+        h.cm.on_pids = maps.append
+        h.cm.start()
+        infos = [
+            {"group": "g", "name": "w", "statename": "RUNNING", "pid": 7},
+            {"group": "g", "name": "skip", "statename": "RUNNING", "pid": 8},
+            {"group": "g", "name": "s", "statename": "STOPPED", "pid": 0},
+            {"group": "crashmail", "name": "crashmail", "statename": "RUNNING", "pid": 9},
+        ]
+        h.reconciles[0](infos)
+        h.cm.on_timer()
+        assert [{"g:w": 7}] == maps
+
+
+class TestDeathWatchWiring:
+    @pytest.mark.skipif(pidfd_unavailable() is not None, reason="no pidfds here")
+    def test_a_running_event_then_the_kill_of_that_pid_pokes(self, tmp_path):
+        """crashmail + DeathWatch: the pid from RUNNING is watched; killing it pokes."""
+        import subprocess
+        import threading
+
+        poked = threading.Event()
+        watch = DeathWatch(poked.set, repoke=0)
+        h = Harness(tmp_path)
+        h.cm.on_pids = watch.watch
+        child = subprocess.Popen(["sleep", "60"])
+        try:
+            watch.start()
+            h.cm.handle(state_event("RUNNING", name="w", pid=child.pid))
+            child.kill()
+            assert poked.wait(10.0)
+        finally:
+            child.kill()
+            child.wait(10)
+            watch.stop(5.0)
+        assert 1 == watch.deaths
 
 
 class TestLoop:
