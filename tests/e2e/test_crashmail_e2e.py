@@ -443,12 +443,12 @@ def crash_handled_times(outbox: Path) -> list[float]:
 class TestWake:
     def delays(self, supervisord, tmp_path: Path, wake: str, crashes: int) -> list[float]:
         """Seconds from supervisord reaping each crash to crashmail handling its event."""
-        outbox = tmp_path / f"outbox-{wake}.sqlite"
+        tag = wake.replace(" ", "").replace("-", "")
+        outbox = tmp_path / f"outbox-{tag}.sqlite"
         sup: Supervisord = supervisord(
             CRASHER
             + listener_conf(
-                f"--sink file:{tmp_path}/alerts-{wake}.jsonl --outbox {outbox}"
-                f" --loop 1000/1h --wake-interval {wake}"
+                f"--sink file:{tmp_path}/alerts-{tag}.jsonl --outbox {outbox} --loop 1000/1h {wake}"
             )
         )
         sup.wait_state("crashmail:crashmail", "RUNNING")
@@ -456,19 +456,37 @@ class TestWake:
         handled = wait_for(
             lambda: len(t := crash_handled_times(outbox)) >= crashes and t,
             60,
-            what=f"{crashes} crashes handled with --wake-interval {wake}",
+            what=f"{crashes} crashes handled with {wake}",
         )
         sup.client.stop("crasher", wait=True)
         reaped = exit_times(sup.log_text(), "crasher")
+        self.logs[wake] = (sup.dir / "crashmail.err").read_text()
         return [h - r for r, h in zip(reaped[:crashes], handled[:crashes], strict=True)]
 
-    def test_the_wake_gets_crashes_to_crashmail_sooner_than_supervisords_1s_poll(
+    def test_exit_and_interval_wakes_get_crashes_to_crashmail_sooner_than_the_1s_poll(
         self, supervisord, tmp_path
     ):
-        """Same crashes, wake off vs every 100ms: the median wait drops by well over 0.3 s."""
-        off = self.delays(supervisord, tmp_path, "0", 5)
-        on = self.delays(supervisord, tmp_path, "100ms", 5)
-        # Off, the event waits for supervisord's next poll timeout (~1 s); on, for the next
-        # wake (~0.05 s on average). The margin leaves room for a loaded machine.
-        assert statistics.median(on) + 0.3 < statistics.median(off), (off, on)
-        assert all(d >= 0 for d in off + on), (off, on)
+        """Same crashes, wake off / exit-triggered / every 100ms: each wake cuts the median
+        wait by well over 0.3 s, and the exit wake really ran on pidfds (no fallback)."""
+        self.logs: dict[str, str] = {}
+        off = self.delays(supervisord, tmp_path, "--wake off", 5)
+        exit_ = self.delays(supervisord, tmp_path, "--wake exit", 5)
+        interval = self.delays(supervisord, tmp_path, "--wake interval --wake-interval 100ms", 5)
+        # Off, the event waits for supervisord's next poll timeout (~1 s); with a wake, for the
+        # poke (tens of ms). The margin leaves room for a loaded machine.
+        assert statistics.median(exit_) + 0.3 < statistics.median(off), (off, exit_)
+        assert statistics.median(interval) + 0.3 < statistics.median(off), (off, interval)
+        assert all(d >= 0 for d in off + exit_ + interval), (off, exit_, interval)
+        modes = {
+            wake: [
+                json.loads(line).get("mode")
+                for line in text.splitlines()
+                if '"crashmail.wake' in line
+            ]
+            for wake, text in self.logs.items()
+        }
+        assert {
+            "--wake off": ["off"],
+            "--wake exit": ["exit"],
+            "--wake interval --wake-interval 100ms": ["interval"],
+        } == modes
