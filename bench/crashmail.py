@@ -295,7 +295,7 @@ def wake_cost(args: argparse.Namespace, n: int) -> None:
 
     def exit_watch() -> Any:
         watch = DeathWatch(connect_poke(sup.url))
-        infos = sup.client.getAllProcessInfo()
+        infos = sup.client.all_process_info()
         watch.watch({f"{i['group']}:{i['name']}": i["pid"] for i in infos})
         return watch
 
