@@ -3,8 +3,9 @@
 Three listeners take turns in the same run, each alone in its pool. Workers write stdout lines
 (stdout_events_enabled: each becomes a PROCESS_LOG_STDOUT event) while the listener holds its
 first event, so supervisord queues the whole burst; then the listener drains the queue and the
-drain rate is measured. Only supervisord and the listener run during the drain, so the figure
-is the round-trip throughput, not the workers' speed:
+drain rate is measured. Only supervisord and the listener run during the drain, both pinned to
+one core, so the figure is the CPU cost of a round trip, not the workers' speed or the noise of
+cross-core wake-ups:
 
 - ``protocol``: a listener built on listeners.protocol that counts events;
 - ``childutils``: the minimal listener from supervisor's own docs (supervisor.childutils);
@@ -17,6 +18,7 @@ is the round-trip throughput, not the workers' speed:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import textwrap
@@ -97,7 +99,17 @@ def read_counts(path: Path) -> list[tuple[int, float]]:
     return [(int(n), float(t)) for n, t in rows]
 
 
-def measure(kind: str, lines: int, workers: int) -> float:
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (resolution 1/CLK_TCK)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def measure(kind: str, lines: int, workers: int) -> tuple[float, float, float]:
     """Queue about workers * lines events behind a held listener, then time the drain."""
     scratch = Path(f"/tmp/bench-protocol-{kind}")
     scratch.mkdir(exist_ok=True)
@@ -130,6 +142,14 @@ def measure(kind: str, lines: int, workers: int) -> float:
         sup.start()
         # the workers need about lines * 2 ms; give them that plus slack, then let go
         time.sleep(lines * 0.002 * 1.5 + 2)
+        # supervisord and the listener share one core for the drain: the figure is then their
+        # CPU cost per event, without the noise of cross-core wake-ups on a busy machine
+        assert sup.proc is not None
+        core = {max(os.sched_getaffinity(0))}
+        listener_pid = sup.info("bench:bench")["pid"]
+        for pid in (sup.proc.pid, listener_pid):
+            os.sched_setaffinity(pid, core)
+        cpu0 = cpu_seconds(sup.proc.pid), cpu_seconds(listener_pid)
         go.touch()
 
         def drained() -> bool:
@@ -139,33 +159,48 @@ def measure(kind: str, lines: int, workers: int) -> float:
             return bool(after) and before == after
 
         wait_for(drained, 120, interval=0, what=f"{kind} drained")
+        cpu1 = cpu_seconds(sup.proc.pid), cpu_seconds(listener_pid)
         rows = read_counts(counts)
         (n0, t0), (n1, t1) = rows[0], rows[-1]
-        return (n1 - n0) / (t1 - t0)
+        total = rows[-1][0]
+        per_event_us = [(b - a) / total * 1e6 for a, b in zip(cpu0, cpu1, strict=True)]
+        return (n1 - n0) / (t1 - t0), per_event_us[0], per_event_us[1]
     finally:
         sup.cleanup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=1000, help="lines per worker")
+    parser.add_argument("--lines", type=int, default=2000, help="lines per worker")
     parser.add_argument("--workers", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     rates: dict[str, list[float]] = {k: [] for k in LISTENERS}
+    sup_cpu: dict[str, list[float]] = {k: [] for k in LISTENERS}
+    own_cpu: dict[str, list[float]] = {k: [] for k in LISTENERS}
     for _ in range(args.rounds):
         for kind in LISTENERS:  # interleaved so that machine noise hits all three alike
-            rates[kind].append(measure(kind, args.lines, args.workers))
+            rate, sup_us, own_us = measure(kind, args.lines, args.workers)
+            rates[kind].append(rate)
+            sup_cpu[kind].append(sup_us)
+            own_cpu[kind].append(own_us)
     med = {k: statistics.median(v) for k, v in rates.items()}
+    own = {k: statistics.median(v) for k, v in own_cpu.items()}
     total = args.workers * args.lines
     print(
         f"events/s draining ~{total} queued events through a real supervisord"
         f" (median of {args.rounds} rounds)"
     )
+    print(
+        f"  {'listener':<11} {'events/s':>8}   {'CPU us/event: listener':>22}  {'supervisord':>11}"
+    )
     for kind in LISTENERS:
         runs = ", ".join(f"{r:.0f}" for r in rates[kind])
-        print(f"  {kind:<11} {med[kind]:>8.0f}   ({runs})")
+        sup_us = statistics.median(sup_cpu[kind])
+        print(f"  {kind:<11} {med[kind]:>8.0f}   {own[kind]:>22.1f}  {sup_us:>11.1f}   ({runs})")
     print(f"  protocol / childutils = {med['protocol'] / med['childutils']:.2f}  (goal >= 1.0)")
+    ratio = own["childutils"] / own["protocol"]
+    print(f"  listener CPU, childutils / protocol = {ratio:.2f}  (> 1: protocol is cheaper)")
     ratio = med["protocol"] / med["floor"]
     print(f"  protocol / floor      = {ratio:.2f}  (floor: supervisord's own ceiling)")
 

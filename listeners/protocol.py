@@ -52,6 +52,8 @@ __all__ = [
 
 READY = "READY\n"
 OK = "RESULT 2\nOK"
+OK_READY = OK + READY
+_FRAME_BYTES = {frame: frame.encode() for frame in (READY, OK, OK_READY)}
 # A header is ~150 characters; anything this long is a desynchronised stream, not a header.
 MAX_HEADER_CHARS = 8192
 HEADER_KEYS = ("ver", "server", "serial", "pool", "poolserial", "eventname", "len")
@@ -421,10 +423,14 @@ class _Reader:
         self._buf = self._buf[self._pos :] + text if self._pos else self._buf + text
         self._pos = 0
 
-    def _fill(self, timeout: float | None) -> bool:
-        """Read more input; False on timeout, EOFError at end of input."""
+    def _fill(self, timeout: float | None, size: int = 4096) -> bool:
+        """Read more input; False on timeout, EOFError at end of input.
+
+        ``size`` is a small default because os.read allocates that much before it reads: a 64 KiB
+        read of a 200-byte event cost more than the rest of the frame (bench/protocol.py).
+        """
         if self._fd is None:
-            chunk = self._stream.read(65536)
+            chunk = self._stream.read(max(size, 65536))
             if isinstance(chunk, bytes):
                 chunk = self._decoder.decode(chunk)
             if not chunk:
@@ -435,7 +441,7 @@ class _Reader:
             ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
             if not ready:
                 return False
-        data = os.read(self._fd, 65536)
+        data = os.read(self._fd, size)
         if not data:
             raise EOFError
         self._append(self._decoder.decode(data))
@@ -457,8 +463,9 @@ class _Reader:
         return line
 
     def read_chars(self, n: int) -> str:
-        while len(self._buf) - self._pos < n:
-            self._fill(None)
+        while (missing := n - (len(self._buf) - self._pos)) > 0:
+            # each missing character is at least one byte: ask for all of them at once
+            self._fill(None, max(4096, missing))
         start = self._pos
         self._pos = start + n
         return self._buf[start : self._pos]
@@ -557,7 +564,7 @@ class _Loop:
 
     def _write(self, text: str) -> None:
         if self._out_fd is not None:
-            data = text.encode()
+            data = _FRAME_BYTES.get(text) or text.encode()
             while data:  # a pipe may take less than all of it
                 data = data[os.write(self._out_fd, data) :]
             return
@@ -666,7 +673,7 @@ class _Loop:
                 self._timer()
                 next_timer = self.clock() + (interval or 0.0)
             self.busy = False
-            self._write(OK + READY)
+            self._write(OK_READY)
             if self.stop_requested:
                 return 0
 

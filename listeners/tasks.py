@@ -498,7 +498,7 @@ def main(
     err: TextIO | None = None,
     client: Client | None = None,
 ) -> int:
-    out = sys.stdout if out is None else out
+    out = sys.stdout if out is None else out  # stdout-ok: a CLI, never an event listener
     err = sys.stderr if err is None else err
     opts = parse_args(argv)
     try:
