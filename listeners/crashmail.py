@@ -803,8 +803,14 @@ class CrashMail(protocol.Handler):
         self._pids_changed()
 
     def reconciled(self, infos: list[dict[str, Any]]) -> None:
-        """After lost events: alert on processes in BACKOFF/FATAL/EXITED we were not told of."""
+        """After lost events: alert on processes in BACKOFF/FATAL/EXITED we were not told of.
+
+        A process that is RUNNING again under another pid than we knew restarted while its
+        events were lost; whether it crashed is gone with them (supervisord keeps no exit
+        status past the respawn), so it is named in the notice, not alerted as a crash.
+        """
         found: list[str] = []
+        restarted: list[str] = []
         for info in infos:
             group, name = str(info["group"]), str(info["name"])
             full = f"{group}:{name}"
@@ -812,6 +818,10 @@ class CrashMail(protocol.Handler):
             if full == self.me or not self.config.watches(group, name):
                 continue
             record = self.table.get(full)
+            pid = int(info.get("pid") or 0)
+            if state == "RUNNING" and record is not None and record.pid and pid != record.pid:
+                restarted.append(full)
+                continue
             told = record is not None and record.state == state
             exit_status = int(info.get("exitstatus") or 0)
             if told or state not in ("BACKOFF", "FATAL", "EXITED"):
@@ -849,8 +859,14 @@ class CrashMail(protocol.Handler):
                     " (4 x the number of processes, see docs/crashmail.md)."
                     f" The reconcile found {len(found)}"
                     " process(es) in BACKOFF/FATAL/EXITED that no event reported"
-                    + (": " + ", ".join(found) if found else "."),
-                    processes=tuple(found),
+                    + (": " + ", ".join(found) if found else ".")
+                    + (
+                        f" {len(restarted)} process(es) restarted unseen (exit status lost): "
+                        + ", ".join(restarted)
+                        if restarted
+                        else ""
+                    ),
+                    processes=tuple(found + restarted),
                 )
             )
 

@@ -166,6 +166,26 @@ class TestLostEvents:
         )
         assert "raise buffer_size" in alerts["events_lost"].message.lower()
 
+    def test_a_process_running_again_under_a_new_pid_is_named_in_the_notice(self, tmp_path):
+        """A restart whose events were lost is named in the notice, not invented as a crash."""
+        h = Harness(tmp_path)
+        h.send("RUNNING", name="a", pid=1)
+        h.send("RUNNING", name="b", pid=2)
+        h.cm.on_events_lost(12, state_event("RUNNING", name="c", serial=30, pid=3))
+        h.clock.now += 2
+        h.cm.on_timer()
+        h.reconciles[0](
+            [
+                {"group": "g", "name": "a", "statename": "RUNNING", "pid": 11},
+                {"group": "g", "name": "b", "statename": "RUNNING", "pid": 2},
+            ]
+        )
+        h.cm.on_timer()
+        alerts = [i.alert for i in h.outbox.due_incidents(10**12)]
+        assert ["events_lost"] == [a.kind for a in alerts]
+        assert ("g:a",) == alerts[0].processes
+        assert "restarted unseen" in alerts[0].message
+
     def test_an_event_that_arrives_after_the_reconcile_is_not_reported_twice(self, tmp_path):
         """A late EXITED for a process the reconcile reported adds no second crash."""
         h = Harness(tmp_path)
