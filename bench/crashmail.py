@@ -22,7 +22,6 @@ import argparse
 import email
 import json
 import os
-import socket
 import statistics
 import sys
 import textwrap
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from listeners.supervisor import Connection, Supervisor  # noqa: E402
 from listeners.wake import DeathWatch, Waker, connect_poke, rpc_poke  # noqa: E402
-from tests.e2e.support import PYTHON, Supervisord, wait_for  # noqa: E402
+from tests.e2e.support import PYTHON, Supervisord, free_port, wait_for  # noqa: E402
 
 FORWARD = """\
 import smtplib, sys
@@ -58,12 +57,6 @@ with open(sys.argv[1], "w") as f:
     f.write(repr(time.time()))
 sys.exit(3)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Inbox:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from listeners.supervisor import Connection, Supervisor, SupervisorError
 
-__all__ = ["PYTHON", "WORKER", "Supervisord", "wait_for"]
+__all__ = ["PYTHON", "WORKER", "Supervisord", "free_port", "wait_for"]
 
 T = TypeVar("T")
 
@@ -24,6 +25,13 @@ PYTHON = sys.executable
 WORKER = str(Path(__file__).with_name("worker.py"))
 #: Lines that must never appear in supervisord's log after a test (see SUPERVISOR_FACTS.md).
 BAD_LOG_LINES = ("UNKNOWN", "bad result line", "overflowed")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(

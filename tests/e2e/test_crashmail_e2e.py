@@ -8,7 +8,6 @@ import email
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -25,15 +24,9 @@ import pytest
 import requests
 from aiosmtpd.controller import Controller
 
-from tests.e2e.support import PYTHON, WORKER, Supervisord, wait_for
+from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
 
 REPO = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Inbox:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from listeners import bus
-from tests.e2e.support import PYTHON, WORKER, Supervisord, wait_for
+from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
 
 ROOT = Path(__file__).parents[2]
 EVENTS = "PROCESS_STATE,PROCESS_GROUP,TICK_60,REMOTE_COMMUNICATION,SUPERVISOR_STATE_CHANGE"
@@ -26,12 +25,6 @@ EVENTS = "PROCESS_STATE,PROCESS_GROUP,TICK_60,REMOTE_COMMUNICATION,SUPERVISOR_ST
 # nastiest name it accepts that still opens a tag.
 NASTY = '<script>alert("x")&amp;'
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fetch(port: int, path: str = "/metrics") -> str:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from listeners.supervisor import Connection, RPCFault, Supervisor, SupervisorError
-from tests.e2e.support import PYTHON, WORKER, Supervisord
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port
 
 
 class TestSupervisorClient:
