@@ -122,8 +122,9 @@ class TestExampleStackListeners:
         details = alert["details"]
         assert isinstance(details, dict)
         assert 16 * 1024 * 1024 == details["limit_bytes"]
-        # the worker leaks 1 MiB/s and memmon checks every second: caught just past the ceiling
-        assert 16 * 1024 * 1024 < details["measured_bytes"] < 20 * 1024 * 1024
+        # the worker leaks 1 MiB/s and memmon checks every second, so it is caught just past the
+        # ceiling; the first catch may come a few MiB later while the whole stack is starting
+        assert 16 * 1024 * 1024 < details["measured_bytes"] < 24 * 1024 * 1024
         info = wait_for(
             lambda: (
                 (i := stack.client.process_info("image_resizer:image_resizer_0"))["statename"]
