@@ -128,10 +128,7 @@ def parse_wake_interval(text: str) -> float:
     stripped = text.strip()
     forms = "0 (off), or a duration of at least 50ms such as 200ms, 0.2 or 0.2s"
     try:
-        if stripped.lower().endswith("ms"):
-            value = parse_duration(stripped[:-2]) / 1000.0
-        else:
-            value = parse_duration(stripped)
+        value = parse_duration(stripped)
     except ValueError:
         raise ValueError(f"invalid wake interval {text!r}: expected {forms}") from None
     if value != 0 and value < MIN_WAKE_INTERVAL:

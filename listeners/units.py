@@ -26,13 +26,13 @@ _SIZE_UNITS = {
     "gb": 1024**3,
     "gib": 1024**3,
 }
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _SIZE_RE = re.compile(_NUMBER + r"\s*([a-zA-Z]*)")
 _DURATION_RE = re.compile(_NUMBER + r"\s*([a-zA-Z]*)")
 
 SIZE_FORMS = "a number with an optional unit: 16MB, 16M, 16MiB, 1.5GB, 512KB, 1048576"
-DURATION_FORMS = "a number with an optional unit s, m, h or d: 30, 30s, 5m, 1.5h, 1d"
+DURATION_FORMS = "a number with an optional unit ms, s, m, h or d: 30, 200ms, 30s, 5m, 1.5h, 1d"
 
 
 def parse_size(text: str) -> int:

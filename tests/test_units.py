@@ -54,6 +54,7 @@ class TestParseDuration:
         [
             ("30", 30.0),
             ("30s", 30.0),
+            ("200ms", 0.2),
             ("5m", 300.0),
             ("1.5h", 5400.0),
             ("1d", 86400.0),
@@ -61,13 +62,13 @@ class TestParseDuration:
         ],
     )
     def test_accepted_forms(self, text, expected):
-        """Bare seconds, s, m, h and d are accepted, decimals too."""
+        """Bare seconds, ms, s, m, h and d are accepted, decimals too."""
         assert expected == parse_duration(text)
 
     @pytest.mark.parametrize("text", ["5 minutes", "-1", "5w", "", "m"])
     def test_rejected_forms(self, text):
         """Anything else raises ValueError naming the accepted units."""
-        with pytest.raises(ValueError, match="s, m, h or d"):
+        with pytest.raises(ValueError, match="ms, s, m, h or d"):
             parse_duration(text)
 
 
