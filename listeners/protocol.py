@@ -672,8 +672,9 @@ class _Loop:
             if next_timer is not None and self.clock() >= next_timer:
                 self._timer()
                 next_timer = self.clock() + (interval or 0.0)
-            self.busy = False
+            # still busy while writing: a SIGTERM now must not cut the answer in half
             self._write(OK_READY)
+            self.busy = False
             if self.stop_requested:
                 return 0
 
