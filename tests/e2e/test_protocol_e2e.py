@@ -28,6 +28,7 @@ class TestProtocolUnderLoad:
             numprocs=25
             process_name=%(program_name)s_%(process_num)02d
             startsecs=0
+            autostart=false
             autorestart=true
             stdout_events_enabled=true
             stderr_events_enabled=true
@@ -37,15 +38,22 @@ class TestProtocolUnderLoad:
             numprocs=25
             process_name=%(program_name)s_%(process_num)02d
             startsecs=0
+            autostart=false
             stdout_events_enabled=true
 
             [eventlistener:recorder]
             command={PYTHON} {RECORDER} {out} --print-something
             events=EVENT
-            buffer_size=4096
+            buffer_size=16384
             environment=PYTHONPATH="{Path(__file__).parents[2]}"
             """
         )
+        # Workers start once the listener takes events: on 2 cores, 50 Python processes
+        # starting beside it could otherwise fill any buffer before its first READY.
+        sup.wait_state("recorder:recorder", "RUNNING")
+        wait_for(lambda: records(out), what="the listener's first event")
+        for group in ("chatty", "talker"):
+            sup.client.call("supervisor.startProcessGroup", group, False)
         wait_for(lambda: len(records(out)) >= 5000, timeout=120, what="5000 events")
         sup.client.call("supervisor.stopAllProcesses", True)
         rows = records(out)
