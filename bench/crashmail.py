@@ -36,8 +36,8 @@ from aiosmtpd.controller import Controller
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from listeners.supervisor import Connection, Supervisor  # noqa: E402
-from listeners.wake import DeathWatch, Waker, connect_poke, rpc_poke  # noqa: E402
+from listeners.core.supervisor import Connection, Supervisor  # noqa: E402
+from listeners.core.wake import DeathWatch, Waker, connect_poke, rpc_poke  # noqa: E402
 from tests.e2e.support import PYTHON, Supervisord, free_port, wait_for  # noqa: E402
 
 FORWARD = """\

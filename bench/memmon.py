@@ -24,9 +24,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from listeners import protocol
+from listeners.core import protocol
+from listeners.core.supervisor import Connection, Supervisor
 from listeners.memmon import Memmon, parse_config
-from listeners.supervisor import Connection, Supervisor
 from tests.e2e.support import PYTHON, WORKER, Supervisord, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[1])

@@ -7,7 +7,7 @@ drain rate is measured. Only supervisord and the listener run during the drain, 
 one core, so the figure is the CPU cost of a round trip, not the workers' speed or the noise of
 cross-core wake-ups:
 
-- ``protocol``: a listener built on listeners.protocol that counts events;
+- ``protocol``: a listener built on listeners.core.protocol that counts events;
 - ``childutils``: the minimal listener from supervisor's own docs (supervisor.childutils);
 - ``floor``: a raw loop that reads a header and payload and answers OK, parsing nothing; its
   rate is supervisord's own ceiling on this machine.
@@ -43,7 +43,7 @@ HOLD = "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.01)\n"
 LISTENERS = {
     "protocol": textwrap.dedent("""\
         import os, sys, time
-        from listeners import protocol
+        from listeners.core import protocol
 
         class Count(protocol.Handler):
             def __init__(self, path):

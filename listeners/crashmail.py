@@ -21,25 +21,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from listeners import bus, protocol
-from listeners.background import Worker
-from listeners.cli import (
+from listeners.core import bus, protocol
+from listeners.core.background import Worker
+from listeners.core.cli import (
     add_connection_args,
     add_logging_args,
     arg_type,
     connection_from_args,
     hostname,
 )
-from listeners.crashloop import DEFAULT_LOOP, CrashLoopDetector
-from listeners.log import configure, get_logger
+from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.core.log import configure, get_logger
+from listeners.core.state import ProcessTable
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.core.units import parse_duration, parse_rate
+from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Courier, Outbox
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
-from listeners.state import ProcessTable
-from listeners.supervisor import Connection, Supervisor, SupervisorError, self_name
-from listeners.units import parse_duration, parse_rate
-from listeners.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
 
 __all__ = [
     "DEFAULT_WAKE",
@@ -60,7 +60,7 @@ log = get_logger("listeners.crashmail")
 #: Seconds to wait after a poolserial gap before reconciling, so a storm has settled.
 RECONCILE_SETTLE = 1.0
 
-#: How crashmail wakes supervisord's main loop (see listeners.wake): when a watched process
+#: How crashmail wakes supervisord's main loop (see listeners.core.wake): when a watched process
 #: exits (pidfd), at a steady interval, or not at all.
 WAKE_MODES = ("exit", "interval", "off")
 DEFAULT_WAKE = "exit"

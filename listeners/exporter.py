@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from listeners import bus, cli, protocol
-from listeners.background import Worker
-from listeners.crashloop import DEFAULT_LOOP, CrashLoopDetector
-from listeners.exporter_metrics import ProcessView, ProcReader, Snapshot
-from listeners.log import configure, get_logger
-from listeners.state import ProcessTable
-from listeners.supervisor import Connection, Supervisor, SupervisorError, self_name
-from listeners.units import parse_duration, parse_rate
+from listeners.core import bus, cli, protocol
+from listeners.core.background import Worker
+from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.core.log import configure, get_logger
+from listeners.core.state import ProcessTable
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.core.units import parse_duration, parse_rate
+from listeners.metrics.snapshot import ProcessView, ProcReader, Snapshot
 
 __all__ = ["Config", "ExporterHandler", "ExporterState", "main", "parse_args"]
 
@@ -402,7 +402,7 @@ class ExporterHandler(protocol.Handler):
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     configure(config.log_level)
-    from listeners import exporter_web
+    from listeners.metrics import web as exporter_web
 
     try:
         web_config = exporter_web.load_web_config(config.web_config_file)

@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from listeners import bus, cli, protocol
-from listeners.background import Worker
-from listeners.log import configure, get_logger
-from listeners.memory import MEASURES, Meter, Reading, read_cmdline
-from listeners.restart import Restarter
-from listeners.state import ProcessTable
-from listeners.supervisor import Connection, Supervisor, SupervisorError, self_name
-from listeners.units import format_size, parse_duration, parse_rate, parse_size
+from listeners.core import bus, cli, protocol
+from listeners.core.background import Worker
+from listeners.core.log import configure, get_logger
+from listeners.core.memory import MEASURES, Meter, Reading, read_cmdline
+from listeners.core.restart import Restarter
+from listeners.core.state import ProcessTable
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.core.units import format_size, parse_duration, parse_rate, parse_size
 
 __all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_config", "resolve_rule"]
 

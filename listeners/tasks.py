@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from listeners.supervisor import Connection, Supervisor, SupervisorError
-from listeners.taskconf import (
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError
+from listeners.taskfiles.conf import (
     ConfError,
     Layout,
     NameRefused,
@@ -54,7 +54,7 @@ _FAILED_STATES = {"FATAL", "EXITED", "UNKNOWN"}
 
 
 class Client(Protocol):
-    """What this tool needs from supervisord (listeners.supervisor.Supervisor has it)."""
+    """What this tool needs from supervisord (listeners.core.supervisor.Supervisor has it)."""
 
     def state(self) -> str: ...
     def all_process_info(self) -> list[dict[str, Any]]: ...

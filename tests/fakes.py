@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from listeners.protocol import Event, ProcessStateEvent, format_event, parse_event, parse_header
-from listeners.supervisor import NOT_RUNNING, RPCFault
+from listeners.core.protocol import (
+    Event,
+    ProcessStateEvent,
+    format_event,
+    parse_event,
+    parse_header,
+)
+from listeners.core.supervisor import NOT_RUNNING, RPCFault
 
 
 def make_event(eventname: str, payload: str, serial: int = 1) -> Event:
@@ -39,7 +45,7 @@ class InlineWorker:
 
 
 class FakeSupervisor:
-    """The subset of listeners.supervisor.Supervisor the listeners use, in memory."""
+    """The subset of listeners.core.supervisor.Supervisor the listeners use, in memory."""
 
     url = "unix:///fake.sock"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from listeners.bus import MemoryLimits, MemoryRestart, RestartsExhausted, decode, encode
+from listeners.core.bus import MemoryLimits, MemoryRestart, RestartsExhausted, decode, encode
 
 
 class TestBus:

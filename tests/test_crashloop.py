@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from listeners.crashloop import CrashLoopDetector, LoopChange
-from listeners.protocol import ProcessStateEvent, parse_event, parse_header
+from listeners.core.crashloop import CrashLoopDetector, LoopChange
+from listeners.core.protocol import ProcessStateEvent, parse_event, parse_header
 
 
 def state(st: str, name: str = "w", expected: int | None = None) -> ProcessStateEvent:

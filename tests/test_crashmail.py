@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from listeners import bus, protocol
+from listeners.core import bus, protocol
+from listeners.core.supervisor import NO_FILE, Connection, RPCFault
+from listeners.core.wake import DeathWatch, Waker, pidfd_unavailable
 from listeners.crashmail import (
     NO_LOG,
     Config,
@@ -23,8 +25,6 @@ from listeners.crashmail import (
 )
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Outbox
-from listeners.supervisor import NO_FILE, Connection, RPCFault
-from listeners.wake import DeathWatch, Waker, pidfd_unavailable
 
 
 class FakeClock:

@@ -19,10 +19,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from listeners import bus, protocol
-from listeners.background import Worker
+from listeners.core import bus, protocol
+from listeners.core.background import Worker
+from listeners.core.supervisor import SupervisorError
 from listeners.exporter import ExporterHandler, ExporterState, parse_args
-from listeners.exporter_metrics import (
+from listeners.metrics.snapshot import (
     ProcessView,
     ProcReader,
     Renderer,
@@ -31,8 +32,7 @@ from listeners.exporter_metrics import (
     collector,
     sample,
 )
-from listeners.exporter_web import load_web_config, make_server, render_status_page
-from listeners.supervisor import SupervisorError
+from listeners.metrics.web import load_web_config, make_server, render_status_page
 
 serial = iter(range(1, 1_000_000))
 

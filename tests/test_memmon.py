@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from listeners import bus, memmon, protocol
+from listeners import memmon
+from listeners.core import bus, protocol
+from listeners.core.memory import Reading, Unreadable
+from listeners.core.restart import Restarter
 from listeners.memmon import Config, Memmon, Rule, parse_config, resolve_rule
-from listeners.memory import Reading, Unreadable
-from listeners.restart import Restarter
 
 MB = 1024 * 1024
 ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}

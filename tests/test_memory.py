@@ -1,4 +1,4 @@
-"""Unit tests of listeners.memory against this machine's /proc and a fake one."""
+"""Unit tests of listeners.core.memory against this machine's /proc and a fake one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from listeners.memory import Meter, Reading, Unreadable, _parse_rollup, read_cmdline
+from listeners.core.memory import Meter, Reading, Unreadable, _parse_rollup, read_cmdline
 
 CHILD = (
     "import time; b = bytearray(24 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]);"

@@ -1,4 +1,4 @@
-"""Unit tests for listeners.protocol: parsing, frames and the loop, with StringIO streams."""
+"""Unit tests for listeners.core.protocol: parsing, frames and the loop, with StringIO streams."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listeners import protocol
-from listeners.protocol import (
+from listeners.core import protocol
+from listeners.core.protocol import (
     Event,
     GenericEvent,
     Handler,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from listeners.restart import Restarter
-from listeners.supervisor import SupervisorError
+from listeners.core.restart import Restarter
+from listeners.core.supervisor import SupervisorError
 from tests.fakes import FakeSupervisor, InlineWorker, state_event
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from listeners.state import ProcessTable
+from listeners.core.state import ProcessTable
 from tests.fakes import make_event, state_event
 
 

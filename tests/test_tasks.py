@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from listeners import tasks
-from listeners.supervisor import RPCFault, SupervisorError
-from listeners.taskconf import (
+from listeners.core.supervisor import RPCFault, SupervisorError
+from listeners.taskfiles.conf import (
     ConfError,
     NameRefused,
     Section,

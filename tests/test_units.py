@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from listeners.units import format_size, parse_duration, parse_rate, parse_size
+from listeners.core.units import format_size, parse_duration, parse_rate, parse_size
 
 MB = 1024 * 1024
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from listeners.supervisor import SupervisorError
-from listeners.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, rpc_poke
+from listeners.core.supervisor import SupervisorError
+from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, rpc_poke
 from tests.e2e.support import wait_for
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from listeners.log import get_logger
+from listeners.core.log import get_logger
 from listeners.notify.alert import Alert
 from listeners.notify.sinks import Sink, SinkError
 

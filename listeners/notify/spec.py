@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from listeners.core.units import parse_duration
 from listeners.notify.alertmanager import AlertmanagerSink
 from listeners.notify.sinks import FileSink, SendmailSink, Sink
 from listeners.notify.smtp import SmtpSink
 from listeners.notify.webhook import WebhookSink
-from listeners.units import parse_duration
 
 __all__ = ["SINK_FORMS", "SinkSpec", "build_sink", "parse_sink"]
 

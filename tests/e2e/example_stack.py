@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from listeners.supervisor import Connection, Supervisor
+from listeners.core.supervisor import Connection, Supervisor
 from tests.e2e.support import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""A minimal listener built on listeners.protocol: records every event it acknowledges.
+"""A minimal listener built on listeners.core.protocol: records every event it acknowledges.
 
     python recorder.py OUTFILE [--print-something]
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from listeners import protocol
+from listeners.core import protocol
 
 
 class Recorder(protocol.Handler):

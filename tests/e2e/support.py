@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from listeners.supervisor import Connection, Supervisor, SupervisorError
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError
 
 __all__ = ["PYTHON", "WORKER", "Supervisord", "free_port", "wait_for"]
 

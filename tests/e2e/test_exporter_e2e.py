@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from listeners import bus
+from listeners.core import bus
 from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
 
 ROOT = Path(__file__).parents[2]

@@ -1,10 +1,10 @@
-"""listeners.supervisor against a real supervisord: calls, errors, update."""
+"""listeners.core.supervisor against a real supervisord: calls, errors, update."""
 
 from __future__ import annotations
 
 import pytest
 
-from listeners.supervisor import Connection, RPCFault, Supervisor, SupervisorError
+from listeners.core.supervisor import Connection, RPCFault, Supervisor, SupervisorError
 from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port
 
 

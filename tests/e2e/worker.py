@@ -41,7 +41,7 @@ def leak(mb_per_s: float, stop_at_mb: float) -> None:
 
 
 def bus_record(path: str) -> None:
-    from listeners import protocol
+    from listeners.core import protocol
 
     class BusRecorder(protocol.Handler):
         def handle(self, event: protocol.Event) -> None:

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from listeners.log import get_logger
-from listeners.supervisor import Supervisor, SupervisorError
+from listeners.core.log import get_logger
+from listeners.core.supervisor import Supervisor, SupervisorError
 
 __all__ = [
     "DEFAULT_MAX_BACKOFF",

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from listeners.supervisor import Connection, SupervisorError
+from listeners.core.supervisor import Connection, SupervisorError
 
 __all__ = [
     "add_connection_args",

@@ -11,10 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from listeners.background import Worker
-from listeners.log import get_logger
-from listeners.protocol import ProcessStateEvent
-from listeners.supervisor import Supervisor, SupervisorError
+from listeners.core.background import Worker
+from listeners.core.log import get_logger
+from listeners.core.protocol import ProcessStateEvent
+from listeners.core.supervisor import Supervisor, SupervisorError
 
 __all__ = ["Restarter"]
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
-from listeners.state import STATES
+from listeners.core.state import STATES
 
 __all__ = [
     "FAMILIES",

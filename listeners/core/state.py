@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from listeners.protocol import ProcessGroupEvent, ProcessStateEvent
+from listeners.core.protocol import ProcessGroupEvent, ProcessStateEvent
 
 __all__ = ["STATES", "ProcessRecord", "ProcessTable"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any, ClassVar, NamedTuple
 
-from listeners.log import get_logger
+from listeners.core.log import get_logger
 
 __all__ = [
     "Event",

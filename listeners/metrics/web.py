@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from listeners.exporter_metrics import ProcReader, Renderer, Snapshot, Usage, sample
-from listeners.log import get_logger
-from listeners.units import format_size
+from listeners.core.log import get_logger
+from listeners.core.units import format_size
+from listeners.metrics.snapshot import ProcReader, Renderer, Snapshot, Usage, sample
 
 if TYPE_CHECKING:
     from listeners.exporter import ExporterState

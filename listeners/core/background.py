@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from listeners.log import get_logger
+from listeners.core.log import get_logger
 
 __all__ = ["Worker"]
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from listeners.protocol import ProcessStateEvent
+from listeners.core.protocol import ProcessStateEvent
 
 __all__ = ["DEFAULT_LOOP", "CrashLoopDetector", "LoopChange"]
 

@@ -1,0 +1,1 @@
+"""The tasks/ and tasks_disabled/ layout, the conf files in it, and their checks."""
