@@ -13,12 +13,10 @@ import fnmatch
 import hashlib
 import os
 import queue
-import re
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from listeners.core import bus, protocol
@@ -37,6 +35,8 @@ from listeners.core.supervisor import Connection, Supervisor, SupervisorError, s
 from listeners.core.units import parse_duration, parse_rate
 from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
 from listeners.notify.alert import Alert
+from listeners.notify.enrich import enrich_alert
+from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Courier, Outbox
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
@@ -47,9 +47,6 @@ __all__ = [
     "WAKE_MODES",
     "Config",
     "CrashMail",
-    "FloodControl",
-    "enrich_alert",
-    "fold",
     "main",
     "parse_args",
     "parse_wake_interval",
@@ -326,184 +323,6 @@ def parse_args(
         log_level=args.log_level,
     )
     return config, connection_from_args(parser, args), parser
-
-
-# --------------------------------------------------------------------------- flood control
-
-
-class FloodControl:
-    """Decides when an incident is sent: now, or folded into the open batch.
-
-    An alert goes at once when its process had no alert of the same kind within the window and
-    fewer than ``burst`` alerts went at once within the window. Everything else joins one
-    batch, sent as one summary when the window since the batch opened is over; so a storm of
-    any size gives at most ``burst + 1`` messages per window and sink.
-    """
-
-    def __init__(self, window: float, burst: int) -> None:
-        self.window = window
-        self.burst = burst
-        self._last: dict[tuple[str, str], float] = {}
-        self._recent: deque[float] = deque()
-        self._batch: tuple[str, float] | None = None
-
-    def resume(self, batches: dict[str, float]) -> None:
-        """After a restart, join the batch the outbox still holds instead of opening another."""
-        open_ = [(b, d) for b, d in batches.items() if b.startswith("batch:")]
-        if open_:
-            self._batch = max(open_, key=lambda bd: bd[1])
-
-    def schedule(self, alert: Alert, now: float) -> tuple[float, str]:
-        """(due time, batch key) for ``alert``."""
-        kind = f"resolved:{alert.resolves}" if alert.kind == "resolved" else alert.kind
-        key = (alert.process or alert.host, kind)
-        while self._recent and now - self._recent[0] >= self.window:
-            self._recent.popleft()
-        if self._batch is not None and self._batch[1] <= now:
-            self._batch = None
-        last = self._last.get(key)
-        if alert.kind == "events_lost":
-            # The one notice per reconcile: never folded, so its advice is read.
-            return now, alert.key
-        if (last is None or now - last >= self.window) and len(self._recent) < self.burst:
-            self._last[key] = now
-            self._recent.append(now)
-            return now, alert.key
-        if self._batch is None:
-            self._batch = (f"batch:{alert.key}", now + self.window)
-        return self._batch[1], self._batch[0]
-
-
-def fold(alerts: list[Alert]) -> Alert:
-    """One summary naming every process of a batch, with counts per process and kind."""
-    items: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for a in alerts:
-        k = (a.kind, a.group, a.name, a.resolves or "")
-        item = items.get(k)
-        if item is None:
-            items[k] = {
-                "kind": a.kind,
-                "group": a.group,
-                "name": a.name,
-                "count": a.count,
-                "time": a.time,
-                "exit_status": a.exit_status,
-                "resolves": a.resolves,
-            }
-        else:
-            item["count"] += a.count
-    processes = sorted({a.process for a in alerts if a.process})
-    lines = []
-    for it in items.values():
-        target = f"{it['group']}:{it['name']}" if it["group"] or it["name"] else "(host)"
-        what = f"resolved ({it['resolves']})" if it["kind"] == "resolved" else it["kind"]
-        lines.append(f"{target}: {what} x{it['count']}")
-    key = hashlib.sha256(",".join(sorted(a.key for a in alerts)).encode()).hexdigest()[:24]
-    return Alert(
-        kind="summary",
-        host=alerts[0].host,
-        time=min(a.time for a in alerts),
-        count=sum(a.count for a in alerts),
-        message="\n".join(lines),
-        processes=tuple(processes),
-        details={"items": list(items.values())},
-        key=key,
-    )
-
-
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
-
-
-# supervisord's own log line for every exit (process.py finish()); the only place the status of
-# an autorestarted process survives, since spawn() resets exitstatus before we can ask.
-_EXIT_LINE = re.compile(
-    r"exited: (?P<name>\S+) \((?P<how>exit status (?P<code>\d+)|terminated by"
-    r" (?P<sig>\w+))"
-)
-
-
-def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
-    """(exit status or None, how) from the last ``exited: NAME (...)`` line of supervisord's log."""
-    found: tuple[int | None, str] = (None, "")
-    for m in _EXIT_LINE.finditer(text):
-        if m.group("name") == name:
-            code = m.group("code")
-            found = (int(code) if code is not None else None, m.group("how"))
-    return found
-
-
-NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
-
-
-def enrich_alert(alert: Alert, rpc: Any, tail_lines: int = 20) -> Alert:
-    """Add exit status, spawn error and stderr tail over XML-RPC (runs on a courier thread)."""
-    if alert.kind in ("crash", "crash_loop", "fatal", "backoff") and alert.group:
-        return _enrich_one(alert, rpc, tail_lines)
-    if alert.kind == "summary":
-        return _enrich_summary(alert, rpc)
-    return alert
-
-
-def _read_log(rpc: Any, size: int) -> str:
-    try:
-        return str(rpc.call("supervisor.readLog", -size, 0))
-    except SupervisorError:
-        return ""
-
-
-def _enrich_one(alert: Alert, rpc: Any, tail_lines: int) -> Alert:
-    full = alert.process
-    details = dict(alert.details)
-    try:
-        info = rpc.process_info(full)
-    except SupervisorError as exc:
-        return replace(alert, details={**details, "rpc_error": str(exc)})
-    exit_status = alert.exit_status
-    if alert.kind in ("crash", "crash_loop") and exit_status is None:
-        if info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
-            exit_status = int(info.get("exitstatus") or 0)
-        else:
-            # Restarted already: spawn() cleared exitstatus; supervisord's log still has it.
-            exit_status, how = exit_from_log(_read_log(rpc, 65536), alert.name)
-            if how.startswith("terminated"):
-                details["signal"] = how.removeprefix("terminated by ")
-    if info.get("spawnerr"):
-        details["spawnerr"] = str(info["spawnerr"])
-    message = alert.message
-    if details.get("spawnerr") and details["spawnerr"] not in message:
-        message = (message + "\n" if message else "") + f"spawnerr: {details['spawnerr']}"
-    try:
-        text = rpc.tail_stderr(full, 8192)
-        tail = NO_LOG if text is None else _tail(text, tail_lines)
-    except SupervisorError as exc:
-        tail = f"(stderr tail unavailable: {exc})"
-    return replace(
-        alert, exit_status=exit_status, stderr_tail=tail, details=details, message=message
-    )
-
-
-def _enrich_summary(alert: Alert, rpc: Any) -> Alert:
-    items = alert.details.get("items", [])
-    if any(i.get("exit_status") is None and i.get("kind") == "crash" for i in items):
-        try:
-            infos = {f"{i['group']}:{i['name']}": i for i in rpc.all_process_info()}
-        except SupervisorError:
-            return alert
-        log_tail: str | None = None
-        new_items = []
-        for it in items:
-            info = infos.get(f"{it['group']}:{it['name']}")
-            if it.get("exit_status") is not None or it["kind"] != "crash" or not info:
-                new_items.append(it)
-            elif info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
-                new_items.append({**it, "exit_status": int(info.get("exitstatus") or 0)})
-            else:
-                if log_tail is None:
-                    log_tail = _read_log(rpc, 262144)
-                new_items.append({**it, "exit_status": exit_from_log(log_tail, it["name"])[0]})
-        return replace(alert, details={**alert.details, "items": new_items})
-    return alert
 
 
 # --------------------------------------------------------------------------- the listener

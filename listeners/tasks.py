@@ -26,21 +26,22 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError
-from listeners.taskfiles.conf import (
+from listeners.taskfiles.check import (
+    duplicate_problems,
+    group_error,
+    parser_for,
+    validate_file,
+    validate_layout,
+)
+from listeners.taskfiles.files import discover, resolve
+from listeners.taskfiles.layout import (
     ConfError,
     Layout,
     NameRefused,
     Problem,
     Task,
     default_conf,
-    discover,
-    duplicate_problems,
-    group_error,
     load_layout,
-    parser_for,
-    resolve,
-    validate_file,
-    validate_layout,
 )
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_APPLIED", "EXIT_OK", "EXIT_USAGE", "Options", "main"]

@@ -12,18 +12,15 @@ from listeners.core import bus, protocol
 from listeners.core.supervisor import NO_FILE, Connection, RPCFault
 from listeners.core.wake import DeathWatch, Waker, pidfd_unavailable
 from listeners.crashmail import (
-    NO_LOG,
     Config,
     CrashMail,
-    FloodControl,
-    enrich_alert,
-    exit_from_log,
-    fold,
     make_waker,
     parse_args,
     parse_wake_interval,
 )
 from listeners.notify.alert import Alert
+from listeners.notify.enrich import NO_LOG, enrich_alert, exit_from_log
+from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
 
 

@@ -23,7 +23,10 @@ class TestDocs:
 
     def test_every_exported_metric_family_is_documented(self):
         """Each supervisord_* name the exporter code can emit appears in docs/exporter.md."""
-        sources = [REPO / "listeners" / "exporter.py", *(REPO / "listeners" / "metrics").glob("*.py")]
+        sources = [
+            REPO / "listeners" / "exporter.py",
+            *(REPO / "listeners" / "metrics").glob("*.py"),
+        ]
         code = "".join(p.read_text() for p in sources)
         names = set(re.findall(r"\"(supervisord_[a-z_]+)\"", code))
         assert len(names) >= 14

@@ -22,17 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from listeners.core import bus, protocol
 from listeners.core.background import Worker
 from listeners.core.supervisor import SupervisorError
-from listeners.exporter import ExporterHandler, ExporterState, parse_args
-from listeners.metrics.snapshot import (
-    ProcessView,
-    ProcReader,
-    Renderer,
-    Snapshot,
-    Usage,
-    collector,
-    sample,
-)
-from listeners.metrics.web import load_web_config, make_server, render_status_page
+from listeners.exporter import ExporterHandler, parse_args
+from listeners.metrics.page import render_status_page
+from listeners.metrics.proc import ProcReader, sample
+from listeners.metrics.render import Renderer, collector
+from listeners.metrics.snapshot import ProcessView, Snapshot, Usage
+from listeners.metrics.state import ExporterState
+from listeners.metrics.web import load_web_config, make_server
 
 serial = iter(range(1, 1_000_000))
 

@@ -14,17 +14,9 @@ from hypothesis import strategies as st
 
 from listeners import tasks
 from listeners.core.supervisor import RPCFault, SupervisorError
-from listeners.taskfiles.conf import (
-    ConfError,
-    NameRefused,
-    Section,
-    Task,
-    discover,
-    load_layout,
-    resolve,
-    scan_sections,
-    validate_file,
-)
+from listeners.taskfiles.check import validate_file
+from listeners.taskfiles.files import discover, resolve, scan_sections
+from listeners.taskfiles.layout import ConfError, NameRefused, Section, Task, load_layout
 
 MAIN = """\
 [unix_http_server]

@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 PYTHON = sys.executable
 WORKER = str(Path(__file__).with_name("worker.py"))
-#: Lines that must never appear in supervisord's log after a test (see SUPERVISOR_FACTS.md).
+#: Lines that must never appear in supervisord's log after a test: a lost or broken listener.
 BAD_LOG_LINES = ("UNKNOWN", "bad result line", "overflowed")
 
 

@@ -1,0 +1,110 @@
+"""Details added to an alert just before it is sent: exit status, spawn error, stderr tail.
+
+Runs on a courier thread, never on the event loop: each call is one or two XML-RPC round trips.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from listeners.core.supervisor import SupervisorError
+from listeners.notify.alert import Alert
+
+__all__ = ["NO_LOG", "enrich_alert", "exit_from_log"]
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+# supervisord's own log line for every exit (process.py finish()); the only place the status of
+# an autorestarted process survives, since spawn() resets exitstatus before we can ask.
+_EXIT_LINE = re.compile(
+    r"exited: (?P<name>\S+) \((?P<how>exit status (?P<code>\d+)|terminated by"
+    r" (?P<sig>\w+))"
+)
+
+
+def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
+    """(exit status or None, how) from the last ``exited: NAME (...)`` line of supervisord's log."""
+    found: tuple[int | None, str] = (None, "")
+    for m in _EXIT_LINE.finditer(text):
+        if m.group("name") == name:
+            code = m.group("code")
+            found = (int(code) if code is not None else None, m.group("how"))
+    return found
+
+
+NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
+
+
+def enrich_alert(alert: Alert, rpc: Any, tail_lines: int = 20) -> Alert:
+    """Add exit status, spawn error and stderr tail over XML-RPC (runs on a courier thread)."""
+    if alert.kind in ("crash", "crash_loop", "fatal", "backoff") and alert.group:
+        return _enrich_one(alert, rpc, tail_lines)
+    if alert.kind == "summary":
+        return _enrich_summary(alert, rpc)
+    return alert
+
+
+def _read_log(rpc: Any, size: int) -> str:
+    try:
+        return str(rpc.call("supervisor.readLog", -size, 0))
+    except SupervisorError:
+        return ""
+
+
+def _enrich_one(alert: Alert, rpc: Any, tail_lines: int) -> Alert:
+    full = alert.process
+    details = dict(alert.details)
+    try:
+        info = rpc.process_info(full)
+    except SupervisorError as exc:
+        return replace(alert, details={**details, "rpc_error": str(exc)})
+    exit_status = alert.exit_status
+    if alert.kind in ("crash", "crash_loop") and exit_status is None:
+        if info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
+            exit_status = int(info.get("exitstatus") or 0)
+        else:
+            # Restarted already: spawn() cleared exitstatus; supervisord's log still has it.
+            exit_status, how = exit_from_log(_read_log(rpc, 65536), alert.name)
+            if how.startswith("terminated"):
+                details["signal"] = how.removeprefix("terminated by ")
+    if info.get("spawnerr"):
+        details["spawnerr"] = str(info["spawnerr"])
+    message = alert.message
+    if details.get("spawnerr") and details["spawnerr"] not in message:
+        message = (message + "\n" if message else "") + f"spawnerr: {details['spawnerr']}"
+    try:
+        text = rpc.tail_stderr(full, 8192)
+        tail = NO_LOG if text is None else _tail(text, tail_lines)
+    except SupervisorError as exc:
+        tail = f"(stderr tail unavailable: {exc})"
+    return replace(
+        alert, exit_status=exit_status, stderr_tail=tail, details=details, message=message
+    )
+
+
+def _enrich_summary(alert: Alert, rpc: Any) -> Alert:
+    items = alert.details.get("items", [])
+    if any(i.get("exit_status") is None and i.get("kind") == "crash" for i in items):
+        try:
+            infos = {f"{i['group']}:{i['name']}": i for i in rpc.all_process_info()}
+        except SupervisorError:
+            return alert
+        log_tail: str | None = None
+        new_items = []
+        for it in items:
+            info = infos.get(f"{it['group']}:{it['name']}")
+            if it.get("exit_status") is not None or it["kind"] != "crash" or not info:
+                new_items.append(it)
+            elif info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
+                new_items.append({**it, "exit_status": int(info.get("exitstatus") or 0)})
+            else:
+                if log_tail is None:
+                    log_tail = _read_log(rpc, 262144)
+                new_items.append({**it, "exit_status": exit_from_log(log_tail, it["name"])[0]})
+        return replace(alert, details={**alert.details, "items": new_items})
+    return alert

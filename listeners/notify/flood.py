@@ -1,0 +1,91 @@
+"""Flood control: when an incident is sent, and how a batch of them folds into one summary."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Any
+
+from listeners.notify.alert import Alert
+
+__all__ = ["FloodControl", "fold"]
+
+
+class FloodControl:
+    """Decides when an incident is sent: now, or folded into the open batch.
+
+    An alert goes at once when its process had no alert of the same kind within the window and
+    fewer than ``burst`` alerts went at once within the window. Everything else joins one
+    batch, sent as one summary when the window since the batch opened is over; so a storm of
+    any size gives at most ``burst + 1`` messages per window and sink.
+    """
+
+    def __init__(self, window: float, burst: int) -> None:
+        self.window = window
+        self.burst = burst
+        self._last: dict[tuple[str, str], float] = {}
+        self._recent: deque[float] = deque()
+        self._batch: tuple[str, float] | None = None
+
+    def resume(self, batches: dict[str, float]) -> None:
+        """After a restart, join the batch the outbox still holds instead of opening another."""
+        open_ = [(b, d) for b, d in batches.items() if b.startswith("batch:")]
+        if open_:
+            self._batch = max(open_, key=lambda bd: bd[1])
+
+    def schedule(self, alert: Alert, now: float) -> tuple[float, str]:
+        """(due time, batch key) for ``alert``."""
+        kind = f"resolved:{alert.resolves}" if alert.kind == "resolved" else alert.kind
+        key = (alert.process or alert.host, kind)
+        while self._recent and now - self._recent[0] >= self.window:
+            self._recent.popleft()
+        if self._batch is not None and self._batch[1] <= now:
+            self._batch = None
+        last = self._last.get(key)
+        if alert.kind == "events_lost":
+            # The one notice per reconcile: never folded, so its advice is read.
+            return now, alert.key
+        if (last is None or now - last >= self.window) and len(self._recent) < self.burst:
+            self._last[key] = now
+            self._recent.append(now)
+            return now, alert.key
+        if self._batch is None:
+            self._batch = (f"batch:{alert.key}", now + self.window)
+        return self._batch[1], self._batch[0]
+
+
+def fold(alerts: list[Alert]) -> Alert:
+    """One summary naming every process of a batch, with counts per process and kind."""
+    items: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for a in alerts:
+        k = (a.kind, a.group, a.name, a.resolves or "")
+        item = items.get(k)
+        if item is None:
+            items[k] = {
+                "kind": a.kind,
+                "group": a.group,
+                "name": a.name,
+                "count": a.count,
+                "time": a.time,
+                "exit_status": a.exit_status,
+                "resolves": a.resolves,
+            }
+        else:
+            item["count"] += a.count
+    processes = sorted({a.process for a in alerts if a.process})
+    lines = []
+    for it in items.values():
+        target = f"{it['group']}:{it['name']}" if it["group"] or it["name"] else "(host)"
+        what = f"resolved ({it['resolves']})" if it["kind"] == "resolved" else it["kind"]
+        lines.append(f"{target}: {what} x{it['count']}")
+    key = hashlib.sha256(",".join(sorted(a.key for a in alerts)).encode()).hexdigest()[:24]
+    return Alert(
+        kind="summary",
+        host=alerts[0].host,
+        time=min(a.time for a in alerts),
+        count=sum(a.count for a in alerts),
+        message="\n".join(lines),
+        processes=tuple(processes),
+        details={"items": list(items.values())},
+        key=key,
+    )
