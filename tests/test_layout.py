@@ -1,4 +1,4 @@
-"""The floors of the package stay honest: the shared kit, the wings and the tools import downward only."""
+"""The package's floors stay honest: the shared kit, wings and tools import downward only."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class TestFloors:
         assert [] == violations("core", {"core"})
 
     def test_wings_import_only_core_and_themselves(self):
-        """A wing (notify, metrics, taskfiles) builds on core and never on another wing or a tool."""
+        """A wing (notify, metrics, taskfiles) builds on core, never on another wing or a tool."""
         bad = []
         for wing in sorted(WINGS):
             bad += violations(wing, {"core", wing})
