@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from listeners.core.supervisor import Connection, Supervisor
-from tests.e2e.support import wait_for
+from tests.e2e.support import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,8 +53,12 @@ class ExampleStack:
             **os.environ,
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
             "SUPERVISOR_DASHBOARD_PASSWORD": PASSWORD,
-            **DEFAULT_ADDRESSES,
+            # free ports, not the shipped 8080/9876: the suite passes beside a running `make run`
+            "SUPERVISOR_DASHBOARD_ADDRESS": f"127.0.0.1:{free_port()}",
+            "EXPORTER_ADDRESS": f"127.0.0.1:{free_port()}",
         }
+        self.dashboard_url = f"http://{self.env['SUPERVISOR_DASHBOARD_ADDRESS']}/"
+        self.exporter_url = f"http://{self.env['EXPORTER_ADDRESS']}/"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ExampleStack:

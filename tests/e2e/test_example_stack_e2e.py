@@ -80,9 +80,9 @@ class TestExampleStack:
 
     def test_dashboard_asks_for_the_password(self, stack):
         """8080 answers 401 without credentials and 200 with them, on loopback."""
-        assert 401 == get("http://127.0.0.1:8080/")
-        assert 401 == get("http://127.0.0.1:8080/", ("admin", "wrong"))
-        assert 200 == get("http://127.0.0.1:8080/", ("admin", PASSWORD))
+        assert 401 == get(stack.dashboard_url)
+        assert 401 == get(stack.dashboard_url, ("admin", "wrong"))
+        assert 200 == get(stack.dashboard_url, ("admin", PASSWORD))
 
     def test_dashboard_and_exporter_default_to_loopback(self):
         """Outside the image, the dashboard and the exporter listen on 127.0.0.1 only."""
