@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from listeners.core import protocol
 from listeners.core.supervisor import Connection, Supervisor
-from listeners.memmon import Memmon, parse_config
+from listeners.memmon import Memmon, parse_args
 from tests.e2e.support import PYTHON, WORKER, Supervisord, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -82,7 +82,7 @@ def main() -> int:
         print(f"workers running: {len(pids)}")
 
         # supervisor-memmon: a real Memmon, its check run in this thread.
-        config = parse_config(["-a", "1GB", "--server-url", sup.url], env={})
+        config = parse_args(["-a", "1GB", "--server-url", sup.url], env={})
         memmon = Memmon(config, client, rpc=Inline(), checker=Inline(), own_pid=os.getpid())
         memmon.start([i for i in infos if i["group"] == "steady"])
         memmon.check()  # opens the descriptors once, as the first check of a run does

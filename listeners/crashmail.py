@@ -16,12 +16,14 @@ import queue
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from listeners.core import bus, protocol
 from listeners.core.background import Worker
 from listeners.core.cli import (
+    DEFAULT_SENDMAIL,
+    HelpFormatter,
     add_connection_args,
     add_logging_args,
     arg_type,
@@ -47,6 +49,7 @@ __all__ = [
     "WAKE_MODES",
     "Config",
     "CrashMail",
+    "build_parser",
     "main",
     "parse_args",
     "parse_wake_interval",
@@ -98,6 +101,7 @@ class Config:
     wake: str = DEFAULT_WAKE
     wake_interval: float = DEFAULT_WAKE_INTERVAL
     log_level: str = "info"
+    connection: Connection = field(default_factory=Connection)
 
     def watches(self, group: str, name: str) -> bool:
         """superlance's -p/-a plus --exclude; patterns match ``group:name`` or ``name``."""
@@ -133,8 +137,9 @@ def parse_wake_interval(text: str) -> float:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="supervisor-crashmail",
         description="Alert on crashes, crash loops, start failures and memmon restarts of"
         " supervisord processes; superlance crashmail's -p/-a/-o/-m/-s keep their meaning.",
@@ -172,7 +177,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "-s",
         "--sendmail_program",
         "--sendmail-program",
-        default="/usr/sbin/sendmail -t -i",
+        default=DEFAULT_SENDMAIL,
         metavar="COMMAND",
         help="sendmail command for -m (default: %(default)s)",
     )
@@ -182,8 +187,8 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="URL",
-        help="where alerts go; repeatable; see docs/crashmail.md (default: a JSON"
-        " lines file in the state directory)",
+        help="where alerts go; repeatable; see docs/crashmail.md in the source tree"
+        " (default: a JSON lines file in the state directory)",
     )
     out.add_argument(
         "--outbox",
@@ -264,12 +269,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(
-    argv: Sequence[str] | None, env: dict[str, str] | None = None
-) -> tuple[Config, Connection, argparse.ArgumentParser]:
-    """Flags -> (Config, Connection); a bad value exits 2 through ``parser.error``."""
+def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> Config:
+    """Flags -> Config; a bad value exits 2 through ``parser.error`` naming it."""
     env = dict(os.environ) if env is None else env
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     specs: list[SinkSpec] = []
     for text in args.sink:
@@ -303,7 +306,7 @@ def parse_args(
         parser.error("invalid --wake interval with --wake-interval 0: give an interval above 0")
     if not args.sendmail_program.strip():
         parser.error("invalid -s/--sendmail_program '': expected a command")
-    config = Config(
+    return Config(
         programs=tuple(args.program),
         any=args.any,
         exclude=tuple(args.exclude),
@@ -321,8 +324,8 @@ def parse_args(
         wake=wake,
         wake_interval=args.wake_interval,
         log_level=args.log_level,
+        connection=connection_from_args(parser, args),
     )
-    return config, connection_from_args(parser, args), parser
 
 
 # --------------------------------------------------------------------------- the listener
@@ -717,7 +720,9 @@ def make_waker(
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, connection, parser = parse_args(argv)
+    config = parse_args(argv)
+    connection = config.connection
+    parser = build_parser()
     configure(config.log_level)
     try:
         sinks = build_sinks(config)

@@ -28,7 +28,7 @@ from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
 
-__all__ = ["Config", "ExporterHandler", "ExporterState", "main", "parse_args"]
+__all__ = ["Config", "ExporterHandler", "build_parser", "main", "parse_args"]
 
 
 log = get_logger("listeners.exporter")
@@ -91,6 +91,7 @@ def parse_interval(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=cli.HelpFormatter,
         prog="supervisor-exporter",
         description="Prometheus metrics and a status page for supervisord, as an event"
         " listener (events=PROCESS_STATE,PROCESS_GROUP,TICK_60,REMOTE_COMMUNICATION,"

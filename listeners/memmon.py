@@ -28,8 +28,9 @@ from listeners.core.restart import Restarter
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import format_size, parse_duration, parse_rate, parse_size
+from listeners.core.wake import raise_fd_limit
 
-__all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_config", "resolve_rule"]
+__all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_args", "resolve_rule"]
 
 log = get_logger("listeners.memmon")
 
@@ -77,7 +78,7 @@ class Config:
     uptime: float | None = None
     name: str | None = None
     email: tuple[str, ...] = ()
-    sendmail_program: str = "/usr/sbin/sendmail -t -i"
+    sendmail_program: str = cli.DEFAULT_SENDMAIL
     alert_file: str | None = None
     measure: str = "rss"
     interval: float | None = None
@@ -89,10 +90,6 @@ class Config:
     skip_listeners: bool = True
     connection: Connection = field(default_factory=Connection)
     log_level: str = "info"
-
-    @property
-    def has_rules(self) -> bool:
-        return bool(self.programs or self.groups or self.any)
 
 
 def _namesize(text: str) -> tuple[str, int]:
@@ -120,6 +117,7 @@ def _interval(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=cli.HelpFormatter,
         prog="supervisor-memmon",
         description="Restart supervisord processes whose memory exceeds a limit"
         " (a drop-in for superlance memmon).",
@@ -222,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sendmail-program",
         dest="sendmail_program",
         metavar="COMMAND",
-        default="/usr/sbin/sendmail -t -i",
+        default=cli.DEFAULT_SENDMAIL,
         help="sendmail-compatible command reading the mail on stdin (default: %(default)s)",
     )
     tell.add_argument(
@@ -272,7 +270,7 @@ def _join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> l
     return out
 
 
-def parse_config(
+def parse_args(
     argv: Sequence[str] | None = None,
     parser: argparse.ArgumentParser | None = None,
     env: Mapping[str, str] | None = None,
@@ -802,22 +800,9 @@ class Memmon(protocol.Handler):
 # --------------------------------------------------------------------------- entry point
 
 
-def _raise_fd_limit() -> None:
-    """One cached descriptor per watched pid: make room for hosts with many workers."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
-            target = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    config = parse_config(argv, parser)
+    config = parse_args(argv, parser)
     configure(config.log_level)
     client = Supervisor(config.connection)
     try:
@@ -841,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown program {', '.join(repr(u) for u in unknown)} in -p: expected a process"
             f" name, a program name or group:name that supervisord knows ({shown})"
         )
-    _raise_fd_limit()
+    # one cached /proc descriptor per watched pid: room for hosts with many workers
+    raise_fd_limit(65536)
     memmon = Memmon(config, client, self_key=self_name())
     memmon.start(infos)
     return protocol.run(memmon)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from listeners.core.cli import HelpFormatter
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError
 from listeners.taskfiles.check import (
     duplicate_problems,
@@ -44,7 +45,16 @@ from listeners.taskfiles.layout import (
     load_layout,
 )
 
-__all__ = ["EXIT_FAILED", "EXIT_NOT_APPLIED", "EXIT_OK", "EXIT_USAGE", "Options", "main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_NOT_APPLIED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Config",
+    "build_parser",
+    "main",
+    "parse_args",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -63,7 +73,7 @@ class Client(Protocol):
 
 
 @dataclass(frozen=True)
-class Options:
+class Config:
     command: str
     conf: Path
     tasks_dir: Path | None
@@ -91,6 +101,7 @@ def _positive(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="supervisor-tasks",
         description="List, check, enable and disable supervisord tasks (one conf file each in"
         " tasks/, disabled ones in tasks_disabled/), applied to the running supervisord.",
@@ -129,11 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         " (default: %(default)s)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    lister = sub.add_parser("list", help="every task, enabled or not, with live states")
+    lister = sub.add_parser(
+        "list", formatter_class=HelpFormatter, help="every task, enabled or not, with live states"
+    )
     lister.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    sub.add_parser("check", help="validate every conf in both dirs (exit 1 on problems)")
+    sub.add_parser(
+        "check",
+        formatter_class=HelpFormatter,
+        help="validate every conf in both dirs (exit 1 on problems)",
+    )
     for name, verb in (("enable", "move to tasks/ and add"), ("disable", "stop, remove and move")):
-        cmd = sub.add_parser(name, help=f"{verb} the named tasks")
+        cmd = sub.add_parser(name, formatter_class=HelpFormatter, help=f"{verb} the named tasks")
         cmd.add_argument("names", nargs="+", metavar="NAME", help="task (file stem) or program")
         cmd.add_argument(
             "--no-apply",
@@ -157,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None) -> Options:
+def parse_args(argv: Sequence[str] | None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.configuration:
@@ -172,7 +189,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
             Connection(url=args.serverurl).check()
         except ValueError as exc:
             parser.error(str(exc))
-    return Options(
+    return Config(
         command=args.command,
         conf=conf,
         tasks_dir=Path(args.tasks_dir) if args.tasks_dir else None,
@@ -187,7 +204,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
-def connect(layout: Layout, opts: Options) -> Client:
+def connect(layout: Layout, opts: Config) -> Client:
     """The supervisord the conf names, with the conf's credentials."""
     url = opts.server_url or layout.url
     return Supervisor(
@@ -205,7 +222,7 @@ class Tool:
 
     def __init__(
         self,
-        opts: Options,
+        opts: Config,
         layout: Layout,
         client: Client,
         out: TextIO,

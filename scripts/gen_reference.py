@@ -21,8 +21,7 @@ COMMANDS = ("memmon", "crashmail", "exporter", "tasks")
 
 def parser_of(name: str) -> argparse.ArgumentParser:
     module = importlib.import_module(f"listeners.{name}")
-    build = getattr(module, "build_parser", None) or module._build_parser
-    parser: argparse.ArgumentParser = build()
+    parser: argparse.ArgumentParser = module.build_parser()
     return parser
 
 

@@ -302,7 +302,7 @@ class TestFlags:
 
     def test_superlance_flags_keep_their_meaning(self, tmp_path):
         """-p/-a/-o/-m/-s as in superlance: -m adds a sendmail sink through -s."""
-        cfg, _, _ = parse_args(
+        cfg = parse_args(
             ["-p", "g:w", "-a", "-o", "PROD", "-m", "ops@x", "-s", "/bin/cat"], self.env(tmp_path)
         )
         (sink,) = cfg.sinks
@@ -317,7 +317,7 @@ class TestFlags:
 
     def test_defaults_are_a_file_sink_and_an_outbox_in_the_state_dir(self, tmp_path):
         """No sink flag: JSON lines file; outbox and file under $XDG_STATE_HOME."""
-        cfg, _, _ = parse_args([], self.env(tmp_path))
+        cfg = parse_args([], self.env(tmp_path))
         assert (
             cfg.sinks[0].kind,
             cfg.outbox.startswith(str(tmp_path)),
@@ -368,7 +368,7 @@ class TestWakeFlag:
 
     def test_the_wake_is_exit_triggered_by_default_with_a_200ms_fallback(self, tmp_path):
         """The default (chosen from bench/crashmail.py): poke when a process exits."""
-        cfg, _, _ = parse_args([], self.env(tmp_path))
+        cfg = parse_args([], self.env(tmp_path))
         assert ("exit", 0.2) == (cfg.wake, cfg.wake_interval)
 
     @pytest.mark.parametrize(
@@ -384,7 +384,7 @@ class TestWakeFlag:
     )
     def test_wake_and_wake_interval_combine(self, argv, mode, interval, tmp_path):
         """--wake-interval 0 alone still means off; otherwise it is the interval (and fallback)."""
-        cfg, _, _ = parse_args(argv, self.env(tmp_path))
+        cfg = parse_args(argv, self.env(tmp_path))
         assert (mode, interval) == (cfg.wake, pytest.approx(cfg.wake_interval))
 
     @pytest.mark.parametrize(

@@ -13,14 +13,14 @@ from listeners import memmon
 from listeners.core import bus, protocol
 from listeners.core.memory import Reading, Unreadable
 from listeners.core.restart import Restarter
-from listeners.memmon import Config, Memmon, Rule, parse_config, resolve_rule
+from listeners.memmon import Config, Memmon, Rule, parse_args, resolve_rule
 
 MB = 1024 * 1024
 ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
 
 
 def cfg(*argv: str) -> Config:
-    return parse_config(list(argv), env=ENV)
+    return parse_args(list(argv), env=ENV)
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from listeners.core.supervisor import Connection, SupervisorError
+from listeners.core.units import parse_duration
 
 __all__ = [
     "add_connection_args",
@@ -19,6 +21,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: superlance's default mail command, shared by every tool that sends through sendmail.
+DEFAULT_SENDMAIL = "/usr/sbin/sendmail -t -i"
 
 
 def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[str], T]:
@@ -32,6 +37,19 @@ def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[st
 
     convert.__name__ = name or parse.__name__.removeprefix("parse_")
     return convert
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but a long word (an events= list, a URL) is never cut in two."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = " ".join(text.split())
+        lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+        return "\n".join(indent + line for line in lines)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +73,10 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--rpc-timeout",
-        metavar="SECONDS",
-        type=float,
+        metavar="DURATION",
+        type=arg_type(parse_duration, "--rpc-timeout"),
         default=10.0,
-        help="timeout of each XML-RPC call (default: %(default)s)",
+        help="timeout of each XML-RPC call, e.g. 10, 10s, 500ms (default: 10s)",
     )
 
 

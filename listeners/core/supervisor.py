@@ -29,7 +29,6 @@ __all__ = [
     "SupervisorError",
     "full_name",
     "self_name",
-    "split_name",
 ]
 
 DEFAULT_URL = "unix:///var/run/supervisor.sock"
@@ -60,12 +59,6 @@ class RPCFault(SupervisorError):  # noqa: N818 - mirrors xmlrpc.client.Fault
 def full_name(group: str, name: str) -> str:
     """The ``group:name`` form XML-RPC takes for one process."""
     return f"{group}:{name}"
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """``group:name`` -> (group, name); a bare name is its own group, as supervisorctl reads it."""
-    group, sep, proc = name.partition(":")
-    return (group, proc) if sep else (name, name)
 
 
 def self_name(env: Mapping[str, str] | None = None) -> str | None:

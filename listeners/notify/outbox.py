@@ -119,10 +119,6 @@ class Outbox:
         )
         return cur.rowcount == 1
 
-    def known(self, key: str) -> bool:
-        row = self._db().execute("SELECT 1 FROM incidents WHERE key = ?", (key,)).fetchone()
-        return row is not None
-
     def due_incidents(self, now: float) -> list[Incident]:
         rows = self._db().execute(
             "SELECT id, batch, body FROM incidents WHERE message_id IS NULL AND due <= ?"

@@ -8,6 +8,7 @@ import subprocess
 from email.message import EmailMessage
 from typing import Protocol
 
+from listeners.core.cli import DEFAULT_SENDMAIL
 from listeners.notify.alert import Alert, one_line, render_text
 
 __all__ = ["FileSink", "SendmailSink", "Sink", "SinkError"]
@@ -50,7 +51,7 @@ class SendmailSink:
     def __init__(
         self,
         to: list[str],
-        program: str = "/usr/sbin/sendmail -t -i",
+        program: str = DEFAULT_SENDMAIL,
         sender: str | None = None,
         subject_prefix: str = "",
         timeout: float = 30.0,

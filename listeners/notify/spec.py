@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from listeners.core.cli import DEFAULT_SENDMAIL
 from listeners.core.units import parse_duration
 from listeners.notify.alertmanager import AlertmanagerSink
 from listeners.notify.sinks import FileSink, SendmailSink, Sink
@@ -198,7 +199,7 @@ def build_sink(
     if spec.kind == "sendmail":
         return SendmailSink(
             to=[a.strip() for a in o["to"].split(",") if a.strip()],
-            program=o.get("program", "/usr/sbin/sendmail -t -i"),
+            program=o.get("program", DEFAULT_SENDMAIL),
             sender=o.get("from"),
             subject_prefix=prefix,
             timeout=timeout or 30.0,
