@@ -1,4 +1,4 @@
-"""Fakes shared by unit tests: an in-memory supervisord RPC and an inline worker."""
+"""Fakes shared by unit tests: a clock, an in-memory supervisord RPC, an inline worker, events."""
 
 from __future__ import annotations
 
@@ -31,6 +31,21 @@ def state_event(
     e = make_event(f"PROCESS_STATE_{state}", " ".join(tokens))
     assert isinstance(e, ProcessStateEvent)
     return e
+
+
+class FakeClock:
+    """A clock that moves only when told: call it to read; ``sleep``/``advance`` move it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    advance = sleep
 
 
 class InlineWorker:

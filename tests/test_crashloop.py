@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from listeners.core.crashloop import CrashLoopDetector, LoopChange
 from listeners.core.protocol import ProcessStateEvent, parse_event, parse_header
+from tests.fakes import FakeClock
 
 
 def state(st: str, name: str = "w", expected: int | None = None) -> ProcessStateEvent:
@@ -18,18 +19,10 @@ def state(st: str, name: str = "w", expected: int | None = None) -> ProcessState
     return e
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class TestCrashLoopDetector:
     def test_third_unexpected_exit_in_window_starts_a_loop_once(self):
         """With 3/60s, the third crash starts the loop; the fourth says nothing new."""
-        clock = Clock()
+        clock = FakeClock()
         d = CrashLoopDetector(3, 60, clock=clock)
         changes = []
         for _ in range(4):
@@ -41,7 +34,7 @@ class TestCrashLoopDetector:
 
     def test_exits_spread_wider_than_the_window_are_not_a_loop(self):
         """Three crashes 40 s apart with a 60 s window never make a loop."""
-        clock = Clock()
+        clock = FakeClock()
         d = CrashLoopDetector(3, 60, clock=clock)
         for _ in range(5):
             assert d.observe(state("EXITED", expected=0)) is None
@@ -50,20 +43,20 @@ class TestCrashLoopDetector:
 
     def test_expected_exits_never_count(self):
         """Workers that exit 0 on purpose (expected:1) are not crashing."""
-        d = CrashLoopDetector(2, 60, clock=Clock())
+        d = CrashLoopDetector(2, 60, clock=FakeClock())
         for _ in range(10):
             d.observe(state("EXITED", expected=1))
         assert (False, 0) == (d.is_looping("g:w"), d.exits_in_window("g:w"))
 
     def test_backoff_counts_as_a_failed_start(self):
         """Deaths before startsecs (BACKOFF) count towards the loop."""
-        d = CrashLoopDetector(3, 60, clock=Clock())
+        d = CrashLoopDetector(3, 60, clock=FakeClock())
         changes = [d.observe(state("BACKOFF")) for _ in range(3)]
         assert LoopChange("g:w", True, 3) == changes[-1]
 
     def test_resolves_after_a_whole_window_running(self):
         """The loop ends once the process has been RUNNING for the window, not before."""
-        clock = Clock()
+        clock = FakeClock()
         d = CrashLoopDetector(2, 60, clock=clock)
         d.observe(state("EXITED", expected=0))
         d.observe(state("EXITED", expected=0))
@@ -76,7 +69,7 @@ class TestCrashLoopDetector:
 
     def test_a_crash_while_resolving_restarts_the_wait(self):
         """A crash during the quiet period keeps the loop open."""
-        clock = Clock()
+        clock = FakeClock()
         d = CrashLoopDetector(2, 60, clock=clock)
         for _ in range(2):
             d.observe(state("EXITED", expected=0))
@@ -90,13 +83,13 @@ class TestCrashLoopDetector:
 
     def test_stopping_on_purpose_ends_the_loop(self):
         """supervisorctl stop (STOPPED) resolves a loop at once."""
-        d = CrashLoopDetector(1, 60, clock=Clock())
+        d = CrashLoopDetector(1, 60, clock=FakeClock())
         d.observe(state("EXITED", expected=0))
         assert LoopChange("g:w", False, 1) == d.observe(state("STOPPED"))
 
     def test_fatal_ends_the_loop_without_a_resolution(self):
         """After FATAL (supervisord gave up) the process is not looping; nothing says stable."""
-        d = CrashLoopDetector(3, 60, clock=Clock())
+        d = CrashLoopDetector(3, 60, clock=FakeClock())
         changes = [d.observe(state("BACKOFF")) for _ in range(3)]
         assert LoopChange("g:w", True, 3) == changes[-1]
         assert d.observe(state("FATAL")) is None

@@ -22,14 +22,7 @@ from listeners.notify.alert import Alert
 from listeners.notify.enrich import NO_LOG, enrich_alert, exit_from_log
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def state_event(state, name="w", group="g", serial=1, **fields):

@@ -14,6 +14,7 @@ from listeners.core import bus, protocol
 from listeners.core.memory import Reading, Unreadable
 from listeners.core.restart import Restarter
 from listeners.memmon import Config, Memmon, Rule, parse_args, resolve_rule
+from tests.fakes import FakeClock
 
 MB = 1024 * 1024
 ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
@@ -247,14 +248,6 @@ class FakeMeter:
         pass
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def info(group: str, name: str, pid: int, state: str = "RUNNING") -> dict[str, Any]:
     return {"group": group, "name": name, "pid": pid, "statename": state, "start": 1.0}
 
@@ -278,7 +271,7 @@ def make(*argv: str, infos=None, cmdlines=None, self_key=None):
     client = FakeClient(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
     meter = FakeMeter()
     rpc = SyncWorker()
-    clock = Clock()
+    clock = FakeClock()
     m = Memmon(
         cfg(*argv),
         client,  # type: ignore[arg-type]
@@ -433,7 +426,7 @@ class TestDecisions:
     def test_reconcile_on_tick_without_state_events(self):
         """With no PROCESS_STATE subscription, a check 60 s later reconciles first."""
         client = FakeClient([info("web", "web_0", 100)])
-        clock = Clock()
+        clock = FakeClock()
         m = Memmon(
             cfg("-a", "16MB"),
             client,  # type: ignore[arg-type]

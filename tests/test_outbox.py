@@ -9,14 +9,7 @@ import pytest
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Courier, Outbox, backoff_delay
 from listeners.notify.sinks import SinkError
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 class RecordingSink:

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from listeners.core.restart import Restarter
 from listeners.core.supervisor import SupervisorError
-from tests.fakes import FakeSupervisor, InlineWorker, state_event
+from tests.fakes import FakeClock, FakeSupervisor, InlineWorker, state_event
 
 
 def running(name: str) -> dict[str, object]:
     group, _, proc = name.partition(":")
     return {"group": group, "name": proc, "statename": "RUNNING", "pid": 10}
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TestRestarter:
@@ -63,7 +56,7 @@ class TestRestarter:
 
     def test_missed_stop_event_is_polled_after_a_while(self):
         """A STOPPED event that never comes is replaced by one getProcessInfo."""
-        clock = Clock()
+        clock = FakeClock(0.0)
         rpc = FakeSupervisor({"g:a": running("g:a")})
         r = Restarter(rpc, InlineWorker(), clock=clock, poll_after=30)  # type: ignore[arg-type]
         r.restart("g:a")

@@ -17,6 +17,7 @@ from listeners.core.supervisor import RPCFault, SupervisorError
 from listeners.taskfiles.check import validate_file
 from listeners.taskfiles.files import discover, resolve, scan_sections
 from listeners.taskfiles.layout import ConfError, NameRefused, Section, Task, load_layout
+from tests.fakes import FakeClock
 
 MAIN = """\
 [unix_http_server]
@@ -115,17 +116,6 @@ class FakeSupervisor:
                 self.groups.discard(g)
                 done["removed"].append(g)
         return done
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def run(home: Path, client: Any, *args: str) -> tuple[int, str, str]:
@@ -478,7 +468,7 @@ class TestWait:
     def make(self, home: Path, states: list[str]) -> tuple[tasks.Tool, FakeSupervisor]:
         fake = FakeSupervisor(home, states=states)
         opts = tasks.parse_args(["-c", str(home / "supervisord.conf"), "enable", "--wait", "x"])
-        clock = FakeClock()
+        clock = FakeClock(0.0)
         out, err = io.StringIO(), io.StringIO()
         layout = load_layout(home / "supervisord.conf")
         return tasks.Tool(opts, layout, fake, out, err, clock, clock.sleep), fake

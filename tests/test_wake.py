@@ -16,14 +16,7 @@ import pytest
 from listeners.core.supervisor import SupervisorError
 from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, rpc_poke
 from tests.e2e.support import wait_for
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 class FakePoke:
@@ -226,7 +219,7 @@ class TestDeathWatch:
 
     def test_a_death_pokes_now_and_once_more_after_repoke(self, children, watches):
         """The second poke comes when the clock passes ``repoke``, then nothing more."""
-        clock = FakeClock()
+        clock = FakeClock(100.0)
         poke = FakePoke()
         watch = watches(poke, repoke=0.05, clock=clock)
         child = children()
