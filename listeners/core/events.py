@@ -1,6 +1,6 @@
 """Typed supervisord events and the parsers that make them from header lines and payloads.
 
-Facts (checked against supervisor 4.3, see docs/guide.md): a header is
+Facts (checked against supervisor 4.3, see docs/internals.md): a header is
 ``ver:3.0 server:x serial:n pool:p poolserial:n eventname:NAME len:n`` and ``len`` counts
 *characters* of a Python str, not bytes (supervisor#1243). Nothing here reads or writes a stream.
 """

@@ -4,7 +4,7 @@ This is the only module that writes to stdout. Anything else that reaches stdout
 listener in supervisord's terminal UNKNOWN state, so ``run()`` moves the real stdout to a
 private descriptor and points descriptor 1 at stderr before the first frame.
 
-Protocol facts (checked against supervisor 4.3, see docs/guide.md):
+Protocol facts (checked against supervisor 4.3, see docs/internals.md):
 - header ``ver:3.0 server:x serial:n pool:p poolserial:n eventname:NAME len:n``, then a payload
   whose ``len`` counts *characters* of a Python str, not bytes (supervisor#1243);
 - the answer is ``RESULT <bytes>\\n<body>`` with no newline after the body;
