@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from listeners.core import bus, cli, protocol
-from listeners.core.background import Worker
+from listeners.core.background import Submitter, Worker
 from listeners.core.crashloop import DEFAULT_LOOP
 from listeners.core.log import configure, get_logger
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
@@ -166,7 +166,7 @@ class ExporterHandler(protocol.Handler):
         self,
         state: ExporterState,
         rpc: RPC,
-        worker: Worker,
+        worker: Submitter,
         *,
         reconcile_interval: float | None = None,
     ) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from listeners.core import bus, cli, protocol
-from listeners.core.background import Worker
+from listeners.core.background import Submitter, Worker
 from listeners.core.log import configure, get_logger
 from listeners.core.memory import MEASURES, Meter, Reading, read_cmdline
 from listeners.core.restart import Restarter
@@ -383,9 +383,9 @@ class Memmon(protocol.Handler):
         client: Supervisor,
         *,
         meter: Meter | None = None,
-        rpc: Any = None,
-        checker: Any = None,
-        notifier: Any = None,
+        rpc: Submitter | None = None,
+        checker: Submitter | None = None,
+        notifier: Submitter | None = None,
         restarter: Restarter | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,

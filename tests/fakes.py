@@ -58,6 +58,9 @@ class InlineWorker:
         self.calls.append(getattr(fn, "__name__", "?"))
         fn(*args)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Nothing runs later, so nothing is left to wait for."""
+
 
 class FakeSupervisor:
     """The subset of listeners.core.supervisor.Supervisor the listeners use, in memory."""

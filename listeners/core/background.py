@@ -5,15 +5,22 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from listeners.core.log import get_logger
 
-__all__ = ["Worker"]
+__all__ = ["Submitter", "Worker"]
 
 log = get_logger("listeners.background")
 
 _STOP = object()
+
+
+class Submitter(Protocol):
+    """Where a listener sends slow work: a Worker, or tests' InlineWorker that runs it at once."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None: ...
+    def close(self, timeout: float = 10.0) -> None: ...
 
 
 class Worker:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from listeners.core.background import Worker
+from listeners.core.background import Submitter
 from listeners.core.log import get_logger
 from listeners.core.protocol import ProcessStateEvent
 from listeners.core.supervisor import Supervisor, SupervisorError
@@ -29,7 +29,7 @@ class Restarter:
     def __init__(
         self,
         client: Supervisor,
-        worker: Worker,
+        worker: Submitter,
         *,
         clock: Callable[[], float] = time.monotonic,
         poll_after: float = 30.0,

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from listeners.core.supervisor import SupervisorError
 from listeners.notify.alert import Alert
 
-__all__ = ["NO_LOG", "enrich_alert", "exit_from_log"]
+__all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "exit_from_log"]
+
+
+class EnrichRPC(Protocol):
+    """What enrichment needs of supervisord (``core.supervisor.Supervisor`` has it)."""
+
+    def process_info(self, name: str) -> dict[str, Any]: ...
+    def all_process_info(self) -> list[dict[str, Any]]: ...
+    def tail_stderr(self, name: str, length: int = 4096) -> str | None: ...
+    def call(self, method: str, *args: Any) -> Any: ...
 
 
 def _tail(text: str, lines: int) -> str:
@@ -40,7 +49,7 @@ def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
 NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
 
 
-def enrich_alert(alert: Alert, rpc: Any, tail_lines: int = 20) -> Alert:
+def enrich_alert(alert: Alert, rpc: EnrichRPC, tail_lines: int = 20) -> Alert:
     """Add exit status, spawn error and stderr tail over XML-RPC (runs on a courier thread)."""
     if alert.kind in ("crash", "crash_loop", "fatal", "backoff") and alert.group:
         return _enrich_one(alert, rpc, tail_lines)
@@ -49,14 +58,14 @@ def enrich_alert(alert: Alert, rpc: Any, tail_lines: int = 20) -> Alert:
     return alert
 
 
-def _read_log(rpc: Any, size: int) -> str:
+def _read_log(rpc: EnrichRPC, size: int) -> str:
     try:
         return str(rpc.call("supervisor.readLog", -size, 0))
     except SupervisorError:
         return ""
 
 
-def _enrich_one(alert: Alert, rpc: Any, tail_lines: int) -> Alert:
+def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
     full = alert.process
     details = dict(alert.details)
     try:
@@ -87,7 +96,7 @@ def _enrich_one(alert: Alert, rpc: Any, tail_lines: int) -> Alert:
     )
 
 
-def _enrich_summary(alert: Alert, rpc: Any) -> Alert:
+def _enrich_summary(alert: Alert, rpc: EnrichRPC) -> Alert:
     items = alert.details.get("items", [])
     if any(i.get("exit_status") is None and i.get("kind") == "crash" for i in items):
         try:
