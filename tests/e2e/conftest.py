@@ -28,7 +28,7 @@ def supervisord() -> Iterator[Callable[..., Supervisord]]:
     yield make
     failures = []
     for sup, clean in made:
-        sup.stop()
+        sup.kill_fast()
         bad = sup.bad_log_lines() if clean else []
         if bad:
             failures.append(f"{sup.conf}: " + "\n".join(bad[:10]))

@@ -115,6 +115,30 @@ class Supervisord:
             self.proc.kill()
             self.proc.wait(10)
 
+    def kill_fast(self) -> None:
+        """End supervisord and every process group it started at once, for teardown.
+
+        A polite SIGTERM costs 2-4 s per test (supervisord's loop wakes once a second to see its
+        children go); tests that care about a clean stop call ``stop()`` themselves first.
+        supervisord puts each child in a process group of its own, so kill those groups too.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            pids = [int(i["pid"]) for i in self.client.all_process_info() if i.get("pid")]
+        except Exception:  # supervisord already unreachable: fall back to the polite stop
+            self.stop()
+            return
+        self.proc.kill()
+        self.proc.wait(10)
+        for pid in pids:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                    break
+                except (ProcessLookupError, PermissionError):
+                    continue
+
     def restart(self) -> None:
         """Stop and start supervisord again with the same conf (a host reboot, in short)."""
         self.stop()
