@@ -12,7 +12,7 @@ from listeners.core.protocol import (
     parse_event,
     parse_header,
 )
-from listeners.core.supervisor import NOT_RUNNING, RPCFault
+from listeners.core.supervisor import NOT_RUNNING, RPCFault, SupervisorError
 
 
 def make_event(eventname: str, payload: str, serial: int = 1) -> Event:
@@ -63,19 +63,60 @@ class InlineWorker:
 
 
 class FakeSupervisor:
-    """The subset of listeners.core.supervisor.Supervisor the listeners use, in memory."""
+    """The subset of listeners.core.supervisor.Supervisor the listeners use, in memory.
+
+    ``processes`` maps ``group:name`` to a getProcessInfo dict; ``infos`` reads and replaces them
+    as a list. ``down`` makes every call fail as an unreachable supervisord would; ``fail`` makes
+    one method raise. ``calls`` records ``(method, args)``; ``methods()`` just the names.
+    """
 
     url = "unix:///fake.sock"
 
-    def __init__(self, processes: dict[str, dict[str, Any]] | None = None) -> None:
-        self.processes = processes or {}
+    def __init__(
+        self,
+        processes: dict[str, dict[str, Any]] | list[dict[str, Any]] | None = None,
+        *,
+        answers: dict[str, Any] | None = None,
+    ) -> None:
+        self.processes: dict[str, dict[str, Any]] = {}
+        if isinstance(processes, list):
+            self.infos = processes
+        else:
+            self.processes = processes or {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.fail: dict[str, Exception] = {}
+        self.down = False
+        self.answers = {"supervisor.getAPIVersion": "3.0", **(answers or {})}
+
+    @property
+    def infos(self) -> list[dict[str, Any]]:
+        return list(self.processes.values())
+
+    @infos.setter
+    def infos(self, infos: list[dict[str, Any]]) -> None:
+        self.processes = {f"{i['group']}:{i['name']}": i for i in infos}
+
+    def methods(self) -> list[str]:
+        return [method for method, _ in self.calls]
 
     def _record(self, method: str, *args: Any) -> None:
         self.calls.append((method, args))
+        if self.down:
+            raise SupervisorError("cannot reach supervisord")
         if method in self.fail:
             raise self.fail[method]
+
+    def call(self, method: str, *args: Any) -> Any:
+        self._record(method, *args)
+        return self.answers.get(method)
+
+    def version(self) -> str:
+        self._record("version")
+        return "4.3.0"
+
+    def identification(self) -> str:
+        self._record("identification")
+        return "host-a"
 
     def all_process_info(self) -> list[dict[str, Any]]:
         self._record("all_process_info")

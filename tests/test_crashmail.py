@@ -9,7 +9,7 @@ import os
 import pytest
 
 from listeners.core import bus, protocol
-from listeners.core.supervisor import NO_FILE, Connection, RPCFault
+from listeners.core.supervisor import Connection
 from listeners.core.wake import DeathWatch, Waker, pidfd_unavailable
 from listeners.crashmail import (
     Config,
@@ -22,7 +22,7 @@ from listeners.notify.alert import Alert
 from listeners.notify.enrich import NO_LOG, enrich_alert, exit_from_log
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeSupervisor
 
 
 def state_event(state, name="w", group="g", serial=1, **fields):
@@ -231,32 +231,17 @@ class TestFloodControl:
         assert "g:a: crash x2" in s.message
 
 
-class FakeRPC:
-    def __init__(self, info, tail="line1\nline2\n", log="", no_file=False):
-        self.info, self.tail, self.log, self.no_file = info, tail, log, no_file
-
-    def process_info(self, name):
-        return self.info
-
-    def tail_stderr(self, name, length):
-        if self.no_file:
-            return None
-        return self.tail
-
-    def call(self, method, *args):
-        if method == "supervisor.readLog":
-            return self.log
-        raise RPCFault(NO_FILE, "NO_FILE", method)
-
-    def all_process_info(self):
-        return [dict(self.info, group="g", name="w")]
+def enrich_rpc(info, tail="line1\nline2\n", log="", no_file=False):
+    """supervisord knowing one process g:w; no_file: it logs stderr nowhere tailable."""
+    proc = {"group": "g", "name": "w", **info, "stderr_tail": None if no_file else tail}
+    return FakeSupervisor([proc], answers={"supervisor.readLog": log})
 
 
 class TestEnrich:
     def test_exit_status_and_stderr_tail_of_a_process_still_exited(self):
         """EXITED: exitstatus from getProcessInfo and the last lines of stderr."""
         alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
-        out = enrich_alert(alert, FakeRPC({"statename": "EXITED", "exitstatus": 7}), 1)
+        out = enrich_alert(alert, enrich_rpc({"statename": "EXITED", "exitstatus": 7}), 1)
         assert (out.exit_status, out.stderr_tail) == (7, "line2")
 
     def test_exit_status_of_a_restarted_process_comes_from_supervisords_log(self):
@@ -266,19 +251,21 @@ class TestEnrich:
             "exited: w (exit status 4; not expected)\n"
         )
         alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
-        out = enrich_alert(alert, FakeRPC({"statename": "STARTING", "exitstatus": 0}, log=log))
+        out = enrich_alert(alert, enrich_rpc({"statename": "STARTING", "exitstatus": 0}, log=log))
         assert out.exit_status == 4
 
     def test_no_log_file_is_said_plainly(self):
         """A program without a stderr log file gets a sentence saying so."""
         alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
-        out = enrich_alert(alert, FakeRPC({"statename": "EXITED"}, no_file=True))
+        out = enrich_alert(alert, enrich_rpc({"statename": "EXITED"}, no_file=True))
         assert out.stderr_tail == NO_LOG
 
     def test_fatal_carries_the_spawn_error(self):
         """FATAL alerts include supervisord's spawnerr."""
         alert = Alert(kind="fatal", host="h", group="g", name="w", key="k")
-        out = enrich_alert(alert, FakeRPC({"statename": "FATAL", "spawnerr": "Exited too quickly"}))
+        out = enrich_alert(
+            alert, enrich_rpc({"statename": "FATAL", "spawnerr": "Exited too quickly"})
+        )
         assert "spawnerr: Exited too quickly" in out.message
 
     def test_signal_deaths_are_recognised_in_the_log(self):

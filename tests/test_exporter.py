@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from listeners.core import bus, protocol
 from listeners.core.background import Worker
-from listeners.core.supervisor import SupervisorError
 from listeners.exporter import ExporterHandler, parse_args
 from listeners.metrics.page import render_status_page
 from listeners.metrics.proc import ProcReader, sample
@@ -29,6 +28,7 @@ from listeners.metrics.render import Renderer, collector
 from listeners.metrics.snapshot import ProcessView, Snapshot, Usage
 from listeners.metrics.state import ExporterState
 from listeners.metrics.web import load_web_config, make_server
+from tests.fakes import FakeSupervisor
 
 serial = iter(range(1, 1_000_000))
 
@@ -67,34 +67,6 @@ def info(group: str, name: str, state: str, pid: int = 0, exitstatus: int = 0) -
     }
 
 
-class FakeRPC:
-    def __init__(self, infos: list[dict[str, Any]] | None = None) -> None:
-        self.infos = infos or []
-        self.down = False
-        self.calls: list[str] = []
-
-    def _check(self, method: str) -> None:
-        self.calls.append(method)
-        if self.down:
-            raise SupervisorError("cannot reach supervisord")
-
-    def version(self) -> str:
-        self._check("version")
-        return "4.3.0"
-
-    def identification(self) -> str:
-        self._check("identification")
-        return "host-a"
-
-    def all_process_info(self) -> list[dict[str, Any]]:
-        self._check("all_process_info")
-        return self.infos
-
-    def process_info(self, name: str) -> dict[str, Any]:
-        self._check("process_info")
-        return next(i for i in self.infos if f"{i['group']}:{i['name']}" == name)
-
-
 class FakeReader(ProcReader):
     def __init__(self, usages: dict[int, Usage] | None = None) -> None:
         super().__init__()
@@ -113,11 +85,11 @@ def worker() -> Iterator[Worker]:
 
 def make(
     worker: Worker, infos: list[dict[str, Any]] | None = None, **kw: Any
-) -> tuple[ExporterState, ExporterHandler, FakeRPC]:
+) -> tuple[ExporterState, ExporterHandler, FakeSupervisor]:
     LAST.clear()
     LAST.update({f"{i['group']}:{i['name']}": i["statename"] for i in infos or []})
     state = ExporterState(**kw)
-    rpc = FakeRPC(infos)
+    rpc = FakeSupervisor(infos)
     handler = ExporterHandler(state, rpc, worker)
     handler.request_reconcile()
     assert worker.join()
@@ -267,11 +239,11 @@ class TestCollector:
     def test_tick_does_not_reconcile_when_an_interval_is_set(self, worker):
         """With --reconcile-interval, TICK_60 makes no RPC call (the timer does)."""
         state = ExporterState()
-        rpc = FakeRPC()
+        rpc = FakeSupervisor()
         handler = ExporterHandler(state, rpc, worker, reconcile_interval=5.0)
         handler.handle(ev("TICK_60", "when:1700000060"))
         assert worker.join()
-        assert [] == rpc.calls
+        assert [] == rpc.methods()
 
     def test_lost_events_are_counted_and_trigger_a_reconcile(self, worker):
         """A poolserial gap adds to lost_events_total and reconciles."""
@@ -280,7 +252,7 @@ class TestCollector:
         handler.on_events_lost(4, ev("TICK_5", "when:1"))
         assert worker.join()
         assert 4 == val(registry_for(state), "supervisord_exporter_lost_events_total")
-        assert "all_process_info" in rpc.calls
+        assert "all_process_info" in rpc.methods()
 
     def test_own_events_are_ignored(self, worker):
         """The exporter never reports itself."""

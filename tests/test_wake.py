@@ -16,7 +16,7 @@ import pytest
 from listeners.core.supervisor import SupervisorError
 from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, rpc_poke
 from tests.e2e.support import wait_for
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeSupervisor
 
 
 class FakePoke:
@@ -34,15 +34,6 @@ class FakePoke:
             self.reached.set()
         if self.down:
             raise SupervisorError("cannot reach supervisord at unix:///x.sock: No such file")
-
-
-class FakeRPC:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def call(self, method: str, *args: object) -> object:
-        self.calls.append(method)
-        return "3.0"
 
 
 class TestSchedule:
@@ -80,9 +71,9 @@ class TestSchedule:
 
     def test_the_rpc_poke_is_get_api_version(self):
         """The poke is the cheapest read-only call supervisord has."""
-        rpc = FakeRPC()
+        rpc = FakeSupervisor()
         rpc_poke(rpc)()  # type: ignore[arg-type]
-        assert ["supervisor.getAPIVersion"] == rpc.calls
+        assert ["supervisor.getAPIVersion"] == rpc.methods()
 
 
 class TestThread:
