@@ -223,6 +223,7 @@ def _check_from(values: dict[str, str], pattern: str, where: str, base: Check) -
         silence=out.get("silence", base.silence),
         action=out.get("action", base.action),
         backoff=sched,
+        hold_crashes=bool(out.get("backoff", False)),
         revive_fatal=bool(out.get("revive-fatal", False)),
     )
     validate(check)
@@ -304,9 +305,8 @@ def parse_config(
             if not args.program:
                 parser.error("probe, heartbeat and backoff flags need -p PATTERN (or '-p *')")
             extra = dict(flag_values)
-            if args.backoff or args.revive_fatal:
-                extra["backoff"] = "yes"
-                extra["revive-fatal"] = "yes" if args.revive_fatal else "no"
+            extra["backoff"] = "yes" if args.backoff else "no"
+            extra["revive-fatal"] = "yes" if args.revive_fatal else "no"
             flag_base = replace(
                 base,
                 statuses=tuple(args.status or (200,)),

@@ -348,7 +348,7 @@ class TestWatchdogBackoff:
     def test_crash_holds_the_respawn_and_starts_after_the_delay(self):
         """An unexpected exit holds the autorestarted process, then starts it after the delay."""
         clock = Clock()
-        check = Check("*", backoff=Schedule(10, 60, 100))
+        check = Check("*", backoff=Schedule(10, 60, 100), hold_crashes=True)
         dog, fake, _ = make([check], clock, procs=[proc("w")])
         dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
         fake.processes["web:w"]["statename"] = "STARTING"
@@ -374,6 +374,17 @@ class TestWatchdogBackoff:
         clock.now += 5
         dog.round()
         assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
+
+    def test_a_process_healthy_once_gets_no_grace(self):
+        """The grace covers the startup phase: after one passed probe, a failure restarts."""
+        clock = Clock()
+        check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1)
+        dog, fake, pool = make([check], clock, procs=[proc("w", start=clock.now)], grace=30)
+        dog.round()
+        clock.now += 1
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.round()
+        assert ["web:w"] == restarts(fake)
 
     def test_fatal_stays_without_revive(self):
         """Without revive_fatal a FATAL process is left alone."""

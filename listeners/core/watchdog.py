@@ -69,6 +69,7 @@ class Check:
     silence: float | None = None
     action: str = "restart"
     backoff: Schedule | None = None
+    hold_crashes: bool = False
     revive_fatal: bool = False
     where: str = "flags"
 
@@ -155,6 +156,8 @@ class _Watch:
     running_since: float | None = None
     failures: int = 0
     probe_ok: bool | None = None
+    #: passed a probe or sent a beat since it started: its startup phase (grace) is over
+    proven: bool = False
     last_beat: float | None = None
     last_output: float | None = None
     reported: set[str] = field(default_factory=set)
@@ -209,6 +212,8 @@ class Watchdog(protocol.Handler):
         self._last_status = 0.0
         self._lock = threading.RLock()
         self.rounds = 0
+        periods = [c.period for c in config.checks if c.probes]
+        self.timer_interval = max(0.1, min([1.0, *periods]))
 
     # ------------------------------------------------------------------ processes
 
@@ -271,6 +276,7 @@ class Watchdog(protocol.Handler):
                 text = watch.check.heartbeat_text
                 if text is None or text in event.data:
                     watch.last_beat = now
+                    watch.proven = True
         elif isinstance(event, protocol.TickEvent) and self.config.httpok:
             if self._seen_state:
                 self._httpok_round()
@@ -284,12 +290,15 @@ class Watchdog(protocol.Handler):
             if watch is None:
                 return
             key, state, check = watch.key, event.state, watch.check
+            if state == "RUNNING" and watch.state == "RUNNING" and event.pid == watch.pid:
+                return  # buffered before we started: start() already saw this run
             watch.state = state
             watch.pid = event.pid or (watch.pid if state == "RUNNING" else 0)
             if state == "RUNNING":
                 watch.running_since = now
                 watch.failures = 0
                 watch.probe_ok = None
+                watch.proven = False
                 watch.last_beat = watch.last_output = None
                 watch.reported.clear()
                 if check.backoff:
@@ -306,7 +315,7 @@ class Watchdog(protocol.Handler):
             if not check.backoff:
                 return
             crashed = (state == "EXITED" and event.expected is False) or state == "BACKOFF"
-            if crashed or (state == "FATAL" and check.revive_fatal):
+            if (crashed and check.hold_crashes) or (state == "FATAL" and check.revive_fatal):
                 self._failed(watch, state, now)
 
     def _failed(self, watch: _Watch, state: str, now: float) -> None:
@@ -406,7 +415,7 @@ class Watchdog(protocol.Handler):
                 if result.ok:
                     if watch.probe_ok is False:
                         log.info("health.probe_recovered", process=key)
-                    watch.failures, watch.probe_ok = 0, True
+                    watch.failures, watch.probe_ok, watch.proven = 0, True, True
                     watch.reported.discard("probe")
                     continue
                 watch.failures += 1
@@ -444,7 +453,10 @@ class Watchdog(protocol.Handler):
         if watch.check.action == "alert":
             action = "alert"
         else:
-            action = self.guard.allow(watch.key, now, watch.running_since)
+            # the grace covers the startup phase only: a process that was healthy once and
+            # fails now is judged at once (superlance restarted processes still starting)
+            young = None if watch.proven else watch.running_since
+            action = self.guard.allow(watch.key, now, young)
         fields = {"process": watch.key, "pid": watch.pid, "reason": reason, "detail": detail}
         if action == "grace":
             # just started: judge again later instead of restarting a process still warming up
@@ -540,7 +552,11 @@ class Watchdog(protocol.Handler):
         text = f"To: {httpok.email}\nSubject: {subject}\n\n{body}\n"
         try:
             subprocess.run(
-                shlex.split(httpok.sendmail), input=text.encode(), timeout=60, check=False
+                shlex.split(httpok.sendmail),
+                input=text.encode(),
+                stdout=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("health.mail_failed", error=str(exc))
