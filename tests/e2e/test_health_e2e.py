@@ -284,3 +284,22 @@ class TestHttpok:
         text = wait_for(lambda: mail.exists() and mail.read_text(), 10, what="mail")
         assert "To: ops@example.com" in text
         assert "httpok [front]" in text
+
+
+class TestExample:
+    def test_the_example_holds_its_crash_looping_worker(self):
+        """In the shipped example, health holds webhook_sender between restarts and says so."""
+        from tests.e2e.example_stack import ExampleStack
+
+        stack = ExampleStack().start()
+        try:
+            log = stack.run_dir / "health.log"
+            text = wait_for(
+                lambda: log.exists() and "next start in 4 s" in log.read_text() and log.read_text(),
+                90,
+                what="a second, longer hold of webhook_sender",
+            )
+            assert "next start in 2 s" in text
+            assert "RUNNING" == stack.client.process_info("health:health")["statename"]
+        finally:
+            stack.cleanup()
