@@ -402,6 +402,11 @@ class TestIni:
         sections = parse_ini("# c\n[program:web]\nhttp = http://x/\ninitial_delay: 5s\n")
         assert {"http": 3, "initial-delay": 4} == sections[0].lines
 
+    def test_inline_comments_end_a_value(self):
+        """'; ...' after whitespace is a comment; a '#' inside a URL is not."""
+        sections = parse_ini("[p]\ngrace = 30s ; why\nhttp = http://x/#top\n")
+        assert {"grace": "30s", "http": "http://x/#top"} == sections[0].values
+
     def test_errors_name_the_line(self):
         """A line outside any form names its file and line."""
         with pytest.raises(IniError, match=r"f\.conf:2:"):
@@ -619,3 +624,14 @@ def test_bus_messages_round_trip():
                 }
             )
         )
+
+
+def test_the_documented_config_file_is_valid(tmp_path: Path):
+    """The health.conf shown in docs/health.md loads as it stands."""
+    doc = (Path(__file__).parents[1] / "docs" / "health.md").read_text()
+    block = doc.split("# /etc/supervisor/health.conf\n", 1)[1].split("```", 1)[0]
+    conf = tmp_path / "health.conf"
+    conf.write_text(block)
+    config = health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+    assert ["api", "queue", "reports", "importer"] == [c.pattern for c in config.checks]
+    assert (5, 600.0) == config.max_restarts

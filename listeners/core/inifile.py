@@ -2,14 +2,19 @@
 
 configparser forgets where a key came from; a user who mistyped one key in a file of twenty
 sections deserves ``health.conf:14: ...``. Only what such files need: ``[section]`` headers,
-``key = value`` (or ``key: value``) lines, ``#`` and ``;`` comments, blank lines.
+``key = value`` (or ``key: value``) lines, ``#`` and ``;`` comments (also after a value, past
+whitespace), blank lines.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 __all__ = ["IniError", "Section", "parse_ini"]
+
+#: "; ..." or "# ..." after whitespace ends a value, as in supervisord's own conf files
+_INLINE_COMMENT = re.compile(r"\s[;#]")
 
 
 class IniError(ValueError):
@@ -52,6 +57,6 @@ def parse_ini(text: str, source: str = "<config>") -> list[Section]:
                 f"{source}:{number}: {key} is set twice in [{current.name}]"
                 f" (first on line {current.lines[key]})"
             )
-        current.values[key] = line[sep + 1 :].strip()
+        current.values[key] = _INLINE_COMMENT.split(line[sep + 1 :], maxsplit=1)[0].strip()
         current.lines[key] = number
     return sections
