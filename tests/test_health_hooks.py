@@ -62,3 +62,18 @@ class TestExporter:
             assert val(reg, "supervisord_process_probe_success", group="g", name="b") is None
         finally:
             worker.close()
+
+
+class TestStatusPage:
+    def test_a_held_process_shows_its_next_start(self):
+        """The status page says when a held process starts again, and a failing probe."""
+        from listeners.metrics.page import render_status_page
+        from listeners.metrics.snapshot import ProcessView, Snapshot
+
+        base = ProcessView("g", "a", "STOPPED", None, None, None, 0, 0, 0, None, 0, False)
+        held = base._replace(backoff_seconds=40.0)
+        failing = base._replace(name="b", state="RUNNING", probe_success=0)
+        snap = Snapshot(True, "4.3", "sup", (held, failing), 0, 0, 0)
+        page = render_status_page(snap, {}, "http://127.0.0.1:8080/")
+        assert "next start in 40 s" in page
+        assert "probe failing" in page

@@ -340,6 +340,7 @@ class Watchdog(protocol.Handler):
                 state=state,
             ),
         )
+        self._last_status = 0.0  # the exporter hears of the hold in the next round
         if state == "BACKOFF":
             # stopping a BACKOFF process makes it STOPPED at once: supervisord's quick retry
             # would not wait for the delay
@@ -363,6 +364,7 @@ class Watchdog(protocol.Handler):
         self.restarter.check()
         with self._lock:
             for key in self.book.due(now):
+                self._last_status = 0.0
                 if key in self.watches:
                     self._starting_by_us.add(key)
                     log.info("health.backoff_over", process=key)
