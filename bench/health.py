@@ -78,8 +78,8 @@ def main() -> int:
         startsecs=1
         """,
     )
-    sup.start(timeout=120)
     try:
+        sup.start(timeout=300)
         sup.wait_all("RUNNING", timeout=300)
         client = Supervisor(Connection(url=sup.url, timeout=60))
         infos = [i for i in client.all_process_info() if i["group"] == "web"]
