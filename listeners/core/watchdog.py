@@ -464,7 +464,7 @@ class Watchdog(protocol.Handler):
             # just started: judge again later instead of restarting a process still warming up
             watch.reported.discard(reason)
             watch.failures = 0
-            log.info("health.unhealthy", action=action, **fields)
+            log.debug("health.unhealthy", action=action, **fields)
             return
         log.warning("health.unhealthy", action=action, **fields)
         if action == "restart":
