@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from listeners import health, httpok
 from listeners.core import bus
@@ -635,3 +637,24 @@ def test_the_documented_config_file_is_valid(tmp_path: Path):
     config = health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
     assert ["api", "queue", "reports", "importer"] == [c.pattern for c in config.checks]
     assert (5, 600.0) == config.max_restarts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("[]=:;# \nabcp0-_.\t")), max_size=200))
+def test_the_ini_reader_fails_only_with_its_own_error(text: str):
+    """Whatever the text, parse_ini returns sections or raises IniError naming a line."""
+    error = ""
+    sections = []
+    try:
+        sections = parse_ini(text, "f")
+    except IniError as exc:
+        error = str(exc)
+    assert error.startswith("f:") if error else all(s.line >= 1 for s in sections)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=10**6))
+def test_backoff_delay_stays_within_base_and_cap(failures: int):
+    """Any failure count gives a delay of 0 (none yet) or between base and cap."""
+    delay = Schedule(3, 90, 100).delay(failures)
+    assert delay == 0 if failures == 0 else 3 <= delay <= 90
