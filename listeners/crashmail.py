@@ -55,6 +55,8 @@ __all__ = [
     "parse_wake_interval",
 ]
 
+#: Bus types crashmail turns into alerts: memmon's restarts, health's hung processes.
+_BUS_TYPES = (bus.MEMMON_TYPE, bus.HEALTH_TYPE)
 log = get_logger("listeners.crashmail")
 
 #: Seconds to wait after a poolserial gap before reconciling, so a storm has settled.
@@ -425,7 +427,7 @@ class CrashMail(protocol.Handler):
         self._drain()
         if isinstance(event, protocol.ProcessStateEvent):
             self._state(event)
-        elif isinstance(event, protocol.RemoteCommunicationEvent) and event.type == bus.MEMMON_TYPE:
+        elif isinstance(event, protocol.RemoteCommunicationEvent) and event.type in _BUS_TYPES:
             self._bus(event)
         elif isinstance(event, protocol.ProcessGroupEvent):
             self.table.apply_group(event)
@@ -548,6 +550,19 @@ class CrashMail(protocol.Handler):
                         "dry_run": msg.dry_run,
                         "pid": msg.pid,
                     },
+                )
+            )
+        elif isinstance(msg, bus.ProcessHung) and msg.action != "grace":
+            if not self.config.watches(msg.group, msg.name):
+                return
+            self._record(
+                self._alert(
+                    "hung",
+                    msg.group,
+                    msg.name,
+                    key=self._key(ev.serial, "hung"),
+                    message=f"health: {msg.detail} ({msg.reason}; action {msg.action})",
+                    details={"reason": msg.reason, "action": msg.action, "pid": msg.pid},
                 )
             )
         elif isinstance(msg, bus.RestartsExhausted):

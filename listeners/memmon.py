@@ -37,8 +37,8 @@ log = get_logger("listeners.memmon")
 #: Command lines of this suite's listeners (and superlance's), skipped by -g/-a by default:
 #: a Python listener needs 20-30 MB and would be restarted forever under a 16 MB ceiling.
 LISTENER_CMDLINE = re.compile(
-    r"(?:listeners[./](?:memmon|crashmail|exporter|tasks)\b"
-    r"|supervisor-(?:memmon|crashmail|exporter|tasks)\b"
+    r"(?:listeners[./](?:memmon|crashmail|exporter|tasks|health|httpok)\b"
+    r"|supervisor-(?:memmon|crashmail|exporter|tasks|health|httpok)\b"
     r"|superlance[./]\w+|\b(?:memmon|crashmail|crashmailbatch|fatalmailbatch|httpok)(?:\.py)?\s)"
 )
 RECONCILE_EVERY = 60.0

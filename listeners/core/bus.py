@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = [
+    "HEALTH_TYPE",
     "MEMMON_TYPE",
+    "Backoff",
+    "HealthStatus",
+    "ProcessHung",
     "MemoryLimits",
     "MemoryRestart",
     "Message",
@@ -22,6 +26,8 @@ __all__ = [
 ]
 
 MEMMON_TYPE = "listeners.memmon"
+#: The health listener's messages (ProcessHung, Backoff, HealthStatus) use this type.
+HEALTH_TYPE = "listeners.health"
 SCHEMA_VERSION = 1
 
 
@@ -63,11 +69,61 @@ class RestartsExhausted:
     limit_bytes: int
 
 
-Message = MemoryLimits | MemoryRestart | RestartsExhausted
-_KINDS: dict[str, type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted]] = {
+@dataclass(frozen=True)
+class ProcessHung:
+    """health judged a process hung or unhealthy (a failed probe, no heartbeat, silence).
+
+    ``reason`` is probe, heartbeat or silence; ``action`` what health did: restart, alert
+    (alert-only programs), grace, exhausted (max restarts reached) or guarded (mass guard).
+    """
+
+    host: str
+    group: str
+    name: str
+    pid: int
+    reason: str
+    detail: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """health holds a crash-looping (or FATAL) process: the next start is ``delay_seconds`` away.
+
+    ``next_start`` is a unix time; ``failures`` the consecutive failures the delay is for.
+    """
+
+    host: str
+    group: str
+    name: str
+    failures: int
+    delay_seconds: float
+    next_start: float
+    state: str = "EXITED"
+
+
+@dataclass(frozen=True)
+class HealthStatus:
+    """health's view per ``group:name``, sent after each round that changed something.
+
+    The exporter turns it into ``supervisord_process_probe_success`` (1/0),
+    ``supervisord_process_heartbeat_age_seconds`` and ``supervisord_process_backoff_seconds``.
+    """
+
+    host: str
+    probe_success: dict[str, int]
+    heartbeat_age: dict[str, float]
+    backoff_seconds: dict[str, float]
+
+
+Message = MemoryLimits | MemoryRestart | RestartsExhausted | ProcessHung | Backoff | HealthStatus
+_KINDS: dict[str, type[Message]] = {
     "memory_limits": MemoryLimits,
     "memory_restart": MemoryRestart,
     "restarts_exhausted": RestartsExhausted,
+    "process_hung": ProcessHung,
+    "backoff": Backoff,
+    "health_status": HealthStatus,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -97,7 +153,7 @@ def decode(text: str) -> Message:
     if missing:
         raise ValueError(f"bus message {body['kind']} lacks {', '.join(missing)}")
     kwargs = {n: body[n] for n in names if n in body}
-    for key in ("pid", "measured_bytes", "limit_bytes", "restarts"):
+    for key in ("pid", "measured_bytes", "limit_bytes", "restarts", "failures"):
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
     if "limits" in kwargs:
@@ -106,7 +162,24 @@ def decode(text: str) -> Message:
             isinstance(k, str) and isinstance(v, int) for k, v in limits.items()
         ):
             raise ValueError("bus message field limits must map names to integers")
+    _check_numbers(kwargs)
     return cls(**kwargs)
+
+
+def _check_numbers(kwargs: dict[str, Any]) -> None:
+    for key in ("delay_seconds", "next_start"):
+        if key in kwargs and not _number(kwargs[key]):
+            raise ValueError(f"bus message field {key} must be a number")
+    for key in ("probe_success", "heartbeat_age", "backoff_seconds"):
+        if key in kwargs and not (
+            isinstance(kwargs[key], dict)
+            and all(isinstance(k, str) and _number(v) for k, v in kwargs[key].items())
+        ):
+            raise ValueError(f"bus message field {key} must map names to numbers")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _required(cls: type, name: str) -> bool:

@@ -6,7 +6,7 @@ import html
 import time
 
 from listeners.core.units import format_size
-from listeners.metrics.snapshot import Snapshot, Usage
+from listeners.metrics.snapshot import ProcessView, Snapshot, Usage
 
 __all__ = ["render_status_page"]
 
@@ -59,7 +59,7 @@ def render_status_page(
             mem_text = "&ndash;"
         name = p.name if p.group == p.name else f"{p.group}:{p.name}"
         rows.append(
-            f"<tr><td>{e(name)}</td><td class=s-{e(p.state)}>{e(p.state)}</td>"
+            f"<tr><td>{e(name)}</td><td class=s-{e(p.state)}>{e(p.state)}{_health_note(p)}</td>"
             f"<td>{mem_text}</td><td>{p.restarts}</td>"
             + ("<td class=loop>crash loop</td>" if p.crash_looping else "<td>no</td>")
             + "</tr>"
@@ -69,3 +69,12 @@ def render_status_page(
         "<th>crash looping</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     return head + (table if snap.up else "") + "</body></html>\n"
+
+
+def _health_note(p: ProcessView) -> str:
+    """What supervisor-health says of the process: a held start, a failing probe."""
+    if p.backoff_seconds:
+        return f" &middot; next start in {p.backoff_seconds:.0f} s"
+    if p.probe_success == 0:
+        return " &middot; probe failing"
+    return ""

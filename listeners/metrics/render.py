@@ -65,6 +65,18 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "gauge",
         "1 while the process is in a crash loop (the rule crashmail alerts on), else 0.",
     ),
+    "supervisord_process_probe_success": (
+        "gauge",
+        "1 when the health listener's last probe of the process passed, 0 when it failed.",
+    ),
+    "supervisord_process_heartbeat_age_seconds": (
+        "gauge",
+        "Seconds since the process's last heartbeat, as the health listener last reported.",
+    ),
+    "supervisord_process_backoff_seconds": (
+        "gauge",
+        "Seconds until the health listener starts the held (backed-off) process again.",
+    ),
     "supervisord_exporter_events_total": (
         "counter",
         "supervisord events the exporter handled.",
@@ -199,6 +211,14 @@ class Renderer:
                 "supervisord_process_crash_looping",
                 ((lb, int(p.crash_looping)) for lb, p in pairs),
             )
+            for family, field in (
+                ("supervisord_process_probe_success", "probe_success"),
+                ("supervisord_process_heartbeat_age_seconds", "heartbeat_age"),
+                ("supervisord_process_backoff_seconds", "backoff_seconds"),
+            ):
+                rows = [(lb, v) for lb, p in pairs if (v := getattr(p, field)) is not None]
+                if rows:
+                    self._family(out, family, rows)
         for name, value in (
             ("supervisord_exporter_events_total", snap.events),
             ("supervisord_exporter_lost_events_total", snap.lost_events),
@@ -266,6 +286,9 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                         "supervisord_process_memory_limit_bytes": p.memory_limit,
                         "supervisord_process_memory_restarts_total": p.memory_restarts,
                         "supervisord_process_crash_looping": int(p.crash_looping),
+                        "supervisord_process_probe_success": p.probe_success,
+                        "supervisord_process_heartbeat_age_seconds": p.heartbeat_age,
+                        "supervisord_process_backoff_seconds": p.backoff_seconds,
                     }
                     usage = usages.get(p.full_name)
                     if usage is not None:

@@ -26,6 +26,10 @@ class ProcessView(NamedTuple):
     memory_limit: int | None
     memory_restarts: int
     crash_looping: bool
+    #: from the health listener's bus status (None when health does not watch it)
+    probe_success: int | None = None
+    heartbeat_age: float | None = None
+    backoff_seconds: float | None = None
 
     @property
     def full_name(self) -> str:

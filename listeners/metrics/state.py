@@ -32,6 +32,7 @@ class ExporterState:
         self.ignore = frozenset(ignore)
         self.limits: dict[str, int] = {}
         self.memory_restarts: dict[str, int] = {}
+        self.health: bus.HealthStatus | None = None
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -75,6 +76,8 @@ class ExporterState:
                 key = f"{message.group}:{message.name}"
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
                 self.limits.setdefault(key, message.limit_bytes)
+            elif isinstance(message, bus.HealthStatus):
+                self.health = message
 
     def apply_reconcile(
         self, infos: list[dict[str, Any]], version: str, identification: str
@@ -122,6 +125,7 @@ class ExporterState:
                     limits.get(key := r.full_name),
                     mem_restarts.get(key, 0),
                     key in looping,
+                    *_health_of(self.health, r.full_name),
                 )
                 for r in self.table
             )
@@ -134,3 +138,15 @@ class ExporterState:
                 self.lost_events,
                 self.reconcile_errors,
             )
+
+
+def _health_of(
+    status: bus.HealthStatus | None, key: str
+) -> tuple[int | None, float | None, float | None]:
+    if status is None:
+        return None, None, None
+    return (
+        status.probe_success.get(key),
+        status.heartbeat_age.get(key),
+        status.backoff_seconds.get(key),
+    )

@@ -1,0 +1,600 @@
+"""The watchdog behind supervisor-health and supervisor-httpok: judge processes, act off-loop.
+
+It takes every rule as data (``Check``, ``WatchdogConfig``): probes (HTTP, TCP, command) with a
+period, timeout, failure threshold and initial delay; heartbeats the worker writes to stdout
+(capture mode or output events); silence; restart backoff and revival of FATAL processes. The
+tools build the config from their own command lines; this module decides nothing of its own.
+
+Nothing here blocks the event loop: probes run on a pool with deadlines, RPC calls on a worker
+thread, restarts through core.restart's non-blocking Restarter behind core.guard's rules.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from listeners.core import bus, cli, protocol
+from listeners.core.background import Worker
+from listeners.core.backoff import BackoffBook, Schedule
+from listeners.core.guard import RestartGuard
+from listeners.core.log import configure, get_logger
+from listeners.core.probes import (
+    CommandProbe,
+    HttpProbe,
+    Probe,
+    ProbePool,
+    ProbeResult,
+    TcpProbe,
+    parse_hostport,
+)
+from listeners.core.restart import Restarter
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+
+__all__ = ["Check", "HttpokOptions", "Watchdog", "WatchdogConfig", "serve", "validate"]
+
+log = get_logger("listeners.health")
+
+#: Placeholders a probe's URL, address or command may use, filled per process.
+PLACEHOLDERS = {"group": "g", "name": "n_00", "process_num": 0}
+_NUM_RE = re.compile(r"(\d+)$")
+
+
+@dataclass(frozen=True)
+class Check:
+    """What to watch on the processes that ``pattern`` matches (group:name, group or name)."""
+
+    pattern: str
+    http: str | None = None
+    statuses: tuple[int, ...] = (200,)
+    body: str | None = None
+    tcp: str | None = None
+    command: tuple[str, ...] = ()
+    period: float = 10.0
+    timeout: float = 5.0
+    failures: int = 3
+    initial_delay: float = 0.0
+    heartbeat: float | None = None
+    heartbeat_text: str | None = None
+    silence: float | None = None
+    action: str = "restart"
+    backoff: Schedule | None = None
+    hold_crashes: bool = False
+    revive_fatal: bool = False
+    where: str = "flags"
+
+    @property
+    def probes(self) -> bool:
+        return bool(self.http or self.tcp or self.command)
+
+    def matches(self, group: str, name: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        p = self.pattern
+        return any(fnmatchcase(t, p) for t in (f"{group}:{name}", group, name))
+
+    def probe_for(self, group: str, name: str) -> Probe | None:
+        """The probe of one process, its placeholders filled in."""
+        match = _NUM_RE.search(name)
+        values = {"group": group, "name": name, "process_num": int(match[1]) if match else 0}
+        if self.http:
+            return HttpProbe(
+                self.http.format_map(values), self.statuses, self.body, timeout=self.timeout
+            )
+        if self.tcp:
+            host, port = parse_hostport(self.tcp.format_map(values))
+            return TcpProbe(host, port, timeout=self.timeout)
+        if self.command:
+            argv = tuple(a.format_map(values) for a in self.command)
+            return CommandProbe(argv, timeout=self.timeout)
+        return None
+
+
+@dataclass(frozen=True)
+class HttpokOptions:
+    """What only superlance httpok's face does: mail, cores, eagerness, probing on TICK."""
+
+    email: str | None = None
+    sendmail: str = "/usr/sbin/sendmail -t -i"
+    gcore: str = "/usr/bin/gcore -o"
+    coredir: str | None = None
+    eager: bool = True
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    checks: tuple[Check, ...]
+    grace: float = 30.0
+    max_restarts: tuple[int, float] | None = None
+    mass_guard: tuple[int, float] | None = (5, 60.0)
+    state_dir: str = ""
+    log_level: str = "info"
+    connection: Connection = field(default_factory=Connection)
+    httpok: HttpokOptions | None = None
+
+
+def validate(check: Check) -> None:
+    kinds = [k for k in ("http", "tcp", "command") if getattr(check, k)]
+    if len(kinds) > 1:
+        raise ValueError(f"one probe per check, got {' and '.join(kinds)}")
+    if check.timeout <= 0 or check.period <= 0:
+        raise ValueError("period and timeout must be greater than zero")
+    try:
+        check.probe_for(str(PLACEHOLDERS["group"]), str(PLACEHOLDERS["name"]))
+    except (KeyError, IndexError) as exc:
+        raise ValueError(
+            f"unknown placeholder {exc} in the probe: use {{group}}, {{name}} or {{process_num}}"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if not (check.probes or check.heartbeat or check.silence or check.backoff):
+        raise ValueError(
+            "nothing to watch: give a probe (http, tcp, command), heartbeat, silence or backoff"
+        )
+
+
+@dataclass
+class _Watch:
+    """What health knows of one process."""
+
+    group: str
+    name: str
+    check: Check
+    state: str = "UNKNOWN"
+    pid: int = 0
+    running_since: float | None = None
+    failures: int = 0
+    probe_ok: bool | None = None
+    #: passed a probe or sent a beat since it started: its startup phase (grace) is over
+    proven: bool = False
+    last_beat: float | None = None
+    last_output: float | None = None
+    reported: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}:{self.name}"
+
+
+class Watchdog(protocol.Handler):
+    """The listener: probes on its timer (or on TICK for httpok), judges, acts off-loop."""
+
+    timer_interval: float | None = 1.0
+    #: Seconds between two HealthStatus messages on the bus (each costs supervisord one RPC).
+    status_every = 15.0
+
+    def __init__(
+        self,
+        config: WatchdogConfig,
+        client: Supervisor,
+        *,
+        pool: ProbePool | None = None,
+        rpc: Any = None,
+        restarter: Restarter | None = None,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+        self_key: str | None = None,
+        state_file: str | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.pool = pool or ProbePool(8)
+        self.rpc = rpc if rpc is not None else Worker("health-rpc")
+        # httpok's superlance conf subscribes to TICK only: no STOPPED event will come, so
+        # the restarter polls the stop soon instead of after 30 s.
+        poll = 1.0 if config.httpok else 30.0
+        self.restarter = restarter or Restarter(client, self.rpc, clock=clock, poll_after=poll)
+        self.clock = clock
+        self.host = host or cli.hostname()
+        self.self_key = self_key
+        self.guard = RestartGuard(
+            grace=config.grace, per_process=config.max_restarts, mass=config.mass_guard
+        )
+        if state_file is None and config.state_dir and any(c.backoff for c in config.checks):
+            digest = hashlib.sha1(client.url.encode(), usedforsecurity=False).hexdigest()[:10]
+            state_file = os.path.join(config.state_dir, f"health-backoff-{digest}.json")
+        self.book = BackoffBook(Schedule(), state_file)
+        self.watches: dict[str, _Watch] = {}
+        self._next_probe: dict[str, float] = {}
+        self._starting_by_us: set[str] = set()
+        self._seen_state = False
+        self._last_status = 0.0
+        self._lock = threading.RLock()
+        self.rounds = 0
+        periods = [c.period for c in config.checks if c.probes]
+        self.timer_interval = max(0.1, min([1.0, *periods]))
+
+    # ------------------------------------------------------------------ processes
+
+    def _check_for(self, group: str, name: str) -> Check | None:
+        if self.self_key == f"{group}:{name}":
+            return None
+        return next((c for c in self.config.checks if c.matches(group, name)), None)
+
+    def _watch(self, group: str, name: str) -> _Watch | None:
+        key = f"{group}:{name}"
+        watch = self.watches.get(key)
+        if watch is None:
+            check = self._check_for(group, name)
+            if check is None:
+                return None
+            watch = self.watches[key] = _Watch(group, name, check)
+        return watch
+
+    def start(self, infos: list[dict[str, Any]]) -> None:
+        """Take the start-up getAllProcessInfo and say what is watched."""
+        self._reconcile(infos)
+        log.info(
+            "health.started",
+            watched=sorted(self.watches),
+            checks=[f"{c.pattern} ({c.where})" for c in self.config.checks],
+            held=sorted(k for k in self.book.holds if self.book.held(k, self.clock())),
+        )
+        for check in self.config.checks:
+            if not any(w.check is check for w in self.watches.values()):
+                log.warning("health.no_process_matches", pattern=check.pattern, where=check.where)
+
+    def _reconcile(self, infos: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for info in infos:
+                watch = self._watch(str(info["group"]), str(info["name"]))
+                if watch is None:
+                    continue
+                state = str(info.get("statename", "UNKNOWN"))
+                if state == "RUNNING" and watch.state != "RUNNING":
+                    watch.running_since = float(info.get("start") or self.clock())
+                elif state != "RUNNING":
+                    watch.running_since = None
+                watch.state = state
+                watch.pid = int(info.get("pid") or 0)
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, event: protocol.Event) -> None:
+        if isinstance(event, protocol.ProcessStateEvent):
+            self._seen_state = True
+            self._on_state(event)
+            self.restarter.observe(event)
+        elif isinstance(event, protocol.ProcessCommunicationEvent | protocol.ProcessLogEvent):
+            with self._lock:
+                watch = self.watches.get(event.full_name)
+                if watch is None:
+                    return
+                now = self.clock()
+                watch.last_output = now
+                text = watch.check.heartbeat_text
+                if text is None or text in event.data:
+                    watch.last_beat = now
+                    watch.proven = True
+        elif isinstance(event, protocol.TickEvent) and self.config.httpok:
+            if self._seen_state:
+                self._httpok_round()
+            else:
+                self.rpc.submit(self._poll_then_probe)
+
+    def _on_state(self, event: protocol.ProcessStateEvent) -> None:
+        now = self.clock()
+        with self._lock:
+            watch = self._watch(event.groupname, event.processname)
+            if watch is None:
+                return
+            key, state, check = watch.key, event.state, watch.check
+            if state == "RUNNING" and watch.state == "RUNNING" and event.pid == watch.pid:
+                return  # buffered before we started: start() already saw this run
+            watch.state = state
+            watch.pid = event.pid or (watch.pid if state == "RUNNING" else 0)
+            if state == "RUNNING":
+                watch.running_since = now
+                watch.failures = 0
+                watch.probe_ok = None
+                watch.proven = False
+                watch.last_beat = watch.last_output = None
+                watch.reported.clear()
+                if check.backoff:
+                    self.book.running(key, now)
+                return
+            watch.running_since = None
+            if state == "STARTING":
+                ours = key in self._starting_by_us
+                self._starting_by_us.discard(key)
+                if check.backoff and not ours and self.book.held(key, now):
+                    # supervisord's autorestart respawned it at once: hold it until its turn
+                    self.rpc.submit(self._stop_held, key)
+                return
+            if not check.backoff:
+                return
+            crashed = (state == "EXITED" and event.expected is False) or state == "BACKOFF"
+            if (crashed and check.hold_crashes) or (state == "FATAL" and check.revive_fatal):
+                self._failed(watch, state, now)
+
+    def _failed(self, watch: _Watch, state: str, now: float) -> None:
+        hold = self.book.failed(watch.key, now, watch.check.backoff)
+        log.warning(
+            "health.backoff",
+            process=watch.key,
+            state=state,
+            failures=hold.failures,
+            delay=hold.delay,
+            note=f"next start in {hold.delay:g} s",
+        )
+        self.rpc.submit(
+            self._publish,
+            bus.Backoff(
+                host=self.host,
+                group=watch.group,
+                name=watch.name,
+                failures=hold.failures,
+                delay_seconds=hold.delay,
+                next_start=now + hold.delay,
+                state=state,
+            ),
+        )
+        self._last_status = 0.0  # the exporter hears of the hold in the next round
+        if state == "BACKOFF":
+            # stopping a BACKOFF process makes it STOPPED at once: supervisord's quick retry
+            # would not wait for the delay
+            self.rpc.submit(self._stop_held, watch.key)
+
+    def on_timer(self) -> None:
+        self.round()
+
+    def close(self) -> None:
+        self.pool.close()
+        if isinstance(self.rpc, Worker):
+            self.rpc.join(5.0)
+            self.rpc.close(1.0)
+
+    # ------------------------------------------------------------------ rounds
+
+    def round(self) -> None:
+        """One pass: backoff starts, probes due, heartbeats and silence, the status message."""
+        now = self.clock()
+        self.rounds += 1
+        self.restarter.check()
+        with self._lock:
+            for key in self.book.due(now):
+                self._last_status = 0.0
+                if key in self.watches:
+                    self._starting_by_us.add(key)
+                    log.info("health.backoff_over", process=key)
+                    self.rpc.submit(self._start_held, key)
+            for watch in self.watches.values():
+                if watch.check.backoff and watch.state == "RUNNING":
+                    self.book.stable(watch.key, now, watch.check.backoff)
+            if not self.config.httpok:
+                self._probe_due(now)
+            for watch in list(self.watches.values()):
+                self._judge_quiet(watch, now)
+        if now - self._last_status >= self.status_every:
+            self._last_status = now
+            self.rpc.submit(self._publish, self.status(now))
+
+    def _members(self, now: float) -> dict[Probe, list[str]]:
+        """Probes of the RUNNING processes past their initial delay; one probe may serve many."""
+        groups: dict[Probe, list[str]] = {}
+        for watch in self.watches.values():
+            check = watch.check
+            if not check.probes or watch.state != "RUNNING" or watch.running_since is None:
+                continue
+            if now - watch.running_since < check.initial_delay:
+                continue
+            probe = check.probe_for(watch.group, watch.name)
+            if probe is not None:
+                groups.setdefault(probe, []).append(watch.key)
+        return groups
+
+    def _probe_due(self, now: float) -> None:
+        for probe, members in self._members(now).items():
+            pkey = probe.describe()
+            if self._next_probe.get(pkey, 0.0) > now:
+                continue
+            period = self.watches[members[0]].check.period
+            done = functools.partial(self._probed_key, members)
+            if self.pool.submit(pkey, probe, done):
+                self._next_probe[pkey] = now + period
+
+    def _probed_key(self, members: list[str], _key: str, result: ProbeResult) -> None:
+        self._probed(members, result)
+
+    def _probed(self, members: list[str], result: ProbeResult) -> None:
+        """A probe's verdict, on a pool thread."""
+        with self._lock:
+            for key in members:
+                watch = self.watches.get(key)
+                if watch is None or watch.state != "RUNNING":
+                    continue
+                if result.ok:
+                    if watch.probe_ok is False:
+                        log.info("health.probe_recovered", process=key)
+                    watch.failures, watch.probe_ok, watch.proven = 0, True, True
+                    watch.reported.discard("probe")
+                    continue
+                watch.failures += 1
+                watch.probe_ok = False
+                log.info(
+                    "health.probe_failed",
+                    process=key,
+                    failures=watch.failures,
+                    threshold=watch.check.failures,
+                    detail=result.detail,
+                )
+                if watch.failures >= watch.check.failures and "probe" not in watch.reported:
+                    self._unhealthy(watch, "probe", result.detail)
+        if self.config.httpok and not result.ok and self.config.httpok.email:
+            self.rpc.submit(self._mail, members, result.detail)
+
+    def _judge_quiet(self, watch: _Watch, now: float) -> None:
+        if watch.state != "RUNNING" or watch.running_since is None:
+            return
+        for reason, limit, last in (
+            ("heartbeat", watch.check.heartbeat, watch.last_beat),
+            ("silence", watch.check.silence, watch.last_output),
+        ):
+            if limit is None or reason in watch.reported:
+                continue
+            age = now - max(last or watch.running_since, watch.running_since)
+            if age >= limit:
+                what = "no heartbeat" if reason == "heartbeat" else "no output"
+                self._unhealthy(watch, reason, f"{what} for {age:.0f} s (limit {limit:g} s)")
+
+    def _unhealthy(self, watch: _Watch, reason: str, detail: str) -> None:
+        """Act on a verdict (called with the lock held)."""
+        watch.reported.add(reason)
+        now = self.clock()
+        if watch.check.action == "alert":
+            action = "alert"
+        else:
+            # the grace covers the startup phase only: a process that was healthy once and
+            # fails now is judged at once (superlance restarted processes still starting)
+            young = None if watch.proven else watch.running_since
+            action = self.guard.allow(watch.key, now, young)
+        fields = {"process": watch.key, "pid": watch.pid, "reason": reason, "detail": detail}
+        if action == "grace":
+            # just started: judge again later instead of restarting a process still warming up
+            watch.reported.discard(reason)
+            watch.failures = 0
+            log.debug("health.unhealthy", action=action, **fields)
+            return
+        log.warning("health.unhealthy", action=action, **fields)
+        if action == "restart":
+            core = self.config.httpok.coredir if self.config.httpok else None
+            if core:
+                self.rpc.submit(self._gcore, watch.key, watch.pid)
+            self.restarter.restart(watch.key)
+        self.rpc.submit(
+            self._publish,
+            bus.ProcessHung(
+                host=self.host,
+                group=watch.group,
+                name=watch.name,
+                action=action,
+                pid=watch.pid,
+                reason=reason,
+                detail=detail,
+            ),
+        )
+
+    def status(self, now: float) -> bus.HealthStatus:
+        with self._lock:
+            probes = {k: int(w.probe_ok) for k, w in self.watches.items() if w.probe_ok is not None}
+            ages = {}
+            for key, w in self.watches.items():
+                if w.check.heartbeat is not None and w.running_since is not None:
+                    ages[key] = round(now - max(w.last_beat or 0.0, w.running_since), 3)
+            holds = {
+                k: round(h.next_start - now, 3)
+                for k, h in self.book.holds.items()
+                if h.next_start is not None and h.next_start > now
+            }
+        return bus.HealthStatus(
+            host=self.host, probe_success=probes, heartbeat_age=ages, backoff_seconds=holds
+        )
+
+    # ------------------------------------------------------------------ httpok's face
+
+    def _httpok_round(self) -> None:
+        httpok = self.config.httpok
+        if httpok is None:
+            return
+        with self._lock:
+            check = self.config.checks[0]
+            probe = check.probe_for("", "")
+            members = [k for k, w in self.watches.items() if w.state == "RUNNING"]
+        if probe is None or (not members and not httpok.eager):
+            return
+        self.pool.submit(probe.describe(), probe, functools.partial(self._probed_key, members))
+
+    def _poll_then_probe(self) -> None:
+        try:
+            self._reconcile(self.client.all_process_info())
+        except SupervisorError as exc:
+            log.warning("health.reconcile_failed", error=str(exc))
+            return
+        self._httpok_round()
+
+    def _gcore(self, key: str, pid: int) -> None:
+        httpok = self.config.httpok
+        if httpok is None or not httpok.coredir or not pid:
+            return
+        target = os.path.join(httpok.coredir, f"{key.replace(':', '_')}.{int(self.clock())}")
+        try:
+            subprocess.run(
+                [*shlex.split(httpok.gcore), target, str(pid)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            log.info("health.core_written", process=key, pid=pid, path=target)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("health.gcore_failed", process=key, error=str(exc))
+
+    def _mail(self, members: list[str], detail: str) -> None:
+        httpok = self.config.httpok
+        if httpok is None or not httpok.email:
+            return
+        url = self.config.checks[0].http
+        subject = f"httpok: {url}: bad status returned"
+        if httpok.name:
+            subject = f"httpok [{httpok.name}]: {url}: bad status returned"
+        body = f"{detail}\n\nprocesses restarted (or left alone, see the log): " + (
+            ", ".join(members) or "none"
+        )
+        text = f"To: {httpok.email}\nSubject: {subject}\n\n{body}\n"
+        try:
+            subprocess.run(
+                shlex.split(httpok.sendmail),
+                input=text.encode(),
+                stdout=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("health.mail_failed", error=str(exc))
+
+    # ------------------------------------------------------------------ RPC, off-loop
+
+    def _stop_held(self, key: str) -> None:
+        try:
+            self.client.stop(key, wait=False)
+        except SupervisorError as exc:
+            log.debug("health.hold_stop_failed", process=key, error=str(exc))
+
+    def _start_held(self, key: str) -> None:
+        try:
+            self.client.start(key, wait=False)
+        except SupervisorError as exc:
+            with self._lock:
+                self._starting_by_us.discard(key)
+            log.warning("health.backoff_start_failed", process=key, error=str(exc))
+
+    def _publish(self, message: bus.Message) -> None:
+        try:
+            self.client.send_remote_comm(bus.HEALTH_TYPE, bus.encode(message))
+        except SupervisorError as exc:
+            log.warning("health.publish_failed", kind=type(message).__name__, error=str(exc))
+
+
+def serve(config: WatchdogConfig, argv0: str) -> int:
+    configure(config.log_level)
+    client = Supervisor(config.connection)
+    try:
+        infos = client.all_process_info()
+    except SupervisorError as exc:
+        log.error("health.supervisord_unreachable", error=str(exc))
+        sys.stderr.write(f"{argv0}: {exc}\n")
+        return 1
+    health = Watchdog(config, client, self_key=self_name())
+    health.start(infos)
+    return protocol.run(health)

@@ -1,0 +1,660 @@
+"""supervisor-health and its kit: backoff schedule, guard, probes, watchdog rules, config."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from listeners import health, httpok
+from listeners.core import bus
+from listeners.core.backoff import BackoffBook, Schedule
+from listeners.core.guard import RestartGuard
+from listeners.core.inifile import IniError, parse_ini
+from listeners.core.probes import (
+    CommandProbe,
+    HttpProbe,
+    Probe,
+    ProbeResult,
+    TcpProbe,
+    run_probe,
+)
+from listeners.core.watchdog import Check, HttpokOptions, Watchdog, WatchdogConfig
+from tests.fakes import FakeSupervisor, InlineWorker, make_event, state_event
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class InlinePool:
+    """ProbePool's interface: runs the probe at once with answers the test sets per URL."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, bool] = {}
+        self.probed: list[str] = []
+
+    def submit(self, key: str, probe: Probe, done: Any) -> bool:
+        self.probed.append(key)
+        ok = self.answers.get(key, True)
+        done(key, ProbeResult(ok=ok, detail="ok" if ok else "status 500", seconds=0.0))
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def proc(name: str, state: str = "RUNNING", start: float = 0.0, group: str = "web") -> dict:
+    return {"name": name, "group": group, "statename": state, "pid": 100, "start": start}
+
+
+def make(
+    checks: list[Check], clock: Clock, *, procs: list[dict] | None = None, **cfg: Any
+) -> tuple[Watchdog, FakeSupervisor, InlinePool]:
+    infos = procs if procs is not None else [proc("web_00")]
+    fake = FakeSupervisor({f"{p['group']}:{p['name']}": dict(p) for p in infos})
+    pool = InlinePool()
+    config = WatchdogConfig(checks=tuple(checks), **{"grace": 0.0, **cfg})
+    dog = Watchdog(config, fake, pool=pool, rpc=InlineWorker(), clock=clock, host="h")  # type: ignore[arg-type]
+    dog.start(infos)
+    return dog, fake, pool
+
+
+def published(fake: FakeSupervisor) -> list[bus.Message]:
+    return [bus.decode(a[1]) for m, a in fake.calls if m == "send_remote_comm"]
+
+
+def restarts(fake: FakeSupervisor) -> list[str]:
+    return [a[0] for m, a in fake.calls if m == "stop"]
+
+
+class TestSchedule:
+    def test_delays_double_from_base_to_cap(self):
+        """The n-th crash in a row waits base * 2**(n-1), never more than the cap."""
+        s = Schedule(base=10, cap=300, reset_after=600)
+        assert [10, 20, 40, 80, 160, 300, 300] == [s.delay(n) for n in range(1, 8)]
+
+    def test_a_huge_count_does_not_overflow(self):
+        """A process that crashed a million times still waits the cap."""
+        assert 300 == Schedule(10, 300, 600).delay(10**6)
+
+    def test_a_cap_below_the_base_is_refused(self):
+        """base > cap is a user mistake with a message naming both."""
+        with pytest.raises(ValueError, match="base"):
+            Schedule(base=60, cap=10)
+
+
+class TestBackoffBook:
+    def test_crashes_grow_the_delay_and_a_stable_run_resets_it(self):
+        """Crashes in a row double the wait; a run of reset_after forgets them."""
+        book = BackoffBook(Schedule(1, 60, 100))
+        assert 1 == book.failed("g:a", 0).delay
+        assert 2 == book.failed("g:a", 1).delay
+        book.running("g:a", 5)
+        assert 4 == book.failed("g:a", 50).delay  # ran 45 s only
+        book.running("g:a", 60)
+        assert 1 == book.failed("g:a", 200).delay  # ran 140 s: stable
+
+    def test_due_returns_each_wait_once(self):
+        """A wait that is over is handed out once, then the process is no longer held."""
+        book = BackoffBook(Schedule(10, 60, 100))
+        book.failed("g:a", 0)
+        assert book.held("g:a", 5)
+        assert [] == book.due(5)
+        assert ["g:a"] == book.due(10)
+        assert [] == book.due(11)
+        assert not book.held("g:a", 11)
+
+    def test_state_survives_a_new_book_on_the_same_file(self, tmp_path: Path):
+        """The listener's restart keeps the count and the next start (state in a file)."""
+        path = str(tmp_path / "state" / "b.json")
+        book = BackoffBook(Schedule(10, 60, 100), path)
+        book.failed("g:a", 0)
+        book.failed("g:a", 1)
+        again = BackoffBook(Schedule(10, 60, 100), path)
+        assert 2 == again.holds["g:a"].failures
+        assert again.held("g:a", 20)
+        assert 40 == again.failed("g:a", 30).delay
+
+    def test_a_damaged_file_starts_afresh(self, tmp_path: Path):
+        """A file that is not JSON loses the counts instead of stopping the listener."""
+        path = tmp_path / "b.json"
+        path.write_text("{not json")
+        assert {} == BackoffBook(Schedule(), str(path)).holds
+
+
+class TestGuard:
+    def test_grace_spares_a_young_process(self):
+        """A process younger than the grace is never restarted."""
+        guard = RestartGuard(grace=30)
+        assert "grace" == guard.allow("g:a", 100, running_since=80)
+        assert "restart" == guard.allow("g:a", 100, running_since=60)
+
+    def test_per_process_limit_then_exhausted(self):
+        """After count restarts in the window, the process is only reported."""
+        guard = RestartGuard(per_process=(2, 60))
+        assert ["restart", "restart", "exhausted"] == [
+            guard.allow("g:a", t, None) for t in (0, 1, 2)
+        ]
+        assert "restart" == guard.allow("g:a", 61, None)
+
+    def test_mass_guard_stops_every_restart(self):
+        """Many processes failing at once: past the mass limit nothing more is restarted."""
+        guard = RestartGuard(mass=(3, 60))
+        got = [guard.allow(f"g:{i}", 10, None) for i in range(5)]
+        assert ["restart"] * 3 + ["guarded"] * 2 == got
+        assert "restart" == guard.allow("g:9", 71, None)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+    body = b"all good"
+
+    def do_GET(self) -> None:
+        self.send_response(type(self).status)
+        self.end_headers()
+        self.wfile.write(type(self).body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server():
+    class H(_Handler):
+        pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv, H
+    srv.shutdown()
+
+
+class TestProbes:
+    def test_http_status_and_body(self, server):
+        """An HTTP probe passes on an expected status with the text, fails otherwise."""
+        srv, handler = server
+        url = f"http://127.0.0.1:{srv.server_address[1]}/health"
+        assert run_probe(HttpProbe(url, body="good", timeout=2)).ok
+        assert not run_probe(HttpProbe(url, body="ready", timeout=2)).ok
+        handler.status = 500
+        result = run_probe(HttpProbe(url, timeout=2))
+        assert not result.ok
+        assert "status 500" in result.detail
+
+    def test_tcp_connect(self, server):
+        """A TCP probe passes when the port accepts and fails when nothing listens."""
+        srv, _ = server
+        assert run_probe(TcpProbe("127.0.0.1", srv.server_address[1], timeout=2)).ok
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        assert not run_probe(TcpProbe("127.0.0.1", closed, timeout=2)).ok
+
+    def test_command_exit_status_and_deadline(self):
+        """A command passes on exit 0, fails on another status and when past its timeout."""
+        assert run_probe(CommandProbe((sys.executable, "-c", "pass"), timeout=10)).ok
+        bad = run_probe(CommandProbe((sys.executable, "-c", "raise SystemExit(3)"), timeout=10))
+        assert not bad.ok
+        assert "exit 3" in bad.detail
+        slow = CommandProbe((sys.executable, "-c", "import time; time.sleep(5)"), timeout=0.3)
+        assert "did not finish" in run_probe(slow).detail
+
+    def test_a_bad_url_is_refused(self):
+        """Only http:// and https:// URLs make probes."""
+        with pytest.raises(ValueError, match="not an http"):
+            HttpProbe("ftp://x/")
+
+
+class TestWatchdogProbes:
+    def test_restart_after_the_failure_threshold(self):
+        """Three failed probes in a row restart the process once and announce it as hung."""
+        clock = Clock()
+        check = Check("web", http="http://127.0.0.1:1/", failures=3, period=1)
+        dog, fake, pool = make([check], clock)
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        for _ in range(2):
+            dog.round()
+            clock.now += 1
+        assert [] == restarts(fake)
+        dog.round()
+        assert ["web:web_00"] == restarts(fake)
+        hung = [m for m in published(fake) if isinstance(m, bus.ProcessHung)]
+        assert [("web_00", "probe", "restart")] == [(m.name, m.reason, m.action) for m in hung]
+
+    def test_a_healthy_process_is_never_restarted(self):
+        """Probes that pass restart nothing, however many rounds."""
+        clock = Clock()
+        dog, fake, pool = make([Check("*", http="http://127.0.0.1:1/", period=1)], clock)
+        for _ in range(20):
+            dog.round()
+            clock.now += 1
+        assert 20 == len(pool.probed)
+        assert [] == restarts(fake)
+
+    def test_initial_delay_keeps_probes_off_a_starting_process(self):
+        """No probe is judged within the initial delay after RUNNING."""
+        clock = Clock()
+        check = Check("*", http="http://127.0.0.1:1/", period=1, initial_delay=10, failures=1)
+        dog, fake, pool = make([check], clock, procs=[proc("web_00", start=clock.now)])
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.round()
+        assert [] == pool.probed
+        clock.now += 11
+        dog.round()
+        assert ["web:web_00"] == restarts(fake)
+
+    def test_grace_spares_a_process_that_just_started(self):
+        """A failing probe on a process younger than the grace restarts nothing."""
+        clock = Clock()
+        check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1)
+        dog, fake, pool = make([check], clock, procs=[proc("web_00", start=clock.now)], grace=30)
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.round()
+        assert [] == restarts(fake)
+        clock.now += 31
+        dog.round()
+        assert ["web:web_00"] == restarts(fake)
+
+    def test_alert_only_reports_once_and_restarts_nothing(self):
+        """action=alert publishes one hung message per failure spell, no restart."""
+        clock = Clock()
+        check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1, action="alert")
+        dog, fake, pool = make([check], clock)
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        for _ in range(3):
+            dog.round()
+            clock.now += 1
+        assert [] == restarts(fake)
+        hung = [m for m in published(fake) if isinstance(m, bus.ProcessHung)]
+        assert ["alert"] == [m.action for m in hung]
+
+    def test_placeholders_give_each_process_its_own_probe(self):
+        """{process_num} in a URL makes one probe per process."""
+        clock = Clock()
+        check = Check("*", http="http://127.0.0.1:90{process_num:02d}/", period=1)
+        dog, _, pool = make([check], clock, procs=[proc("web_00"), proc("web_07")])
+        dog.round()
+        assert ["GET http://127.0.0.1:9000/", "GET http://127.0.0.1:9007/"] == sorted(pool.probed)
+
+
+class TestWatchdogHeartbeats:
+    def test_no_heartbeat_is_hung(self):
+        """A process without a heartbeat for N is restarted and announced as hung."""
+        clock = Clock()
+        dog, fake, _ = make([Check("*", heartbeat=30)], clock, procs=[proc("w", start=1000)])
+        clock.now += 20
+        dog.handle(
+            make_event("PROCESS_COMMUNICATION_STDOUT", "processname:w groupname:web pid:100\nbeat")
+        )
+        clock.now += 20
+        dog.round()
+        assert [] == restarts(fake)
+        clock.now += 15
+        dog.round()
+        assert ["web:w"] == restarts(fake)
+        hung = [m for m in published(fake) if isinstance(m, bus.ProcessHung)]
+        assert ["heartbeat"] == [m.reason for m in hung]
+
+    def test_heartbeat_text_ignores_other_output(self):
+        """With heartbeat-text, plain log lines are not beats."""
+        clock = Clock()
+        check = Check("*", heartbeat=30, heartbeat_text="alive")
+        dog, fake, _ = make([check], clock, procs=[proc("w", start=1000)])
+        for _ in range(4):
+            clock.now += 10
+            dog.handle(
+                make_event(
+                    "PROCESS_LOG_STDOUT",
+                    "processname:w groupname:web pid:100 channel:stdout\njob done",
+                )
+            )
+            dog.round()
+        assert ["web:w"] == restarts(fake)
+
+    def test_silence(self):
+        """No output at all for the silence limit is a failure."""
+        clock = Clock()
+        dog, fake, _ = make([Check("*", silence=60)], clock, procs=[proc("w", start=1000)])
+        clock.now += 59
+        dog.round()
+        assert [] == restarts(fake)
+        clock.now += 2
+        dog.round()
+        assert ["web:w"] == restarts(fake)
+
+    def test_status_carries_probe_and_heartbeat_age(self):
+        """The bus status gives probe success and heartbeat age per process."""
+        clock = Clock()
+        checks = [Check("a", heartbeat=30), Check("b", http="http://127.0.0.1:1/")]
+        dog, _, _ = make([*checks], clock, procs=[proc("a", start=990), proc("b", start=990)])
+        dog.round()
+        status = dog.status(clock.now)
+        assert {"web:b": 1} == status.probe_success
+        assert {"web:a": 10.0} == status.heartbeat_age
+
+
+class TestWatchdogBackoff:
+    def test_crash_holds_the_respawn_and_starts_after_the_delay(self):
+        """An unexpected exit holds the autorestarted process, then starts it after the delay."""
+        clock = Clock()
+        check = Check("*", backoff=Schedule(10, 60, 100), hold_crashes=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w")])
+        dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
+        fake.processes["web:w"]["statename"] = "STARTING"
+        dog.handle(state_event("STARTING", "w", "web", tries=0))
+        assert ["web:w"] == restarts(fake)
+        clock.now += 9
+        dog.round()
+        assert [] == [a for m, a in fake.calls if m == "start"]
+        clock.now += 1
+        dog.round()
+        assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
+        dog.handle(state_event("STARTING", "w", "web", tries=0))  # ours: not stopped
+        assert ["web:w"] == restarts(fake)
+        backoffs = [m for m in published(fake) if isinstance(m, bus.Backoff)]
+        assert [10.0] == [m.delay_seconds for m in backoffs]
+
+    def test_fatal_is_revived(self):
+        """With revive_fatal, a FATAL process is started again after the backoff."""
+        clock = Clock()
+        check = Check("*", backoff=Schedule(5, 60, 100), revive_fatal=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w", state="BACKOFF")])
+        dog.handle(state_event("FATAL", "w", "web"))
+        clock.now += 5
+        dog.round()
+        assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
+
+    def test_a_process_healthy_once_gets_no_grace(self):
+        """The grace covers the startup phase: after one passed probe, a failure restarts."""
+        clock = Clock()
+        check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1)
+        dog, fake, pool = make([check], clock, procs=[proc("w", start=clock.now)], grace=30)
+        dog.round()
+        clock.now += 1
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.round()
+        assert ["web:w"] == restarts(fake)
+
+    def test_fatal_stays_without_revive(self):
+        """Without revive_fatal a FATAL process is left alone."""
+        clock = Clock()
+        dog, fake, _ = make([Check("*", backoff=Schedule(5, 60, 100))], clock, procs=[proc("w")])
+        dog.handle(state_event("FATAL", "w", "web"))
+        clock.now += 100
+        dog.round()
+        assert [] == [a for m, a in fake.calls if m == "start"]
+
+
+class TestIni:
+    def test_sections_keys_and_lines(self):
+        """Keys keep their line numbers; _ and - are the same in key names."""
+        sections = parse_ini("# c\n[program:web]\nhttp = http://x/\ninitial_delay: 5s\n")
+        assert {"http": 3, "initial-delay": 4} == sections[0].lines
+
+    def test_inline_comments_end_a_value(self):
+        """'; ...' after whitespace is a comment; a '#' inside a URL is not."""
+        sections = parse_ini("[p]\ngrace = 30s ; why\nhttp = http://x/#top\n")
+        assert {"grace": "30s", "http": "http://x/#top"} == sections[0].values
+
+    def test_errors_name_the_line(self):
+        """A line outside any form names its file and line."""
+        with pytest.raises(IniError, match=r"f\.conf:2:"):
+            parse_ini("[a]\nnonsense\n", "f.conf")
+
+
+class TestConfig:
+    def test_flags_make_one_check_per_program(self):
+        """-p with a probe flag gives a check per pattern with the flag values."""
+        config = health.parse_config(
+            [
+                "-p",
+                "web",
+                "-p",
+                "api:*",
+                "--http",
+                "http://127.0.0.1:8000/",
+                "--status",
+                "204",
+                "--failures",
+                "2",
+                "--period",
+                "5s",
+                "--server-url",
+                "unix:///x.sock",
+            ]
+        )
+        assert ["web", "api:*"] == [c.pattern for c in config.checks]
+        assert (204,) == config.checks[0].statuses
+        assert 2 == config.checks[0].failures
+        assert 5.0 == config.checks[0].period
+
+    def test_backoff_flags(self):
+        """--backoff and --revive-fatal carry the schedule."""
+        config = health.parse_config(
+            [
+                "-p",
+                "w",
+                "--backoff",
+                "--backoff-base",
+                "1s",
+                "--backoff-cap",
+                "8s",
+                "--revive-fatal",
+                "--server-url",
+                "unix:///x.sock",
+            ]
+        )
+        assert Schedule(1.0, 8.0, 600.0) == config.checks[0].backoff
+        assert config.checks[0].revive_fatal
+
+    def test_file_checks_and_settings(self, tmp_path: Path):
+        """A file gives per-program checks and [health] settings."""
+        conf = tmp_path / "h.conf"
+        conf.write_text(
+            "[health]\ngrace = 1m\nmass-guard = off\n\n[program:web]\nhttp = http://127.0.0.1/\n"
+            "status = 200, 204\n\n[program:queue]\nheartbeat = 2m\naction = alert\n"
+        )
+        config = health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+        assert 60.0 == config.grace
+        assert config.mass_guard is None
+        assert ((200, 204), 120.0) == (config.checks[0].statuses, config.checks[1].heartbeat)
+        assert "alert" == config.checks[1].action
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("[program:web]\nhttp = http://x/\nperod = 5s\n", "h.conf:3: unknown key 'perod'"),
+            (
+                "[program:web]\n\nperiod = soon\nhttp = http://x/\n",
+                "h.conf:3: [program:web] period",
+            ),
+            ("[program:web]\nhttp = http://x/\ntcp = x:1\n", "one probe per check"),
+            ("[worker:x]\nhttp = http://x/\n", "h.conf:1: unknown section"),
+            ("[program:web]\nfailures = 3\n", "nothing to watch"),
+            ("[program:web]\nhttp = http://x:{port}/\n", "unknown placeholder"),
+        ],
+    )
+    def test_file_errors_are_one_line_with_the_line_number(self, tmp_path, capsys, text, expected):
+        """A bad file stops the start with a usage error naming the line and the mistake."""
+        conf = tmp_path / "h.conf"
+        conf.write_text(text)
+        with pytest.raises(SystemExit):
+            health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+        err = capsys.readouterr().err
+        assert expected in err.replace(str(tmp_path) + "/", "")
+        assert "Traceback" not in err
+
+    def test_probe_flags_without_program_are_refused(self, capsys):
+        """--http without -p says which flag is missing."""
+        with pytest.raises(SystemExit):
+            health.parse_config(["--http", "http://x/", "--server-url", "unix:///x.sock"])
+        assert "-p PATTERN" in capsys.readouterr().err
+
+
+class TestHttpokFlags:
+    def test_superlance_command_line(self, monkeypatch):
+        """Every superlance httpok flag is accepted with its meaning."""
+        monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
+        config = httpok.parse_httpok(
+            [
+                "-p",
+                "web_00",
+                "-p",
+                "api:api_01",
+                "-t",
+                "3",
+                "-c",
+                "200",
+                "-c",
+                "204",
+                "-b",
+                "ok",
+                "-m",
+                "ops@example.com",
+                "-s",
+                "/bin/cat",
+                "-g",
+                "/bin/true",
+                "-d",
+                "/tmp",
+                "-E",
+                "-n",
+                "front",
+                "http://127.0.0.1:8000/health",
+            ]
+        )
+        assert ["web_00", "api:api_01"] == [c.pattern for c in config.checks]
+        first = config.checks[0]
+        assert (first.timeout, first.statuses, first.body) == (3.0, (200, 204), "ok")
+        assert (
+            HttpokOptions("ops@example.com", "/bin/cat", "/bin/true", "/tmp", False, "front")
+            == config.httpok
+        )
+        assert 30.0 == config.grace
+
+    def test_any_and_long_options(self, monkeypatch):
+        """-a watches every process; long options work as in superlance."""
+        monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
+        config = httpok.parse_httpok(["--any", "--timeout=5", "--eager", "http://x/"])
+        assert ["*"] == [c.pattern for c in config.checks]
+        assert config.httpok is not None
+        assert config.httpok.eager
+
+    @pytest.mark.parametrize(
+        ("argv", "expected"),
+        [
+            (["-p", "x"], "exactly one URL"),
+            (["http://x/"], "-p NAME"),
+            (["-p", "x", "-t", "soon", "http://x/"], "-t soon"),
+            (["-p", "x", "-c", "2000", "http://x/"], "-c 2000"),
+            (["-p", "x", "ftp://x/"], "not an http"),
+            (["-Z", "http://x/"], "option -Z"),
+        ],
+    )
+    def test_mistakes_are_one_line(self, monkeypatch, capsys, argv, expected):
+        """A bad httpok command line exits with one line naming the mistake."""
+        monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
+        with pytest.raises(SystemExit):
+            httpok.parse_httpok(argv)
+        err = capsys.readouterr().err
+        assert expected in err
+        assert 1 == len(err.strip().splitlines())
+
+    def test_httpok_probes_on_tick_and_mails(self, tmp_path):
+        """On TICK the URL is probed; a failure restarts the RUNNING process and sends mail."""
+        out = tmp_path / "mail.txt"
+        clock = Clock()
+        check = Check("web_00", http="http://127.0.0.1:1/", failures=1, where="httpok")
+        options = HttpokOptions(email="ops@example.com", sendmail=f"tee {out}")
+        dog, fake, pool = make([check], clock, httpok=options)
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.handle(make_event("TICK_60", "when:1000"))
+        assert ["web:web_00"] == restarts(fake)
+        assert "Subject: httpok: http://127.0.0.1:1/: bad status" in out.read_text()
+
+    def test_not_eager_skips_the_probe_with_nothing_running(self):
+        """-E: no watched process RUNNING means no probe."""
+        clock = Clock()
+        check = Check("web_00", http="http://127.0.0.1:1/", failures=1)
+        dog, _, pool = make(
+            [check],
+            clock,
+            procs=[proc("web_00", state="STOPPED")],
+            httpok=HttpokOptions(eager=False),
+        )
+        dog.handle(make_event("TICK_60", "when:1000"))
+        assert [] == pool.probed
+
+
+def test_bus_messages_round_trip():
+    """health's bus messages decode to what was encoded."""
+    for m in (
+        bus.ProcessHung(
+            host="h", group="g", name="n", pid=1, reason="probe", detail="d", action="restart"
+        ),
+        bus.Backoff(host="h", group="g", name="n", failures=2, delay_seconds=20.0, next_start=5.5),
+        bus.HealthStatus(
+            host="h", probe_success={"g:n": 0}, heartbeat_age={"g:n": 3.5}, backoff_seconds={}
+        ),
+    ):
+        assert m == bus.decode(bus.encode(m))
+    with pytest.raises(ValueError, match="delay_seconds"):
+        bus.decode(
+            json.dumps(
+                {
+                    "v": 1,
+                    "kind": "backoff",
+                    "host": "h",
+                    "group": "g",
+                    "name": "n",
+                    "failures": 1,
+                    "delay_seconds": "x",
+                    "next_start": 1,
+                }
+            )
+        )
+
+
+def test_the_documented_config_file_is_valid(tmp_path: Path):
+    """The health.conf shown in docs/health.md loads as it stands."""
+    doc = (Path(__file__).parents[1] / "docs" / "health.md").read_text()
+    block = doc.split("# /etc/supervisor/health.conf\n", 1)[1].split("```", 1)[0]
+    conf = tmp_path / "health.conf"
+    conf.write_text(block)
+    config = health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+    assert ["api", "queue", "reports", "importer"] == [c.pattern for c in config.checks]
+    assert (5, 600.0) == config.max_restarts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("[]=:;# \nabcp0-_.\t")), max_size=200))
+def test_the_ini_reader_fails_only_with_its_own_error(text: str):
+    """Whatever the text, parse_ini returns sections or raises IniError naming a line."""
+    error = ""
+    sections = []
+    try:
+        sections = parse_ini(text, "f")
+    except IniError as exc:
+        error = str(exc)
+    assert error.startswith("f:") if error else all(s.line >= 1 for s in sections)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=10**6))
+def test_backoff_delay_stays_within_base_and_cap(failures: int):
+    """Any failure count gives a delay of 0 (none yet) or between base and cap."""
+    delay = Schedule(3, 90, 100).delay(failures)
+    assert delay == 0 if failures == 0 else 3 <= delay <= 90
