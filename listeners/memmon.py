@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.arg_type(parse_share),
         default=(0, 0.25),
         help="restart at most N processes (or P%% of a group, at least one) of a group within"
-        " --restart-window (default 25%%); when more than half of a group of 4 or more is over"
-        " at once, nothing of it is restarted and one alert says the ceiling looks wrong",
+        " --restart-window (default 25%%); a group of 4+ mostly over at once is held whole, with"
+        " one alert that the ceiling looks wrong (100%% turns both off)",
     )
     when.add_argument(
         "--restart-window",
@@ -352,9 +352,7 @@ class Memmon(protocol.Handler):
         self._notifier = notifier
         self._notices: Any = None
         self.restarter = restarter or Restarter(client, self.rpc, clock=clock)
-        self.clock = clock
-        self.wall = wall
-        self.host = host or cli.hostname()
+        self.clock, self.wall, self.host = clock, wall, host or cli.hostname()
         self.self_key = self_key
         self.own_pid = os.getpid() if own_pid is None else own_pid
         self.pools = pools or self._read_pools
@@ -369,8 +367,7 @@ class Memmon(protocol.Handler):
         self._lock = threading.RLock()
         self._check_queued = False
         self._compat_pending: set[str] = set()
-        self._seen_state_events = False
-        self._dirty = False
+        self._seen_state_events = self._dirty = False
         self._last_reconcile = clock()
         self._published: dict[str, int] | None = None
         self.checks = 0
@@ -538,6 +535,8 @@ class Memmon(protocol.Handler):
                 hint=bus.hint_for(self.config.measure),
             )
         pairs = {g: [(r.bytes, rule.limit) for r, rule in rows] for g, rows in by_group.items()}
+        if self.config.max_unavailable == (0, 1.0):  # 100%: a whole group at once is fine
+            return set()
         held, new, resumed = self.guard.check(pairs)
         for group in resumed:
             log.info("memmon.restarts_resumed", group=group)

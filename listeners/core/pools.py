@@ -53,7 +53,7 @@ def supervisord_conf(ppid: int | None = None, proc: str = "/proc") -> str:
     """The conf file of the supervisord that started this process; raises ConfError."""
     pid = os.getppid() if ppid is None else ppid
     argv = _parent_argv(pid, proc)
-    if not any("supervisord" in a for a in argv[:2]):
+    if "supervisord" not in " ".join(argv[:3]):  # supervisord, or python -m supervisor.supervisord
         raise ConfError(
             f"the parent process (pid {pid}) is not supervisord: {' '.join(argv[:2])[:80]!r}"
         )
