@@ -638,7 +638,7 @@ class Memmon(protocol.Handler):
                 watch.exhausted = True
                 return "restarts_exhausted"
         group = key.partition(":")[0]
-        if not self.budget.take(group, sum(1 for r in self.table if r.group == group)):
+        if not self.budget.take(group, sum(1 for r in self.table if r.group == group), key):
             return "deferred"  # --max-unavailable: this group's share is restarting already
         watch.restarts.append(self.clock())
         watch.over = 0

@@ -95,18 +95,19 @@ class TestSafetyRules:
                 parse_share(bad)
 
     def test_budget_allows_a_share_of_a_group_per_window(self):
-        """25% of 8 is two restarts per window; a group of one may still restart once."""
+        """25% of 8 is two distinct processes per window; a group of one may still restart."""
         clock = Clock()
         budget = RestartBudget(0, 0.25, 60.0, clock=clock)
-        assert [True, True, False] == [budget.take("g", 8) for _ in range(3)]
-        assert budget.take("solo", 1)
+        assert [True, True, False] == [budget.take("g", 8, f"g:{i}") for i in range(3)]
+        assert budget.take("g", 8, "g:0")  # the same process again: --max-restarts' business
+        assert budget.take("solo", 1, "solo:0")
         clock.now += 60
-        assert budget.take("g", 8)
+        assert budget.take("g", 8, "g:2")
 
     def test_a_count_budget_ignores_group_size(self):
         """--max-unavailable 1 means one at a time however big the group."""
         budget = RestartBudget(1, 0.0, 60.0, clock=Clock())
-        assert [True, False] == [budget.take("g", 100) for _ in range(2)]
+        assert [True, False] == [budget.take("g", 100, f"g:{i}") for i in range(2)]
 
     def test_mass_guard_holds_groups_mostly_over_once(self):
         """5 of 8 over is held (reported once); 4 of 8, or 1 of 1, is not."""

@@ -167,10 +167,10 @@ def parse_share(text: str) -> tuple[int, float]:
 
 
 class RestartBudget:
-    """At most ``allowed(size)`` restarts per group within ``window`` seconds (maxUnavailable).
-
-    A group whose processes all leak at once is restarted a few at a time, so a bad ceiling
-    never takes a whole group down together.
+    """At most ``allowed(size)`` distinct processes of a group restarted within ``window``
+    seconds (Kubernetes' maxUnavailable). A group whose processes all leak at once is restarted
+    a few at a time, so a bad ceiling never takes a whole group down together; one process
+    restarted again is ``--max-restarts``' business, not this budget's.
     """
 
     def __init__(
@@ -185,7 +185,7 @@ class RestartBudget:
         self.share = share
         self.window = window
         self.clock = clock
-        self._spent: dict[str, list[float]] = {}
+        self._spent: dict[str, dict[str, float]] = {}  # group -> process -> last restart
 
     def allowed(self, size: int) -> int:
         """How many of a group of ``size`` may restart within one window (at least one)."""
@@ -193,20 +193,21 @@ class RestartBudget:
             return self.count
         return max(1, int(size * self.share))
 
-    def in_window(self, group: str) -> int:
+    def in_window(self, group: str) -> dict[str, float]:
         now = self.clock()
-        times = [t for t in self._spent.get(group, ()) if now - t < self.window]
-        if times:
-            self._spent[group] = times
+        recent = {k: t for k, t in self._spent.get(group, {}).items() if now - t < self.window}
+        if recent:
+            self._spent[group] = recent
         else:
             self._spent.pop(group, None)
-        return len(times)
+        return recent
 
-    def take(self, group: str, size: int) -> bool:
-        """Spend one restart of ``group`` (of ``size`` processes); False when none is left."""
-        if self.in_window(group) >= self.allowed(size):
+    def take(self, group: str, size: int, process: str = "") -> bool:
+        """Spend one restart of ``process`` in ``group`` (of ``size``); False when none is left."""
+        recent = self.in_window(group)
+        if process not in recent and len(recent) >= self.allowed(size):
             return False
-        self._spent.setdefault(group, []).append(self.clock())
+        self._spent.setdefault(group, {})[process or f"#{len(recent)}"] = self.clock()
         return True
 
     def forget(self, group: str) -> None:
