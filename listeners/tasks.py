@@ -10,7 +10,7 @@ This is a command-line tool, never an event listener: it may print to stdout.
 
 Exit codes: 0 done (or nothing to do), 1 the operation failed (nothing changed, or rolled
 back; or ``check``/``--wait`` found problems), 2 usage error (bad flag, unknown or unsafe NAME,
-no conf), 3 files moved but supervisord could not be reached to apply the change.
+no conf), 3 files moved but not applied (supervisord unreachable, or a worker still stopping).
 """
 
 from __future__ import annotations
