@@ -56,3 +56,13 @@ class TestSupervisordConf:
         proc = self.fake_proc(tmp_path, ["bash"], tmp_path)
         with pytest.raises(ConfError, match="not supervisord"):
             supervisord_conf(42, proc)
+
+
+class TestTheExample:
+    def test_the_example_conf_names_its_listener_pools(self):
+        """The shipped example: its three listeners are pools, no worker is."""
+        from pathlib import Path
+
+        conf = Path(__file__).parents[1] / "example" / "docker" / "supervisord" / "supervisord.conf"
+        assert {"memmon", "crashmail", "exporter"} <= listener_groups(str(conf))
+        assert "image_resizer" not in listener_groups(str(conf))
