@@ -16,7 +16,7 @@ import queue
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from listeners.core import bus, protocol
@@ -580,6 +580,12 @@ class CrashMail(protocol.Handler):
                     f" {msg.limit_bytes})",
                 )
             )
+
+        elif isinstance(msg, bus.RestartsHeld):
+            key = self._key(ev.serial, "held")
+            held = self._alert("restarts_held", msg.group, key=key, count=msg.over,
+                               message=msg.describe(), details=asdict(msg))  # fmt: skip
+            self._record(held)
 
     # ---------------------------------------------------------------- lost events
 

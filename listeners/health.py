@@ -22,7 +22,7 @@ from listeners.core.inifile import IniError, parse_ini
 from listeners.core.units import parse_duration, parse_rate
 from listeners.core.watchdog import Check, WatchdogConfig, serve, validate
 
-__all__ = ["build_parser", "load_file", "main", "parse_config"]
+__all__ = ["build_parser", "load_file", "main", "parse_args"]
 
 ACTIONS = ("restart", "alert")
 
@@ -66,6 +66,7 @@ def _action(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=cli.HelpFormatter,
         prog="supervisor-health",
         description="Restart or report supervisord processes that fail a probe, stop sending"
         " heartbeats or fall silent; hold crash-looping processes with a growing backoff.",
@@ -271,7 +272,7 @@ def load_file(path: str, base: Check) -> tuple[list[Check], dict[str, str]]:
     return checks, settings
 
 
-def parse_config(
+def parse_args(
     argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
 ) -> WatchdogConfig:
     parser = parser or build_parser()
@@ -343,7 +344,7 @@ def parse_config(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(parse_config(argv), "supervisor-health")
+    return serve(parse_args(argv), "supervisor-health")
 
 
 if __name__ == "__main__":

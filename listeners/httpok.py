@@ -18,7 +18,7 @@ from listeners.core.supervisor import Connection, SupervisorError
 from listeners.core.units import parse_duration
 from listeners.core.watchdog import Check, HttpokOptions, WatchdogConfig, serve, validate
 
-__all__ = ["HTTPOK_USAGE", "main", "parse_httpok"]
+__all__ = ["HTTPOK_USAGE", "main", "parse_args"]
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +65,7 @@ def _options(opts: list[tuple[str, str]]) -> dict[str, Any]:
     return values
 
 
-def parse_httpok(argv: Sequence[str]) -> WatchdogConfig:
+def parse_args(argv: Sequence[str]) -> WatchdogConfig:
     """superlance httpok's command line (getopt, the same short and long flags) to a Config."""
     longs = [
         "help",
@@ -149,7 +149,7 @@ restarted, and restarts never block supervisord.
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(parse_httpok(sys.argv[1:] if argv is None else argv), "supervisor-httpok")
+    return serve(parse_args(sys.argv[1:] if argv is None else argv), "supervisor-httpok")
 
 
 if __name__ == "__main__":

@@ -9,22 +9,36 @@ supervisord's bus (REMOTE_COMMUNICATION ``listeners.memmon``).
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
-import re
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from listeners.core import bus, cli, protocol
 from listeners.core.background import Submitter, Worker
 from listeners.core.log import configure, get_logger
-from listeners.core.memory import MEASURES, Meter, Reading, read_cmdline
-from listeners.core.restart import Restarter
+from listeners.core.memory import MEASURES, Meter, Reading, Unreadable
+from listeners.core.pools import ConfError, listener_groups, supervisord_conf
+from listeners.core.restart import (
+    MassGuard,
+    RestartBudget,
+    Restarter,
+    looks_misconfigured,
+    parse_share,
+    restart_polling,
+)
+from listeners.core.rules import (
+    NAMESIZE_FORM,
+    Rule,
+    excluded_by,
+    parse_namesize,
+    pick_rule,
+    unknown_patterns,
+)
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import format_size, parse_duration, parse_rate, parse_size
@@ -34,37 +48,14 @@ __all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_args", "re
 
 log = get_logger("listeners.memmon")
 
-#: Command lines of this suite's listeners (and superlance's), skipped by -g/-a by default:
-#: a Python listener needs 20-30 MB and would be restarted forever under a 16 MB ceiling.
-LISTENER_CMDLINE = re.compile(
-    r"(?:listeners[./](?:memmon|crashmail|exporter|tasks|health|httpok)\b"
-    r"|supervisor-(?:memmon|crashmail|exporter|tasks|health|httpok)\b"
-    r"|superlance[./]\w+|\b(?:memmon|crashmail|crashmailbatch|fatalmailbatch|httpok)(?:\.py)?\s)"
-)
 RECONCILE_EVERY = 60.0
 #: Even with every PROCESS_STATE event seen, reconcile this often, in case one went astray.
 RECONCILE_SAFETY = 3600.0
 #: How long a restart without PROCESS_STATE events waits for the process to stop.
 COMPAT_STOP_TIMEOUT = 600.0
-NAMESIZE_FORM = "NAME=SIZE, e.g. worker=16MB or web:web_0=200MB"
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One limit: ``kind`` is program, group or any (most specific first)."""
-
-    kind: str
-    pattern: str
-    limit: int
-
-    @property
-    def label(self) -> str:
-        flag = {"program": "-p", "group": "-g", "any": "-a"}[self.kind]
-        target = "" if self.kind == "any" else f"{self.pattern}="
-        return f"{flag} {target}{format_size(self.limit)}"
 
 
 @dataclass(frozen=True)
@@ -88,18 +79,11 @@ class Config:
     dry_run: bool = False
     exclude: tuple[str, ...] = ()
     skip_listeners: bool = True
+    supervisord_conf: str | None = None
+    max_unavailable: tuple[int, float] = (0, 0.25)
+    restart_window: float = 60.0
     connection: Connection = field(default_factory=Connection)
     log_level: str = "info"
-
-
-def _namesize(text: str) -> tuple[str, int]:
-    name, sep, size = text.rpartition("=")
-    if not sep or not name.strip():
-        raise ValueError(f"invalid value {text!r}: expected {NAMESIZE_FORM}")
-    try:
-        return name.strip(), parse_size(size)
-    except ValueError as exc:
-        raise ValueError(f"invalid value {text!r}: {exc}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -131,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=SIZE",
-        type=cli.arg_type(_namesize, "NAME=SIZE"),
+        type=cli.arg_type(parse_namesize, "NAME=SIZE"),
         help="limit of a process: group:name, a process name, or a program name (all its"
         " processes); repeatable",
     )
@@ -141,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=SIZE",
-        type=cli.arg_type(_namesize, "NAME=SIZE"),
+        type=cli.arg_type(parse_namesize, "NAME=SIZE"),
         help="limit of every process in a group; repeatable",
     )
     rules.add_argument(
@@ -171,8 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-skip-listeners",
         dest="skip_listeners",
         action="store_false",
-        help="also judge this suite's listeners (and superlance's) by -g/-a; by default they"
-        " are recognised by their command line and skipped",
+        help="also judge event listeners by -g/-a; by default every [eventlistener:x] pool of"
+        " supervisord's conf is skipped (a Python listener needs 20-30 MB)",
+    )
+    rules.add_argument(
+        "--supervisord-conf",
+        metavar="PATH",
+        help="supervisord's conf, read for its [eventlistener:x] sections (default: the -c"
+        " file of the supervisord that started memmon)",
     )
     when = p.add_argument_group("when to check and act")
     when.add_argument(
@@ -201,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.arg_type(parse_rate),
         help="after N restarts of a process within WINDOW (e.g. 3/10m), stop restarting it and"
         " alert instead",
+    )
+    when.add_argument(
+        "--max-unavailable",
+        metavar="N|P%",
+        type=cli.arg_type(parse_share),
+        default=(0, 0.25),
+        help="restart at most N processes (or P%% of a group, at least one) of a group within"
+        " --restart-window (default 25%%); a group of 4+ mostly over at once is held whole, with"
+        " one alert that the ceiling looks wrong (100%% turns both off)",
+    )
+    when.add_argument(
+        "--restart-window",
+        metavar="DURATION",
+        type=cli.arg_type(_interval),
+        default=60.0,
+        help="the window of --max-unavailable (default 1m)",
     )
     when.add_argument(
         "--dry-run", action="store_true", help="report what would be restarted, restart nothing"
@@ -244,32 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
-    """Let ``-a -5MB`` reach the size parser (argparse would take -5MB for a flag)."""
-    takes_value = {
-        s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings
-    } - {s for a in parser._actions if a.nargs == 0 for s in a.option_strings}
-    known = {s for a in parser._actions for s in a.option_strings}
-    out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        token = items[i]
-        nxt = items[i + 1] if i + 1 < len(items) else None
-        if (
-            token in takes_value
-            and nxt is not None
-            and nxt.startswith("-")
-            and nxt.split("=")[0] not in known
-        ):
-            out.append(f"{token}={nxt}" if token.startswith("--") else token + nxt)
-            i += 2
-            continue
-        out.append(token)
-        i += 1
-    return out
-
-
 def parse_args(
     argv: Sequence[str] | None = None,
     parser: argparse.ArgumentParser | None = None,
@@ -277,9 +257,11 @@ def parse_args(
 ) -> Config:
     """Flags -> Config; a bad flag exits 2 through ``parser.error`` naming the value."""
     parser = parser or build_parser()
-    args = parser.parse_args(_join_dash_values(parser, sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(cli.join_dash_values(parser, sys.argv[1:] if argv is None else argv))
     if not (args.program or args.group or args.any is not None):
         parser.error("no limit given: use -p NAME=SIZE, -g NAME=SIZE or -a SIZE")
+    if any(len(v) != 2 for v in [*args.program, *args.group]):  # argparse drops a "--" value
+        parser.error(f"invalid -p/-g value '--': expected {NAMESIZE_FORM}")
     if args.alert_file is not None and not args.alert_file.strip():
         parser.error("invalid --alert-file '': expected a file path")
     programs = {n: Rule("program", n, s) for n, s in args.program}
@@ -306,59 +288,25 @@ def parse_args(
         dry_run=args.dry_run,
         exclude=tuple(args.exclude),
         skip_listeners=args.skip_listeners,
+        supervisord_conf=args.supervisord_conf,
+        max_unavailable=args.max_unavailable,
+        restart_window=args.restart_window,
         connection=connection,
         log_level=args.log_level,
     )
 
 
-def program_matches(pattern: str, group: str, name: str) -> int:
-    """How well a -p NAME fits a process: 3 group:name, 2 process name, 1 program, 0 not."""
-    if pattern == f"{group}:{name}":
-        return 3
-    if pattern == name:
-        return 2
-    if pattern == group:
-        return 1
-    return 0
-
-
-def excluded_by(patterns: Iterable[str], group: str, name: str) -> str | None:
-    """The --exclude pattern that covers ``group:name``, if any."""
-    full = f"{group}:{name}"
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(group, pattern):
-            return pattern
-    return None
-
-
 def resolve_rule(config: Config, group: str, name: str, *, skipped: bool = False) -> Rule | None:
     """The one rule that judges ``group:name``: program > group > any.
 
-    ``skipped`` (excluded, or one of the suite's listeners) leaves only an explicit -p.
+    ``skipped`` (excluded, or an event listener) leaves only an explicit -p.
     """
-    best: tuple[int, Rule] | None = None
-    for rule in config.programs:
-        score = program_matches(rule.pattern, group, name)
-        if score and (best is None or score > best[0]):
-            best = (score, rule)
-    if best is not None:
-        return best[1]
-    if skipped:
-        return None
-    for rule in config.groups:
-        if rule.pattern == group:
-            return rule
-    return config.any
+    return pick_rule(config.programs, config.groups, config.any, group, name, skipped=skipped)
 
 
 def unknown_programs(config: Config, infos: Iterable[Mapping[str, Any]]) -> list[str]:
     """-p names that match no process supervisord knows."""
-    pairs = [(str(i["group"]), str(i["name"])) for i in infos]
-    return [
-        r.pattern
-        for r in config.programs
-        if not any(program_matches(r.pattern, g, n) for g, n in pairs)
-    ]
+    return unknown_patterns(config.programs, infos)
 
 
 # --------------------------------------------------------------------------- the listener
@@ -392,7 +340,7 @@ class Memmon(protocol.Handler):
         host: str | None = None,
         self_key: str | None = None,
         own_pid: int | None = None,
-        cmdline: Callable[[int], str | None] = read_cmdline,
+        pools: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -400,23 +348,24 @@ class Memmon(protocol.Handler):
         self.rpc = rpc if rpc is not None else Worker("memmon-rpc")
         self.checker = checker if checker is not None else Worker("memmon-check")
         self._notifier = notifier
+        self._notices: Any = None
         self.restarter = restarter or Restarter(client, self.rpc, clock=clock)
-        self.clock = clock
-        self.wall = wall
-        self.host = host or cli.hostname()
+        self.clock, self.wall, self.host = clock, wall, host or cli.hostname()
         self.self_key = self_key
         self.own_pid = os.getpid() if own_pid is None else own_pid
-        self.cmdline = cmdline
+        self.pools = pools or self._read_pools
         self.timer_interval = config.interval
         self.table = ProcessTable(clock=wall, ignore=[self_key] if self_key else [])
         self.watches: dict[str, _Watch] = {}
-        self.listeners: dict[str, str] = {}  # group:name -> why it is skipped
-        self._classified: dict[str, int] = {}  # group:name -> pid whose cmdline was read
+        self.listener_pools: frozenset[str] = frozenset()  # [eventlistener:x] groups
+        self.budget = RestartBudget(*config.max_unavailable, config.restart_window, clock=clock)
+        self.guard = MassGuard()  # holds groups most of which are over at once
+        self.unreadable: set[str] = set()  # group:name memmon may not read
+        self._pools_warned = False
         self._lock = threading.RLock()
         self._check_queued = False
         self._compat_pending: set[str] = set()
-        self._seen_state_events = False
-        self._dirty = False
+        self._seen_state_events = self._dirty = False
         self._last_reconcile = clock()
         self._published: dict[str, int] | None = None
         self.checks = 0
@@ -428,9 +377,7 @@ class Memmon(protocol.Handler):
         with self._lock:
             self.table.reconcile(infos)
             self._last_reconcile = self.clock()
-            for record in self.table:
-                if record.pid:
-                    self._classify(record.full_name, record.pid)
+        self._refresh_pools()
         limits = self._limits()
         log.info(
             "memmon.started",
@@ -440,7 +387,8 @@ class Memmon(protocol.Handler):
             interval=self.config.interval,
             processes=len(self.table),
             judged=len(limits),
-            skipped_listeners=sorted(self.listeners),
+            skipped_listeners=sorted(self.listener_pools),
+            max_unavailable=self.budget.label,
             excluded=self.config.exclude,
             dry_run=self.config.dry_run,
         )
@@ -470,9 +418,11 @@ class Memmon(protocol.Handler):
             self.restarter.observe(event)
         elif isinstance(event, protocol.ProcessGroupEvent):
             with self._lock:
-                self.table.apply_group(event)
+                gone = self.table.apply_group(event)
                 if event.added:
-                    self._dirty = True
+                    self._dirty = True  # a new [eventlistener:x] is read at the reconcile
+                else:
+                    self._prune(gone, event.groupname)
         elif isinstance(event, protocol.TickEvent):
             self.schedule_check()
 
@@ -523,26 +473,81 @@ class Memmon(protocol.Handler):
                 key = record.full_name
                 if not record.pid or record.pid == self.own_pid or key == self.self_key:
                     continue
-                self._classify(key, record.pid)
                 rule = self._rule_for(record.group, record.name)
                 if rule is None or key in pending:
                     continue
                 targets[key] = record.pid
                 rules[key] = rule
         readings = self.meter.measure(targets)
+        first = self.checks == 0
         self.checks += 1
-        for key, reading in readings.items():
-            if not isinstance(reading, Reading):
-                log.info(
-                    "memmon.skipped",
-                    process=key,
-                    pid=targets[key],
-                    reason=reading.reason,
-                    detail=reading.detail,
-                )
+        measured = {k: r for k, r in readings.items() if isinstance(r, Reading)}
+        self._note_unreadable(readings)
+        held = self._hold_groups(measured, rules, first=first)
+        for key, reading in measured.items():
+            if key.partition(":")[0] in held:
                 continue
             self._judge(key, targets[key], reading, rules[key])
         self._publish_limits(self._limits())
+
+    def _note_unreadable(self, readings: Mapping[str, Reading | Unreadable]) -> None:
+        """Fail open, but say so: one warning naming what memmon may not read, and the bus."""
+        for key, r in readings.items():
+            if isinstance(r, Unreadable):
+                log.debug("memmon.skipped", process=key, reason=r.reason, detail=r.detail)
+        denied = {
+            k for k, r in readings.items() if isinstance(r, Unreadable) and r.reason == "denied"
+        }
+        with self._lock:
+            if denied == self.unreadable:
+                return
+            new = sorted(denied - self.unreadable)
+            self.unreadable = denied
+        if new:
+            log.warning(
+                "memmon.unreadable",
+                processes=new,
+                reason="denied",
+                uid=os.getuid(),
+                hint="memmon may not read their /proc memory, so it does not judge them; run"
+                " memmon as their user or as root, or --exclude them",
+            )
+        self.rpc.submit(
+            self._publish, bus.ProcessesUnreadable(host=self.host, processes=sorted(denied))
+        )
+
+    def _hold_groups(
+        self, measured: Mapping[str, Reading], rules: Mapping[str, Rule], *, first: bool
+    ) -> set[str]:
+        """Groups where most processes are over at once: a wrong ceiling, not many leaks."""
+        by_group: dict[str, list[tuple[Reading, Rule]]] = {}
+        for key, reading in measured.items():
+            by_group.setdefault(key.partition(":")[0], []).append((reading, rules[key]))
+        over_all = sum(r.bytes > rule.limit for rows in by_group.values() for r, rule in rows)
+        if first and looks_misconfigured(over_all, len(measured)):
+            log.warning(
+                "memmon.ceiling_suspect",
+                over=over_all,
+                judged=len(measured),
+                measure=self.config.measure,
+                hint=bus.hint_for(self.config.measure),
+            )
+        pairs = {g: [(r.bytes, rule.limit) for r, rule in rows] for g, rows in by_group.items()}
+        if self.config.max_unavailable == (0, 1.0):  # 100%: a whole group at once is fine
+            return set()
+        held, new, resumed = self.guard.check(pairs)
+        for group in resumed:
+            log.info("memmon.restarts_resumed", group=group)
+        for o in new:
+            message = bus.RestartsHeld(
+                host=self.host, group=o.group, over=o.over, judged=o.judged,
+                median_bytes=o.median_bytes, limit_bytes=o.limit_bytes,
+                measure=self.config.measure, at_start=first,
+            )  # fmt: skip
+            log.warning("memmon.restarts_held", group=o.group, message=message.describe())
+            self.rpc.submit(self._publish, message)
+            self._notify("restarts_held", message)
+        return held
 
     def _reconcile(self) -> None:
         try:
@@ -555,35 +560,53 @@ class Memmon(protocol.Handler):
             self.table.reconcile(infos)
             self._last_reconcile = self.clock()
             self._dirty = False
+            self._prune(self.table.removed)
+        self._refresh_pools()
         log.info("memmon.reconciled", processes=len(infos))
 
-    def _classify(self, key: str, pid: int) -> None:
-        """Recognise the suite's listeners by their command line, once per pid."""
-        if self._classified.get(key) == pid:
+    def _prune(self, gone: Iterable[str], group: str | None = None) -> None:
+        """Forget what memmon kept of processes supervisord no longer has."""
+        for key in gone:
+            self.watches.pop(key, None)
+            self.unreadable.discard(key)
+        self.guard.forget(self.guard.held - {r.group for r in self.table})
+        for name in {group} if group else set():
+            self.budget.forget(name)
+
+    def _read_pools(self) -> frozenset[str]:
+        """The [eventlistener:x] groups of supervisord's conf; empty (and a warning) if unread."""
+        try:
+            path = self.config.supervisord_conf or supervisord_conf()
+            return listener_groups(path)
+        except ConfError as exc:
+            if not self._pools_warned:
+                self._pools_warned = True
+                log.warning(
+                    "memmon.listeners_unknown",
+                    error=str(exc),
+                    hint="memmon cannot tell event listeners from workers and judges them all;"
+                    " pass --supervisord-conf PATH or --exclude the listener groups",
+                )
+            return frozenset()
+
+    def _refresh_pools(self) -> None:
+        if not self.config.skip_listeners:
             return
-        self._classified[key] = pid
-        if not self.config.skip_listeners or key in self.listeners:
-            return
-        command = self.cmdline(pid)
-        if command and LISTENER_CMDLINE.search(command + " "):
-            self.listeners[key] = command[:200]
-            log.info("memmon.listener_skipped", process=key, pid=pid, command=command[:200])
+        pools = self.pools()
+        with self._lock:
+            added = sorted(pools - self.listener_pools)
+            self.listener_pools = pools
+        if added:
+            log.info("memmon.listeners_skipped", groups=added)
 
     def _rule_for(self, group: str, name: str) -> Rule | None:
-        key = f"{group}:{name}"
-        skipped = key in self.listeners or excluded_by(self.config.exclude, group, name)
+        skipped = group in self.listener_pools or excluded_by(self.config.exclude, group, name)
         return resolve_rule(self.config, group, name, skipped=bool(skipped))
 
     def _limits(self) -> dict[str, int]:
         with self._lock:
-            limits = {}
-            for record in self.table:
-                if record.full_name == self.self_key:
-                    continue
-                rule = self._rule_for(record.group, record.name)
-                if rule is not None:
-                    limits[record.full_name] = rule.limit
-            return limits
+            rules = {r.full_name: self._rule_for(r.group, r.name) for r in self.table}
+        return {k: r.limit for k, r in rules.items() if r is not None and k != self.self_key}
 
     def _decide(self, key: str, pid: int, reading: Reading, rule: Rule) -> str:
         watch = self.watches.setdefault(key, _Watch())
@@ -612,6 +635,9 @@ class Memmon(protocol.Handler):
             if len(watch.restarts) >= count:
                 watch.exhausted = True
                 return "restarts_exhausted"
+        group = key.partition(":")[0]
+        if not self.budget.take(group, sum(1 for r in self.table if r.group == group), key):
+            return "deferred"  # --max-unavailable: this group's share is restarting already
         watch.restarts.append(self.clock())
         watch.over = 0
         return "restart"
@@ -631,13 +657,15 @@ class Memmon(protocol.Handler):
             "action": action,
             "measure": self.config.measure,
         }
-        if self.config.cumulative:
-            fields["processes"] = reading.processes
+        fields["processes"] = reading.processes
         if action == "ok" or action.endswith("_reported") or action == "exhausted":
             log.debug("memmon.decision", **fields)
             return
         if action in ("sampling", "grace"):
             log.info("memmon.decision", over=watch.over, samples=self.config.samples, **fields)
+            return
+        if action == "deferred":
+            log.info("memmon.decision", max_unavailable=self.budget.label, **fields)
             return
         log.warning("memmon.decision", **fields)
         group, _, name = key.partition(":")
@@ -692,15 +720,7 @@ class Memmon(protocol.Handler):
 
     def _restart_polling(self, key: str) -> None:
         try:
-            self.client.stop(key, wait=False)
-            # Poll rather than stop(wait=True): a stop may outlast the RPC timeout.
-            deadline = self.clock() + COMPAT_STOP_TIMEOUT
-            while self.clock() < deadline:
-                state = self.client.process_info(key).get("statename")
-                if state in ("STOPPED", "EXITED", "FATAL"):
-                    break
-                time.sleep(0.25)
-            self.client.start(key, wait=False)
+            restart_polling(self.client, key, clock=self.clock, timeout=COMPAT_STOP_TIMEOUT)
         except SupervisorError as exc:
             log.error("memmon.restart_failed", process=key, error=str(exc))
             return
@@ -729,72 +749,50 @@ class Memmon(protocol.Handler):
             ),
         )
 
-    def _sinks(self) -> list[Any]:
-        # Imported only when a notice is configured: the mail machinery costs memory.
-        from listeners.notify import FileSink, SendmailSink
-
-        sinks: list[Any] = []
-        if self.config.email:
-            prefix = f"memmon [{self.config.name}]:" if self.config.name else "memmon:"
-            sinks.append(
-                SendmailSink(
-                    list(self.config.email), self.config.sendmail_program, subject_prefix=prefix
-                )
-            )
-        if self.config.alert_file:
-            sinks.append(FileSink(self.config.alert_file))
-        return sinks
-
-    def _notify(
-        self, kind: str, group: str, name: str, reading: Reading, rule: Rule, action: str | None
-    ) -> None:
+    def _notify(self, *args: Any) -> None:
+        """Queue a notice (restart, exhausted, held) for the -m/--alert-file sinks."""
         if not (self.config.email or self.config.alert_file):
             return
         if self._notifier is None:
             self._notifier = Worker("memmon-notify")
-        self._notifier.submit(self._deliver, kind, group, name, reading, rule, action)
+        self._notifier.submit(self._deliver, *args)
 
-    def _deliver(
-        self, kind: str, group: str, name: str, reading: Reading, rule: Rule, action: str | None
-    ) -> None:
-        from listeners.notify import Alert, SinkError
+    def _deliver(self, kind: str, *args: Any) -> None:
+        # Imported only when a notice is configured: the mail machinery costs memory.
+        from listeners.notify import Alert
+        from listeners.notify.notice import Notices
 
-        verb = "would restart" if action == "dry_run" else "restarted"
+        c = self.config
+        if self._notices is None:
+            self._notices = Notices(c.email, c.sendmail_program, c.name, c.alert_file)
+        if kind == "restarts_held":
+            held: bus.RestartsHeld = args[0]
+            alert = Alert(
+                kind=kind, host=self.host, group=held.group, time=self.wall(),
+                count=held.over, message=held.describe(), details=asdict(held),
+            )  # fmt: skip
+            self._notices.send(alert)
+            return
+        group, name, reading, rule, action = args
+        used = f"{format_size(reading.bytes)} {c.measure.upper()}"
         if kind == "restarts_exhausted":
-            count, window = self.config.max_restarts or (0, 0.0)
+            count, window = c.max_restarts or (0, 0.0)
             text = (
-                f"{group}:{name} uses {format_size(reading.bytes)} {self.config.measure.upper()},"
-                f" over its limit {format_size(rule.limit)} ({rule.label}), after {count}"
-                f" restarts within {window:g}s; memmon no longer restarts it."
+                f"{group}:{name} uses {used}, over its limit {format_size(rule.limit)}"
+                f" ({rule.label}), after {count} restarts within {window:g}s; memmon no longer"
+                " restarts it."
             )
         else:
+            verb = "would restart" if action == "dry_run" else "restarted"
             text = (
-                f"memmon {verb} {group}:{name} because it used {format_size(reading.bytes)}"
-                f" {self.config.measure.upper()} ({reading.bytes} bytes), over its limit"
-                f" {format_size(rule.limit)} ({rule.label})."
+                f"memmon {verb} {group}:{name} because it used {used} ({reading.bytes} bytes),"
+                f" over its limit {format_size(rule.limit)} ({rule.label})."
             )
-        alert = Alert(
-            kind=kind,
-            host=self.host,
-            group=group,
-            name=name,
-            time=self.wall(),
-            message=text,
-            details={
-                "measured_bytes": reading.bytes,
-                "limit_bytes": rule.limit,
-                "rule": rule.label,
-                "measure": self.config.measure,
-                "dry_run": action == "dry_run",
-            },
-        )
-        for sink in self._sinks():
-            try:
-                sink.send(alert)
-            except SinkError as exc:
-                log.error("memmon.notice_failed", sink=sink.name, error=str(exc))
-            else:
-                log.info("memmon.notice_sent", sink=sink.name, process=f"{group}:{name}")
+        details = {"measured_bytes": reading.bytes, "limit_bytes": rule.limit, "rule": rule.label,
+                   "measure": c.measure, "dry_run": action == "dry_run"}  # fmt: skip
+        alert = Alert(kind=kind, host=self.host, group=group, name=name, time=self.wall(),
+                      message=text, details=details)  # fmt: skip
+        self._notices.send(alert)
 
 
 # --------------------------------------------------------------------------- entry point

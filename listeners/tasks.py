@@ -10,7 +10,7 @@ This is a command-line tool, never an event listener: it may print to stdout.
 
 Exit codes: 0 done (or nothing to do), 1 the operation failed (nothing changed, or rolled
 back; or ``check``/``--wait`` found problems), 2 usage error (bad flag, unknown or unsafe NAME,
-no conf), 3 files moved but supervisord could not be reached to apply the change.
+no conf), 3 files moved but not applied (supervisord unreachable, or a worker still stopping).
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ EXIT_USAGE = 2
 EXIT_NOT_APPLIED = 3
 
 _FAILED_STATES = {"FATAL", "EXITED", "UNKNOWN"}
+_ACTIVE_STATES = {"RUNNING", "STARTING", "STOPPING", "BACKOFF"}
+#: supervisord's default stopwaitsecs, and the time it needs beyond it to SIGKILL and reap.
+_STOPWAITSECS = 10.0
+_STOP_MARGIN = 5.0
 
 
 class Client(Protocol):
@@ -70,6 +74,7 @@ class Client(Protocol):
     def state(self) -> str: ...
     def all_process_info(self) -> list[dict[str, Any]]: ...
     def update(self, only: Sequence[str] | None = None) -> dict[str, list[str]]: ...
+    def stop_group(self, group: str, *, wait: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ class Tool:
         self.err = err
         self.clock = clock
         self.sleep = sleep
+        self._written: dict[Path, tuple[int, int, int] | None] = {}  # what this run moved
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")  # stdout-ok: CLI output, never an event listener
@@ -270,7 +276,12 @@ class Tool:
         if not rows:
             self.say(f"no tasks in {self.layout.tasks_dir} or {self.layout.disabled_dir}")
         for row in rows:
-            self.say(f"{row['name']}  {'enabled' if row['enabled'] else 'disabled'}  {row['path']}")
+            status = "enabled" if row["enabled"] else "disabled"
+            if row["broken"]:
+                status += " BROKEN"
+            self.say(f"{row['name']}  {status}  {row['path']}")
+            for problem in row["problems"]:
+                self.say(f"  broken: {problem}")
             for prog in row["programs"]:
                 self.say(
                     f"  {prog['kind']} {prog['name']}  numprocs={prog['numprocs']}"
@@ -289,6 +300,8 @@ class Tool:
             "name": task.name,
             "path": str(task.path),
             "enabled": task.enabled,
+            "broken": task.broken,
+            "problems": [str(p) for p in task.problems],
             "groups": task.groups,
             "programs": [
                 {
@@ -341,6 +354,17 @@ class Tool:
         for task in chosen:
             if task.enabled == enable:
                 self.say(f"{task.name}: already {verb} ({task.path}); nothing to move")
+        leaving = {t.path for t in to_move if not enable}
+        broken = [t for t in tasks if t.enabled and t.broken and t.path not in leaving]
+        if broken and self.opts.apply and to_move:
+            for task in broken:
+                self.warn(
+                    f"error: {task.path} is broken ({task.problems[0]}); supervisord cannot"
+                    f" reread its conf while it is in {self.layout.tasks_dir}: fix it, or move it"
+                    f" out with `supervisor-tasks disable {task.name}`, then run again;"
+                    " nothing was moved"
+                )
+            return EXIT_FAILED
         if enable and to_move:
             problems = self._enable_problems(tasks, to_move)
             if problems:
@@ -381,11 +405,16 @@ class Tool:
             )
             return EXIT_NOT_APPLIED
         try:
+            if not enable and not self._stopped(chosen, groups):
+                return EXIT_NOT_APPLIED
             done = self.client.update(only=groups)
             self._verify(groups, present=enable)
         except SupervisorError as exc:
             self._rollback(moved, groups)
-            self.warn(f"error: supervisord refused the change, files moved back: {exc}")
+            hint = ""
+            if "CANT_REREAD" in str(exc):
+                hint = "; a conf file is broken: `supervisor-tasks check` names it, fix it"
+            self.warn(f"error: supervisord refused the change, files moved back: {exc}{hint}")
             return EXIT_FAILED
         for kind in ("removed", "added", "changed"):
             if done.get(kind):
@@ -398,6 +427,36 @@ class Tool:
                 self.warn(f"error: applied, but could not watch the processes start: {exc}")
                 return EXIT_FAILED
         return EXIT_OK
+
+    def _stopped(self, chosen: list[Task], groups: list[str]) -> bool:
+        """Stop the groups without waiting on one RPC, then wait as long as their stop takes
+        (the longest stopwaitsecs, plus the kill): a stop may outlast --rpc-timeout."""
+        live = {
+            i["group"] for i in self.client.all_process_info() if i["statename"] in _ACTIVE_STATES
+        }
+        stopping = [g for g in groups if g in live]
+        if not stopping:
+            return True
+        for group in stopping:
+            self.client.stop_group(group, wait=False)
+        waits = [
+            _float(p.values.get("stopwaitsecs"), _STOPWAITSECS) for t in chosen for p in t.programs
+        ]
+        budget = max(waits, default=_STOPWAITSECS) + _STOP_MARGIN
+        deadline = self.clock() + budget
+        while True:
+            infos = self.client.all_process_info()
+            busy = [i for i in infos if i["group"] in stopping and i["statename"] in _ACTIVE_STATES]
+            if not busy:
+                return True
+            if self.clock() >= deadline:
+                self.warn(
+                    f"warning: {', '.join(_name(i) for i in busy)} still stopping after"
+                    f" {budget:g}s; the file stays in {self.layout.disabled_dir} and supervisord"
+                    " finishes the stop; run the same disable again to remove the group"
+                )
+                return False
+            self.sleep(0.25)
 
     def _enable_problems(self, tasks: list[Task], to_move: list[Task]) -> list[Problem]:
         """What is wrong with the files about to run: their own conf and clashes with others."""
@@ -431,11 +490,12 @@ class Tool:
                 dest = target / task.path.name
                 if dest.exists():
                     raise FileExistsError(f"{dest} already exists; refusing to overwrite it")
-                os.rename(task.path, dest)  # atomic within one filesystem
+                _move_no_clobber(task.path, dest)
+                self._written[dest] = _identity(dest)
                 moved.append((task, dest))
         except OSError:
             for task, dest in reversed(moved):
-                os.rename(dest, task.path)
+                _move_no_clobber(dest, task.path)
             raise
         return moved
 
@@ -452,9 +512,16 @@ class Tool:
 
     def _rollback(self, moved: list[tuple[Task, Path]], groups: list[str]) -> None:
         for task, dest in reversed(moved):
+            if self._written.get(dest) != _identity(dest):
+                self.warn(f"warning: {dest} changed since it was moved; left where it is")
+                continue
             try:
-                os.rename(dest, task.path)
+                _move_no_clobber(dest, task.path)
                 self.warn(f"{task.name}: moved back {dest} -> {task.path}")
+            except FileExistsError:
+                self.warn(
+                    f"warning: a newer {task.path} was written meanwhile; kept it, and {dest}"
+                )
             except OSError as exc:
                 self.warn(f"error: could not move {dest} back to {task.path}: {exc}")
         try:
@@ -500,6 +567,36 @@ def _failure(info: dict[str, Any]) -> str:
     if info.get("description"):
         parts.append(str(info["description"]))
     return "; ".join(parts)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """inode, size and mtime: a file replaced or edited since we moved it differs."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _move_no_clobber(src: Path, dst: Path) -> None:
+    """Rename that never replaces an existing ``dst`` (FileExistsError instead)."""
+    try:
+        os.link(src, dst)  # fails with EEXIST, atomically, when dst exists
+    except FileExistsError:
+        raise
+    except OSError:
+        if dst.exists():  # no hard links on this filesystem: the check and rename race
+            raise FileExistsError(f"{dst} already exists; refusing to overwrite it") from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def _float(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
 
 
 def _int(text: str) -> int | str:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from listeners.core import bus
 from listeners.core.bus import MemoryLimits, MemoryRestart, RestartsExhausted, decode, encode
 
 
@@ -26,11 +27,26 @@ class TestBus:
                 measured_bytes=20,
                 limit_bytes=16,
             ),
+            bus.RestartsHeld("h", "php", over=32, judged=32, median_bytes=19, limit_bytes=16),
+            bus.ProcessesUnreadable(host="h", processes=["g:a"]),
         ],
     )
     def test_round_trip(self, message):
         """decode(encode(m)) == m for every message kind."""
         assert message == decode(encode(message))
+
+    def test_a_held_group_reads_as_memmons_sentence(self):
+        """RestartsHeld.describe() says how many, the measure, the median and what to try."""
+        held = bus.RestartsHeld("h", "php_mail", 32, 32, int(18.1 * 2**20), 16 * 2**20)
+        assert (
+            "32 of 32 php_mail over 16.0 MiB rss (median 18.1 MiB): nothing restarted; the"
+            " measure or the ceiling looks wrong - try --measure pss"
+        ) == held.describe()
+
+    def test_unreadable_processes_must_be_a_list_of_names(self):
+        """processes_unreadable with a non-list is refused with the field named."""
+        with pytest.raises(ValueError, match="processes"):
+            decode('{"v":1,"kind":"processes_unreadable","host":"h","processes":3}')
 
     def test_encoding_is_one_ascii_line(self):
         """Messages fit a REMOTE_COMMUNICATION payload without newlines or non-ASCII."""

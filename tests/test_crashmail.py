@@ -119,6 +119,16 @@ class TestDetection:
         h.cm.handle(protocol.parse_event(protocol.parse_header(line), payload))
         assert h.kinds() == [("memory_restart", "w")]
 
+    def test_memmon_held_restarts_are_one_alert(self, tmp_path):
+        """A RestartsHeld bus message becomes one restarts_held alert with memmon's sentence."""
+        h = Harness(tmp_path)
+        held = bus.RestartsHeld("h", "php", over=32, judged=32, median_bytes=19 << 20,
+                                limit_bytes=16 << 20)  # fmt: skip
+        payload = f"type:{bus.MEMMON_TYPE}\n{bus.encode(held)}"
+        line = protocol.format_event("REMOTE_COMMUNICATION", payload).split("\n")[0]
+        h.cm.handle(protocol.parse_event(protocol.parse_header(line), payload))
+        assert h.kinds() == [("restarts_held", "")]
+
     def test_a_redelivered_event_records_nothing_new(self, tmp_path):
         """The same serial from the same supervisord gives the same key: recorded once."""
         h = Harness(tmp_path)

@@ -418,7 +418,7 @@ class TestIni:
 class TestConfig:
     def test_flags_make_one_check_per_program(self):
         """-p with a probe flag gives a check per pattern with the flag values."""
-        config = health.parse_config(
+        config = health.parse_args(
             [
                 "-p",
                 "web",
@@ -443,7 +443,7 @@ class TestConfig:
 
     def test_backoff_flags(self):
         """--backoff and --revive-fatal carry the schedule."""
-        config = health.parse_config(
+        config = health.parse_args(
             [
                 "-p",
                 "w",
@@ -467,7 +467,7 @@ class TestConfig:
             "[health]\ngrace = 1m\nmass-guard = off\n\n[program:web]\nhttp = http://127.0.0.1/\n"
             "status = 200, 204\n\n[program:queue]\nheartbeat = 2m\naction = alert\n"
         )
-        config = health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+        config = health.parse_args(["--config", str(conf), "--server-url", "unix:///x.sock"])
         assert 60.0 == config.grace
         assert config.mass_guard is None
         assert ((200, 204), 120.0) == (config.checks[0].statuses, config.checks[1].heartbeat)
@@ -492,7 +492,7 @@ class TestConfig:
         conf = tmp_path / "h.conf"
         conf.write_text(text)
         with pytest.raises(SystemExit):
-            health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+            health.parse_args(["--config", str(conf), "--server-url", "unix:///x.sock"])
         err = capsys.readouterr().err
         assert expected in err.replace(str(tmp_path) + "/", "")
         assert "Traceback" not in err
@@ -500,7 +500,7 @@ class TestConfig:
     def test_probe_flags_without_program_are_refused(self, capsys):
         """--http without -p says which flag is missing."""
         with pytest.raises(SystemExit):
-            health.parse_config(["--http", "http://x/", "--server-url", "unix:///x.sock"])
+            health.parse_args(["--http", "http://x/", "--server-url", "unix:///x.sock"])
         assert "-p PATTERN" in capsys.readouterr().err
 
 
@@ -508,7 +508,7 @@ class TestHttpokFlags:
     def test_superlance_command_line(self, monkeypatch):
         """Every superlance httpok flag is accepted with its meaning."""
         monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
-        config = httpok.parse_httpok(
+        config = httpok.parse_args(
             [
                 "-p",
                 "web_00",
@@ -548,7 +548,7 @@ class TestHttpokFlags:
     def test_any_and_long_options(self, monkeypatch):
         """-a watches every process; long options work as in superlance."""
         monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
-        config = httpok.parse_httpok(["--any", "--timeout=5", "--eager", "http://x/"])
+        config = httpok.parse_args(["--any", "--timeout=5", "--eager", "http://x/"])
         assert ["*"] == [c.pattern for c in config.checks]
         assert config.httpok is not None
         assert config.httpok.eager
@@ -568,7 +568,7 @@ class TestHttpokFlags:
         """A bad httpok command line exits with one line naming the mistake."""
         monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
         with pytest.raises(SystemExit):
-            httpok.parse_httpok(argv)
+            httpok.parse_args(argv)
         err = capsys.readouterr().err
         assert expected in err
         assert 1 == len(err.strip().splitlines())
@@ -634,7 +634,7 @@ def test_the_documented_config_file_is_valid(tmp_path: Path):
     block = doc.split("# /etc/supervisor/health.conf\n", 1)[1].split("```", 1)[0]
     conf = tmp_path / "health.conf"
     conf.write_text(block)
-    config = health.parse_config(["--config", str(conf), "--server-url", "unix:///x.sock"])
+    config = health.parse_args(["--config", str(conf), "--server-url", "unix:///x.sock"])
     assert ["api", "queue", "reports", "importer"] == [c.pattern for c in config.checks]
     assert (5, 600.0) == config.max_restarts
 

@@ -81,6 +81,13 @@ class TestFlags:
         assert ("rss", None, 1, True) == (c.measure, c.interval, c.samples, c.skip_listeners)
         assert "/usr/sbin/sendmail -t -i" == c.sendmail_program
         assert (None, False, None) == (c.max_restarts, c.dry_run, c.uptime)
+        assert ((0, 0.25), 60.0) == (c.max_unavailable, c.restart_window)
+
+    def test_mass_restart_guard_flags(self):
+        """--max-unavailable takes a count or a share; --restart-window a duration."""
+        c = cfg("-a", "16MB", "--max-unavailable", "3", "--restart-window", "5m")
+        assert ((3, 0.0), 300.0) == (c.max_unavailable, c.restart_window)
+        assert (0, 0.5) == cfg("-a", "1MB", "--max-unavailable", "50%").max_unavailable
 
     @pytest.mark.parametrize(
         ("argv", "needle"),
@@ -97,6 +104,9 @@ class TestFlags:
             (["-a", "16MB", "--samples", "0"], "'0'"),
             (["-a", "16MB", "--max-restarts", "3"], "'3'"),
             (["-a", "16MB", "-u", "soon"], "'soon'"),
+            (["-a", "16MB", "--max-unavailable", "0"], "'0'"),
+            (["-a", "16MB", "--max-unavailable", "150%"], "'150%'"),
+            (["-a", "16MB", "--restart-window", "0"], "'0'"),
             ([], "no limit"),
         ],
     )
@@ -267,7 +277,7 @@ def tick() -> protocol.Event:
     return protocol.parse_event(protocol.parse_header(text.partition("\n")[0]), "when:1")
 
 
-def make(*argv: str, infos=None, cmdlines=None, self_key=None):
+def make(*argv: str, infos=None, pools=(), self_key=None):
     client = FakeClient(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
     meter = FakeMeter()
     rpc = SyncWorker()
@@ -284,7 +294,7 @@ def make(*argv: str, infos=None, cmdlines=None, self_key=None):
         host="h",
         self_key=self_key,
         own_pid=1,
-        cmdline=lambda pid: (cmdlines or {}).get(pid, "php worker.php"),
+        pools=lambda: frozenset(pools),
     )
     m.start(client.all_process_info())
     # Events flow: memmon has seen PROCESS_STATE, so restarts are the event-driven kind.
@@ -361,7 +371,9 @@ class TestDecisions:
 
     def test_max_restarts_stops_and_alerts_once(self):
         """--max-restarts 2/1h: two restarts, then RestartsExhausted once, then nothing."""
-        m, client, meter, clock = make("-a", "16MB", "--max-restarts", "2/1h")
+        m, client, meter, clock = make(
+            "-a", "16MB", "--max-restarts", "2/1h", "--max-unavailable", "100%"
+        )
         meter.values[100] = Reading(20 * MB)
         for _ in range(2):
             m.handle(tick())
@@ -375,30 +387,30 @@ class TestDecisions:
         [gone] = client.bus("restarts_exhausted")
         assert (2, 3600.0) == (gone["restarts"], gone["window_seconds"])
 
-    def test_never_itself_nor_the_suite_listeners(self):
-        """Its own process and the suite's listeners are not judged by -a."""
+    def test_never_itself_nor_the_event_listener_pools(self):
+        """Its own process and every [eventlistener:x] pool are not judged by -a."""
         infos = [info("memmon", "memmon", 7), info("crashmail", "crashmail", 8)]
         infos.append(info("web", "web_0", 100))
         m, client, meter, _ = make(
-            "-a", "1KB",
-            infos=infos,
-            cmdlines={8: "/usr/bin/python3 -m listeners.crashmail -m x"},
-            self_key="memmon:memmon",
-        )  # fmt: skip
+            "-a", "1KB", infos=infos, pools={"memmon", "crashmail"}, self_key="memmon:memmon"
+        )
         meter.values = {7: Reading(30 * MB), 8: Reading(30 * MB)}
         m.handle(tick())
         assert {"web:web_0": 100} == meter.asked[-1]
-        assert {
-            "crashmail:crashmail": "/usr/bin/python3 -m listeners.crashmail -m x"
-        } == m.listeners
         assert {"web:web_0": 1024} == client.bus("memory_limits")[-1]["limits"]
+
+    def test_a_worker_named_like_a_listener_is_judged(self):
+        """Workers are judged whatever their name or command line; only the pools are skipped."""
+        infos = [info("crashmail", "crashmail", 8), info("queue", "queue_crashmail", 9)]
+        m, _, meter, _ = make("-a", "1KB", infos=infos, pools={"crashmail"})
+        m.handle(tick())
+        assert 9 == meter.asked[-1]["queue:queue_crashmail"]
+        assert "crashmail:crashmail" not in meter.asked[-1]
 
     def test_no_skip_listeners_judges_them(self):
         """--no-skip-listeners puts the listeners back under -a."""
         infos = [info("crashmail", "crashmail", 8)]
-        m, _, meter, _ = make(
-            "-a", "1KB", "--no-skip-listeners", infos=infos, cmdlines={8: "supervisor-crashmail"}
-        )
+        m, _, meter, _ = make("-a", "1KB", "--no-skip-listeners", infos=infos, pools={"crashmail"})
         m.handle(tick())
         assert 8 == meter.asked[-1]["crashmail:crashmail"]
 
@@ -478,6 +490,113 @@ class TestDecisions:
         _, client, _, _ = make("-a", "16MB")
         [limits] = client.bus("memory_limits")
         assert isinstance(bus.decode(json.dumps(limits)), bus.MemoryLimits)
+
+
+def group_removed(group: str) -> protocol.Event:
+    text = protocol.format_event("PROCESS_GROUP_REMOVED", f"groupname:{group}\n")
+    return protocol.parse_event(
+        protocol.parse_header(text.partition("\n")[0]), f"groupname:{group}\n"
+    )
+
+
+def php_group(n: int = 8) -> list[dict[str, Any]]:
+    return [info("php_mail", f"php_mail_{i}", 200 + i) for i in range(n)]
+
+
+class TestMassRestartGuard:
+    def test_most_of_a_group_over_holds_every_restart_and_alerts_once(self, tmp_path):
+        """8 of 8 over: nothing restarted, one RestartsHeld on the bus, one notice, one log."""
+        notices = tmp_path / "alerts.jsonl"
+        m, client, meter, _ = make("-a", "16MB", "--alert-file", str(notices), infos=php_group())
+        m._notifier = SyncWorker()
+        meter.values = {200 + i: Reading(18 * MB + i * 1024) for i in range(8)}
+        for _ in range(3):
+            m.handle(tick())
+        assert [] == client.acts()
+        [held] = client.bus("restarts_held")
+        assert (8, 8, "php_mail", "rss", True) == (
+            held["over"], held["judged"], held["group"], held["measure"], held["at_start"]
+        )  # fmt: skip
+        text = bus.decode(json.dumps(held)).describe()  # type: ignore[union-attr]
+        assert text.startswith("8 of 8 php_mail over 16.0 MiB rss (median 18.0 MiB): nothing")
+        assert text.endswith("try --measure pss")
+        [line] = notices.read_text().splitlines()
+        assert "restarts_held" == json.loads(line)["kind"]
+
+    def test_the_guard_lets_go_once_the_group_is_back_under(self):
+        """After the group is mostly under again, a real leaker is restarted."""
+        m, client, meter, _ = make("-a", "16MB", infos=php_group())
+        meter.values = {200 + i: Reading(18 * MB) for i in range(8)}
+        m.handle(tick())
+        meter.values = {200: Reading(40 * MB)}
+        m.handle(tick())
+        assert [("stop", "php_mail:php_mail_0")] == client.acts()
+        assert not m.guard.held
+
+    def test_first_check_warns_when_most_processes_are_over(self, capsys):
+        """At start, memmon says the ceiling looks wrong when most judged processes are over."""
+        m, _, meter, _ = make("-a", "16MB", infos=php_group())
+        meter.values = {200 + i: Reading(18 * MB) for i in range(8)}
+        m.handle(tick())
+        assert 1 == capsys.readouterr().err.count("memmon.ceiling_suspect")
+
+    def test_a_single_leaker_in_a_small_group_is_still_restarted(self):
+        """One of one over is a leak, not a misconfiguration."""
+        m, client, meter, _ = make("-a", "16MB", infos=[info("leak", "leak", 300)])
+        meter.values = {300: Reading(40 * MB)}
+        m.handle(tick())
+        assert [("stop", "leak:leak")] == client.acts()
+
+    def test_max_unavailable_bounds_restarts_per_window(self):
+        """3 of 8 leaking, 25%: two restarted in the window, the third after it."""
+        m, client, meter, clock = make("-a", "16MB", infos=php_group())
+        meter.values = {200: Reading(40 * MB), 201: Reading(40 * MB), 202: Reading(40 * MB)}
+        m.handle(tick())
+        assert 2 == len(client.acts())
+        for i in (0, 1):
+            m.handle(state_event("php_mail", f"php_mail_{i}", "STOPPED", 200 + i))
+            m.handle(state_event("php_mail", f"php_mail_{i}", "RUNNING", 210 + i))
+        m.handle(tick())
+        assert 4 == len(client.acts())  # two stops, two starts; the third waits
+        clock.now += 61
+        m.handle(tick())
+        assert ("stop", "php_mail:php_mail_2") == client.acts()[-1]
+
+
+class TestUnreadableAndPruning:
+    def test_denied_processes_are_named_once_and_announced(self, capsys):
+        """Permission denied: one warning naming them, one ProcessesUnreadable on the bus."""
+        m, client, meter, _ = make("-a", "16MB")
+        meter.values = {101: Unreadable("denied", "Permission denied")}
+        m.handle(tick())
+        m.handle(tick())
+        err = capsys.readouterr().err
+        assert 1 == err.count("memmon.unreadable")
+        assert "web:web_1" in err
+        [msg] = client.bus("processes_unreadable")
+        assert ["web:web_1"] == msg["processes"]
+        meter.values = {}
+        m.handle(tick())
+        assert [] == client.bus("processes_unreadable")[-1]["processes"]
+
+    def test_a_removed_group_leaves_nothing_behind(self):
+        """PROCESS_GROUP_REMOVED drops the group's watches, held state and budget."""
+        m, _, meter, _ = make("-a", "16MB", infos=php_group())
+        meter.values = {200 + i: Reading(18 * MB) for i in range(8)}
+        m.handle(tick())
+        assert m.watches
+        assert m.guard.held
+        m.handle(group_removed("php_mail"))
+        assert ([], set()) == ([k for k in m.watches if k.startswith("php_mail:")], m.guard.held)
+
+    def test_reconcile_forgets_processes_gone_from_supervisord(self):
+        """A process missing from getAllProcessInfo loses its watch at the reconcile."""
+        m, client, _, _ = make("-a", "16MB")
+        m.handle(tick())
+        assert {"web:web_0", "web:web_1"} == set(m.watches)
+        client.infos = [info("web", "web_0", 100)]
+        m._reconcile()
+        assert {"web:web_0"} == set(m.watches)
 
 
 class TestMain:

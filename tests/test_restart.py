@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from listeners.core.restart import Restarter
+import pytest
+
+from listeners.core.restart import (
+    MassGuard,
+    RestartBudget,
+    Restarter,
+    looks_misconfigured,
+    parse_share,
+    restart_polling,
+)
 from listeners.core.supervisor import SupervisorError
 from tests.fakes import FakeClock, FakeSupervisor, InlineWorker, state_event
 
@@ -67,3 +76,50 @@ class TestRestarter:
         clock.now = 31
         r.check()
         assert ["stop", "process_info", "start"] == [c[0] for c in rpc.calls]
+
+
+class TestSafetyRules:
+    def test_parse_share_takes_a_count_or_a_share(self):
+        """'3' is a count, '25%' a share; 0, 0% and 150% are refused naming the value."""
+        assert (3, 0.0) == parse_share("3")
+        assert (0, 0.25) == parse_share("25%")
+        for bad in ("0", "0%", "150%", "x", ""):
+            with pytest.raises(ValueError, match=repr(bad)):
+                parse_share(bad)
+
+    def test_budget_allows_a_share_of_a_group_per_window(self):
+        """25% of 8 is two distinct processes per window; a group of one may still restart."""
+        clock = FakeClock(0.0)
+        budget = RestartBudget(0, 0.25, 60.0, clock=clock)
+        assert [True, True, False] == [budget.take("g", 8, f"g:{i}") for i in range(3)]
+        assert budget.take("g", 8, "g:0")  # the same process again: --max-restarts' business
+        assert budget.take("solo", 1, "solo:0")
+        clock.now += 60
+        assert budget.take("g", 8, "g:2")
+
+    def test_a_count_budget_ignores_group_size(self):
+        """--max-unavailable 1 means one at a time however big the group."""
+        budget = RestartBudget(1, 0.0, 60.0, clock=FakeClock(0.0))
+        assert [True, False] == [budget.take("g", 100, f"g:{i}") for i in range(2)]
+
+    def test_mass_guard_holds_groups_mostly_over_once(self):
+        """5 of 8 over is held (reported once); 4 of 8, or 1 of 1, is not."""
+        guard = MassGuard()
+        rows = {"php": [(18, 16)] * 5 + [(4, 16)] * 3, "leak": [(40, 16)]}
+        held, new, resumed = guard.check(rows)
+        assert ({"php"}, ["php"], []) == (held, [o.group for o in new], resumed)
+        assert (5, 8, 18, 16) == (new[0].over, new[0].judged, new[0].median_bytes, 16)
+        held, new, _ = guard.check(rows)
+        assert ({"php"}, []) == (held, new)
+        held, new, resumed = guard.check({"php": [(18, 16)] * 4 + [(4, 16)] * 4})
+        assert (set(), ["php"]) == (held, resumed)
+        assert not looks_misconfigured(1, 1)
+
+
+class TestRestartPolling:
+    def test_stop_poll_start(self):
+        """Without state events: stop, poll until stopped, then start."""
+        rpc = FakeSupervisor({"g:a": running("g:a")})
+        stopped = lambda _s: rpc.processes["g:a"].update(statename="STOPPED")  # noqa: E731
+        restart_polling(rpc, "g:a", sleep=stopped)  # type: ignore[arg-type]
+        assert ["stop", "process_info", "process_info", "start"] == [c for c, _ in rpc.calls]

@@ -50,3 +50,15 @@ class TestProcessTable:
         e = make_event("PROCESS_GROUP_REMOVED", "groupname:g\n")
         t.apply_group(e)  # type: ignore[arg-type]
         assert ["h:b"] == [r.full_name for r in t]
+
+
+class TestPruning:
+    def test_removed_keys_are_reported_for_owners_maps(self):
+        """apply_group returns the removed keys; reconcile lists what it dropped."""
+        table = ProcessTable()
+        table.reconcile([{"group": "a", "name": "a_0"}, {"group": "b", "name": "b_0"}])
+        table.reconcile([{"group": "a", "name": "a_0"}])
+        assert ["b:b_0"] == table.removed
+        event = make_event("PROCESS_GROUP_REMOVED", "groupname:a\n")
+        assert ["a:a_0"] == table.apply_group(event)  # type: ignore[arg-type]
+        assert 0 == len(table)

@@ -66,6 +66,7 @@ class FakeSupervisor:
         fail_update: int = 0,
         states: list[str] | None = None,
         ignore: bool = False,
+        stop_polls: int = 1,
     ) -> None:
         self.home = home
         self.down = down
@@ -75,6 +76,8 @@ class FakeSupervisor:
         self.groups = {p.stem for p in (home / "tasks").glob("*.conf")}
         self.calls: list[tuple[str, Any]] = []
         self.polls = 0
+        self.stop_polls = stop_polls  # how many polls a stopping group stays STOPPING
+        self.stopping: dict[str, int] = {}
 
     def state(self) -> str:
         self.calls.append(("state", None))
@@ -85,11 +88,15 @@ class FakeSupervisor:
     def all_process_info(self) -> list[dict[str, Any]]:
         state = self.states[min(self.polls, len(self.states) - 1)]
         self.polls += 1
+        for g, left in self.stopping.items():
+            self.stopping[g] = left - 1
         return [
             {
                 "group": g,
                 "name": g,
-                "statename": state,
+                "statename": state
+                if g not in self.stopping
+                else ("STOPPING" if self.stopping[g] >= 0 else "STOPPED"),
                 "pid": 100,
                 "spawnerr": "can't find command" if state == "FATAL" else "",
                 "exitstatus": 0,
@@ -97,6 +104,10 @@ class FakeSupervisor:
             }
             for g in sorted(self.groups)
         ]
+
+    def stop_group(self, group: str, *, wait: bool = True) -> None:
+        self.calls.append(("stop_group", (group, wait)))
+        self.stopping[group] = self.stop_polls
 
     def update(self, only: Any = None) -> dict[str, list[str]]:
         wanted = sorted(only or [])
@@ -532,3 +543,93 @@ class TestListAndCheck:
         assert [("indexer", True), ("mailer", True), ("reports", False)] == [
             (t.name, t.enabled) for t in discover(layout)
         ]
+
+
+class TestSlowStopsAndBrokenFiles:
+    def tool(self, home: Path, fake: FakeSupervisor, *args: str) -> tasks.Tool:
+        opts = tasks.parse_args(["-c", str(home / "supervisord.conf"), *args])
+        clock = FakeClock()
+        layout = load_layout(home / "supervisord.conf")
+        return tasks.Tool(opts, layout, fake, io.StringIO(), io.StringIO(), clock, clock.sleep)
+
+    def test_disable_waits_as_long_as_the_stop_takes(self, home):
+        """stopwaitsecs=30: the group is stopped without waiting on one RPC, polled until
+        STOPPED (here 20 s), then removed; no rollback."""
+        (home / "tasks" / "mailer.conf").write_text(prog("mailer", "stopwaitsecs=30\n"))
+        fake = FakeSupervisor(home, stop_polls=80)
+        tool = self.tool(home, fake, "disable", "mailer")
+        assert 0 == tool.cmd_toggle(enable=False)
+        assert ("stop_group", ("mailer", False)) in fake.calls
+        assert (home / "tasks_disabled" / "mailer.conf").is_file()
+        assert {"indexer"} == fake.groups
+        assert "moved back" not in tool.err.getvalue()
+
+    def test_a_stop_longer_than_stopwaitsecs_is_still_stopping_not_rolled_back(self, home):
+        """Past stopwaitsecs + margin: 'still stopping', exit 3, the file stays disabled."""
+        (home / "tasks" / "mailer.conf").write_text(prog("mailer", "stopwaitsecs=2\n"))
+        fake = FakeSupervisor(home, stop_polls=10_000)
+        tool = self.tool(home, fake, "disable", "mailer")
+        assert 3 == tool.cmd_toggle(enable=False)
+        err = tool.err.getvalue()
+        assert "mailer:mailer still stopping after 7s" in err
+        assert "refused" not in err
+        assert (home / "tasks_disabled" / "mailer.conf").is_file()
+        assert [] == [c for c in fake.calls if c[0] == "update"]
+
+    def test_a_rollback_never_overwrites_a_newer_file(self, home):
+        """A conf written at the old place meanwhile is kept, and so is the moved one."""
+        fake = FakeSupervisor(home, fail_update=1)
+        tool = self.tool(home, fake, "disable", "mailer")
+        original = fake.update
+
+        def update(only: Any = None) -> dict[str, list[str]]:
+            (home / "tasks" / "mailer.conf").write_text(prog("mailer", "numprocs=1\n"))
+            return original(only)
+
+        fake.update = update  # type: ignore[method-assign]
+        assert 1 == tool.cmd_toggle(enable=False)
+        assert "numprocs=1" in (home / "tasks" / "mailer.conf").read_text()
+        assert (home / "tasks_disabled" / "mailer.conf").is_file()
+        assert "a newer" in tool.err.getvalue()
+
+    def test_a_broken_file_is_named_in_every_toggle_and_nothing_moves(self, home):
+        """A broken tasks/ file blocks enable/disable of others with an error naming it."""
+        (home / "tasks" / "indexer.conf").write_text("[program:indexer\ncommand=/bin/true\n")
+        fake = FakeSupervisor(home)
+        for args in (("enable", "reports"), ("disable", "mailer")):
+            code, _out, err = run(home, fake, *args)
+            assert 1 == code
+            assert f"error: {home}/tasks/indexer.conf is broken" in err
+            assert "supervisor-tasks disable indexer" in err
+        assert (home / "tasks" / "mailer.conf").is_file()
+        assert [] == [c for c in fake.calls if c[0] == "update"]
+
+    def test_the_broken_file_itself_can_be_disabled(self, home):
+        """Disabling the broken file is the way out, so it is allowed."""
+        (home / "tasks" / "indexer.conf").write_text("[program:indexer\ncommand=/bin/true\n")
+        code, _, err = run(home, FakeSupervisor(home), "disable", "indexer")
+        assert (0, "") == (code, err)
+        assert (home / "tasks_disabled" / "indexer.conf").is_file()
+
+    def test_list_shows_a_broken_file_as_broken(self, home):
+        """list and list --json say broken, with the problem at its line."""
+        import json
+
+        (home / "tasks" / "indexer.conf").write_text("[program:indexer\ncommand=/bin/true\n")
+        _, out, _ = run(home, FakeSupervisor(home), "list")
+        assert f"indexer  enabled BROKEN  {home}/tasks/indexer.conf" in out
+        _, out, _ = run(home, FakeSupervisor(home), "list", "--json")
+        [row] = [t for t in json.loads(out)["tasks"] if t["name"] == "indexer"]
+        assert row["broken"]
+        assert row["problems"][0].startswith(f"{home}/tasks/indexer.conf:1: ")
+
+    def test_a_missing_bracket_is_one_problem_at_its_line(self, home):
+        """check reports a missing ']' once, on the header's line, not once per key."""
+        (home / "tasks" / "indexer.conf").write_text(
+            "[program:indexer\ncommand=/bin/true\nnumprocs=1\n"
+        )
+        code, _, err = run(home, FakeSupervisor(home), "check")
+        assert 1 == code
+        lines = [ln for ln in err.splitlines() if "indexer.conf" in ln]
+        assert [f"supervisor-tasks: {home}/tasks/indexer.conf:1: cannot parse section header"
+                " '[program:indexer': it lacks its closing ']'"] == lines  # fmt: skip

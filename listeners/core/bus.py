@@ -20,9 +20,12 @@ __all__ = [
     "MemoryLimits",
     "MemoryRestart",
     "Message",
+    "ProcessesUnreadable",
+    "RestartsHeld",
     "RestartsExhausted",
     "decode",
     "encode",
+    "hint_for",
 ]
 
 MEMMON_TYPE = "listeners.memmon"
@@ -116,7 +119,60 @@ class HealthStatus:
     backoff_seconds: dict[str, float]
 
 
-Message = MemoryLimits | MemoryRestart | RestartsExhausted | ProcessHung | Backoff | HealthStatus
+@dataclass(frozen=True)
+class RestartsHeld:
+    """memmon held every restart of ``group``: ``over`` of ``judged`` processes were over their
+    limit at once (median ``median_bytes``), which says the measure or the ceiling is wrong."""
+
+    host: str
+    group: str
+    over: int
+    judged: int
+    median_bytes: int
+    limit_bytes: int
+    measure: str = "rss"
+    at_start: bool = False
+
+    def describe(self) -> str:
+        """'32 of 32 php_mail over 16.0MiB rss (median 18.1MiB): nothing restarted; ...'."""
+        return (
+            f"{self.over} of {self.judged} {self.group} over {_mib(self.limit_bytes)}"
+            f" {self.measure} (median {_mib(self.median_bytes)}): nothing restarted;"
+            f" {hint_for(self.measure)}"
+        )
+
+
+def hint_for(measure: str) -> str:
+    """What to try when most processes are over a ceiling at once."""
+    if measure == "rss":
+        return "the measure or the ceiling looks wrong - try --measure pss"
+    return "the ceiling looks wrong for this workload - raise it or check the workers"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class ProcessesUnreadable:
+    """memmon cannot read the memory of these processes (``reason`` denied): they are not
+    judged. ``processes`` lists ``group:name``; sent when the set changes (empty: all read)."""
+
+    host: str
+    processes: list[str]
+    reason: str = "denied"
+
+
+Message = (
+    MemoryLimits
+    | MemoryRestart
+    | RestartsExhausted
+    | RestartsHeld
+    | ProcessesUnreadable
+    | ProcessHung
+    | Backoff
+    | HealthStatus
+)
 _KINDS: dict[str, type[Message]] = {
     "memory_limits": MemoryLimits,
     "memory_restart": MemoryRestart,
@@ -124,7 +180,19 @@ _KINDS: dict[str, type[Message]] = {
     "process_hung": ProcessHung,
     "backoff": Backoff,
     "health_status": HealthStatus,
+    "restarts_held": RestartsHeld,
+    "processes_unreadable": ProcessesUnreadable,
 }
+_INTEGERS = (
+    "pid",
+    "measured_bytes",
+    "limit_bytes",
+    "restarts",
+    "over",
+    "judged",
+    "median_bytes",
+    "failures",
+)
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
 
@@ -153,7 +221,7 @@ def decode(text: str) -> Message:
     if missing:
         raise ValueError(f"bus message {body['kind']} lacks {', '.join(missing)}")
     kwargs = {n: body[n] for n in names if n in body}
-    for key in ("pid", "measured_bytes", "limit_bytes", "restarts", "failures"):
+    for key in _INTEGERS:
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
     if "limits" in kwargs:
@@ -163,6 +231,11 @@ def decode(text: str) -> Message:
         ):
             raise ValueError("bus message field limits must map names to integers")
     _check_numbers(kwargs)
+    if "processes" in kwargs and not (
+        isinstance(kwargs["processes"], list)
+        and all(isinstance(p, str) for p in kwargs["processes"])
+    ):
+        raise ValueError("bus message field processes must be a list of names")
     return cls(**kwargs)
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import socket
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from listeners.core.supervisor import Connection, SupervisorError
@@ -18,6 +18,7 @@ __all__ = [
     "arg_type",
     "connection_from_args",
     "hostname",
+    "join_dash_values",
 ]
 
 T = TypeVar("T")
@@ -112,3 +113,29 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Let ``-a -5MB`` reach the size parser (argparse would take -5MB for a flag)."""
+    takes_value = {
+        s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings
+    } - {s for a in parser._actions if a.nargs == 0 for s in a.option_strings}
+    known = {s for a in parser._actions for s in a.option_strings}
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if (
+            token in takes_value
+            and nxt is not None
+            and nxt.startswith("-")
+            and nxt.split("=")[0] not in known
+        ):
+            out.append(f"{token}={nxt}" if token.startswith("--") else token + nxt)
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out

@@ -7,16 +7,27 @@ is sent with wait=False from a worker thread, and the start follows the STOPPED/
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from listeners.core.background import Submitter
 from listeners.core.log import get_logger
 from listeners.core.protocol import ProcessStateEvent
 from listeners.core.supervisor import Supervisor, SupervisorError
 
-__all__ = ["Restarter"]
+__all__ = [
+    "MASS_MIN_PROCESSES",
+    "MassGuard",
+    "Overage",
+    "RestartBudget",
+    "Restarter",
+    "looks_misconfigured",
+    "parse_share",
+    "restart_polling",
+]
 
 log = get_logger("listeners.restart")
 
@@ -108,3 +119,155 @@ class Restarter:
             return
         if info.get("statename") in _STOPPED_STATES and self._forget(name):
             self._start(name)
+
+
+def restart_polling(
+    client: Supervisor,
+    name: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    timeout: float = 600.0,
+) -> None:
+    """Stop, poll until stopped, start: for a listener that sees no PROCESS_STATE events.
+
+    Polls rather than ``stop(wait=True)``: a stop may outlast the RPC timeout. Blocks; run it
+    on a thread of its own. Raises SupervisorError.
+    """
+    client.stop(name, wait=False)
+    deadline = clock() + timeout
+    while clock() < deadline:
+        if client.process_info(name).get("statename") in _STOPPED_STATES:
+            break
+        sleep(0.25)
+    client.start(name, wait=False)
+
+
+# --------------------------------------------------------------------------- safety rules
+
+
+def parse_share(text: str) -> tuple[int, float]:
+    """``25%`` -> (0, 0.25), ``3`` -> (3, 0.0): a count or a share of a group (1..100%)."""
+    raw = text.strip()
+    error = ValueError(
+        f"invalid value {text!r}: expected a count of 1 or more (e.g. 2) or a share"
+        " of a group between 1% and 100% (e.g. 25%)"
+    )
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(int(raw))
+    except ValueError:
+        raise error from None
+    if raw.endswith("%"):
+        if not 0 < value <= 1:
+            raise error
+        return 0, value
+    if value < 1:
+        raise error
+    return int(value), 0.0
+
+
+class RestartBudget:
+    """At most ``allowed(size)`` distinct processes of a group restarted within ``window``
+    seconds (Kubernetes' maxUnavailable). A group whose processes all leak at once is restarted
+    a few at a time, so a bad ceiling never takes a whole group down together; one process
+    restarted again is ``--max-restarts``' business, not this budget's.
+    """
+
+    def __init__(
+        self,
+        count: int = 0,
+        share: float = 0.25,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.count = count
+        self.share = share
+        self.window = window
+        self.clock = clock
+        self._spent: dict[str, dict[str, float]] = {}  # group -> process -> last restart
+
+    def allowed(self, size: int) -> int:
+        """How many of a group of ``size`` may restart within one window (at least one)."""
+        if self.count:
+            return self.count
+        return max(1, int(size * self.share))
+
+    def in_window(self, group: str) -> dict[str, float]:
+        now = self.clock()
+        recent = {k: t for k, t in self._spent.get(group, {}).items() if now - t < self.window}
+        if recent:
+            self._spent[group] = recent
+        else:
+            self._spent.pop(group, None)
+        return recent
+
+    def take(self, group: str, size: int, process: str = "") -> bool:
+        """Spend one restart of ``process`` in ``group`` (of ``size``); False when none is left."""
+        recent = self.in_window(group)
+        if process not in recent and len(recent) >= self.allowed(size):
+            return False
+        self._spent.setdefault(group, {})[process or f"#{len(recent)}"] = self.clock()
+        return True
+
+    def forget(self, group: str) -> None:
+        self._spent.pop(group, None)
+
+    @property
+    def label(self) -> str:
+        amount = str(self.count) if self.count else f"{self.share * 100:g}%"
+        return f"{amount} per {self.window:g}s"
+
+
+#: A group this small is never held as a whole: one leaker of one or two is just a leak.
+MASS_MIN_PROCESSES = 4
+
+
+def looks_misconfigured(over: int, judged: int, *, most: float = 0.5) -> bool:
+    """True when more than ``most`` of at least MASS_MIN_PROCESSES judged processes are over:
+    that is a ceiling or a measure that does not fit the workload, not that many leaks."""
+    return judged >= MASS_MIN_PROCESSES and over > judged * most
+
+
+@dataclass(frozen=True)
+class Overage:
+    """A group held whole: ``over`` of ``judged`` over their limits, median use, lowest limit."""
+
+    group: str
+    over: int
+    judged: int
+    median_bytes: int
+    limit_bytes: int
+
+
+class MassGuard:
+    """Holds every restart of a group while most of it is over its limit at once."""
+
+    def __init__(self, most: float = 0.5) -> None:
+        self.most = most
+        self.held: set[str] = set()
+
+    def check(
+        self, rows: Mapping[str, Sequence[tuple[int, int]]]
+    ) -> tuple[set[str], list[Overage], list[str]]:
+        """``group -> [(measured, limit)]`` of one check -> (held now, newly held, resumed)."""
+        held: set[str] = set()
+        new: list[Overage] = []
+        resumed: list[str] = []
+        for group, pairs in rows.items():
+            over = sum(1 for used, limit in pairs if used > limit)
+            if not looks_misconfigured(over, len(pairs), most=self.most):
+                if group in self.held:
+                    self.held.discard(group)
+                    resumed.append(group)
+                continue
+            held.add(group)
+            if group not in self.held:
+                self.held.add(group)
+                median = int(statistics.median(used for used, _ in pairs))
+                limit = min(limit for _, limit in pairs)
+                new.append(Overage(group, over, len(pairs), median, limit))
+        return held, new, resumed
+
+    def forget(self, groups: Iterable[str]) -> None:
+        self.held.difference_update(groups)

@@ -53,6 +53,8 @@ class ProcessTable:
         self.clock = clock
         self.ignore = frozenset(ignore)
         self._records: dict[str, ProcessRecord] = {}
+        #: ``group:name`` of the records the last reconcile dropped (for owners' own maps).
+        self.removed: list[str] = []
 
     def __iter__(self) -> Iterator[ProcessRecord]:
         return iter(list(self._records.values()))
@@ -98,7 +100,8 @@ class ProcessTable:
             # only EXITED and STOPPED (after a run) report a real one; otherwise keep ours.
             if state in ("EXITED", "STOPPED") and start:
                 record.exit_status = int(info.get("exitstatus") or 0)
-        for key in set(self._records) - seen:
+        self.removed = sorted(set(self._records) - seen)
+        for key in self.removed:
             del self._records[key]
         return changed
 
@@ -134,11 +137,14 @@ class ProcessTable:
         record.changed_at = now
         return record
 
-    def apply_group(self, event: ProcessGroupEvent) -> None:
-        """A removed group's processes go away; an added group waits for its state events."""
+    def apply_group(self, event: ProcessGroupEvent) -> list[str]:
+        """A removed group's processes go away (returned); an added group waits for events."""
+        gone: list[str] = []
         if not event.added:
-            for key in [k for k, r in self._records.items() if r.group == event.groupname]:
+            gone = [k for k, r in self._records.items() if r.group == event.groupname]
+            for key in gone:
                 del self._records[key]
+        return gone
 
     def set_exit_status(self, name: str, status: int) -> None:
         record = self._records.get(name)

@@ -34,6 +34,17 @@ def scan_sections(path: Path, text: str) -> tuple[list[Section], list[Problem]]:
         if match:
             raw.append((match["name"].strip(), number, {}))
             continue
+        if stripped.startswith("["):
+            # One problem at its line, and the keys below still belong to it.
+            problems.append(
+                Problem(
+                    path,
+                    f"cannot parse section header {stripped!r}: it lacks its closing ']'",
+                    line=number,
+                )
+            )
+            raw.append((stripped[1:].strip(), number, {}))
+            continue
         key = KEY_RE.match(stripped)
         if key is None:
             problems.append(Problem(path, f"cannot parse line {stripped!r}", line=number))
@@ -60,6 +71,18 @@ def _values(path: Path, text: str) -> dict[str, dict[str, str]]:
     return {s: dict(parser.items(s)) for s in parser.sections()}
 
 
+def _parse_problems(path: Path, text: str) -> list[Problem]:
+    """What supervisord's own parser refuses in a file the line scan found clean."""
+    from supervisor.options import UnhosedConfigParser
+
+    try:
+        UnhosedConfigParser().read_string(text, str(path))
+    except configparser.Error as exc:
+        line: int | None = getattr(exc, "lineno", None)
+        return [Problem(path, f"supervisord cannot parse it: {exc}".splitlines()[0], line=line)]
+    return []
+
+
 def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -75,10 +98,13 @@ def discover(layout: Layout) -> list[Task]:
     for directory, enabled in ((layout.tasks_dir, True), (layout.disabled_dir, False)):
         for path in layout.task_files(directory):
             try:
-                sections, _ = scan_sections(path, read_text(path))
-            except ConfError:
-                sections = []
-            tasks.append(Task(_stem(path), path, enabled, tuple(sections)))
+                text = read_text(path)
+                sections, problems = scan_sections(path, text)
+            except ConfError as exc:
+                sections, problems = [], [Problem(path, str(exc))]
+            if not problems:
+                problems = _parse_problems(path, text)
+            tasks.append(Task(_stem(path), path, enabled, tuple(sections), tuple(problems)))
     return tasks
 
 

@@ -130,6 +130,12 @@ class Task:
     path: Path
     enabled: bool
     sections: tuple[Section, ...]
+    #: Syntax problems that make supervisord refuse to reread while the file is in tasks/.
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problems)
 
     @property
     def programs(self) -> list[Section]:

@@ -230,11 +230,12 @@ class TestSafety:
 
 class TestScale:
     def test_fifty_workers_restarted_at_once_all_come_back(self, supervisord, tmp_path):
-        """50 leakers over the limit together are all restarted and all come back RUNNING."""
+        """50 leakers over the limit together are all restarted and all come back RUNNING
+        (with --max-unavailable 100%: the mass-restart guard is off)."""
         log = tmp_path / "memmon.log"
         sup = supervisord(
             program("leaky", "leak --mb-per-s 64 --stop-at-mb 20", numprocs=50)
-            + memmon_conf("-a 16MB --interval 0.5 --max-restarts 1/1h", log)
+            + memmon_conf("-a 16MB --interval 0.5 --max-restarts 1/1h --max-unavailable 100%%", log)
         )
         wait_for(lambda: started(log), what="memmon started")
         names = [k for k in pids(sup) if k.startswith("leaky:")]

@@ -196,3 +196,41 @@ class TestListAndCheck:
         assert "files moved but not applied" in err
         assert (stack.dir / "tasks_disabled" / "indexer.conf").is_file()
         assert not (stack.dir / "tasks" / "indexer.conf").exists()
+
+
+class TestSlowStopsAndBrokenFiles:
+    def test_disable_of_a_stop_longer_than_the_rpc_timeout_is_done_not_rolled_back(self, stack):
+        """stopwaitsecs 10, a 4 s stop, --rpc-timeout 2: the worker stops, its group is removed
+        and the file stays disabled (no 'refused', no rollback)."""
+        slow = program("slow", extra="stopwaitsecs=10\n").replace(
+            f"{WORKER} steady", f"{WORKER} slow-stop --delay 4"
+        )
+        (stack.dir / "tasks_disabled" / "slow.conf").write_text(slow)
+        assert 0 == run(stack, "enable", "slow", "--wait")[0]
+
+        code, out, err = run(stack, "--rpc-timeout", "2", "disable", "slow")
+
+        assert (0, "") == (code, err)
+        assert "removed group(s) slow" in out
+        assert "slow" not in groups(stack)
+        assert (stack.dir / "tasks_disabled" / "slow.conf").is_file()
+        assert not (stack.dir / "tasks" / "slow.conf").exists()
+
+    def test_a_broken_file_in_tasks_is_named_and_blocks_nothing_silently(self, stack):
+        """A missing ']' in tasks/: enable of another task names the file and moves nothing;
+        list shows it BROKEN; disabling the broken file itself works."""
+        (stack.dir / "tasks" / "broken.conf").write_text("[program:broken\ncommand=/bin/true\n")
+        before = groups(stack)
+
+        code, _, err = run(stack, "enable", "reports")
+
+        assert 1 == code
+        assert f"{stack.dir}/tasks/broken.conf is broken" in err
+        assert "supervisor-tasks disable broken" in err
+        assert before == groups(stack)
+        assert (stack.dir / "tasks_disabled" / "reports.conf").is_file()
+        _, out, _ = run(stack, "list")
+        assert f"broken  enabled BROKEN  {stack.dir}/tasks/broken.conf" in out
+        assert 0 == run(stack, "disable", "broken")[0]
+        assert 0 == run(stack, "enable", "reports")[0]
+        assert "reports" in groups(stack)

@@ -1,0 +1,132 @@
+"""memmon and real PHP workers (Debian's php8.2-cli) under a real supervisord.
+
+An idle PHP worker has ~18 MB RSS (the interpreter's shared libraries) but ~4.5 MB PSS with
+32 siblings: the shipped conf measures PSS, and memmon's guard holds a ceiling that would
+restart a whole group at once.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.support import Supervisord, wait_for
+from tests.e2e.test_memmon_e2e import bus_conf, memmon_conf, messages, pids, started
+
+pytestmark = pytest.mark.skipif(shutil.which("php") is None, reason="php-cli is not installed")
+
+ROOT = Path(__file__).parents[2]
+SHIPPED = ROOT / "example" / "docker" / "supervisord" / "listeners.d" / "memmon.conf"
+IDLE = "php -d memory_limit=16M -r 'while (true) { sleep(1); }'"
+# A queue worker whose command line names a listener, and whose memory grows past any
+# memory_limit (memory_limit=-1): 2 MB every 0.1 s up to 48 MB, then it holds.
+ARTISAN = """<?php
+$hoard = [];
+while (true) {
+    if (count($hoard) < 24) { $hoard[] = str_repeat('x', 2 * 1024 * 1024); }
+    usleep(100000);
+}
+"""
+
+
+def php_group(name: str, command: str, numprocs: int) -> str:
+    return f"""
+        [program:{name}]
+        command={command}
+        numprocs={numprocs}
+        process_name=%(program_name)s_%(process_num)02d
+        startsecs=1
+        autorestart=true
+        stopwaitsecs=5
+        """
+
+
+def shipped_memmon(log: Path) -> str:
+    """The example's [eventlistener:memmon] exactly, with the venv's console script."""
+    text = SHIPPED.read_text()
+    command = re.search(r"^command=(.*)$", text, re.M)
+    assert command is not None
+    script = Path(sys.executable).with_name("supervisor-memmon")
+    return f"""
+        [eventlistener:memmon]
+        command={command.group(1).replace("supervisor-memmon", str(script), 1)}
+        events=PROCESS_STATE,TICK_5
+        buffer_size=1024
+        startsecs=1
+        stderr_logfile={log}
+        stderr_logfile_maxbytes=0
+        """
+
+
+def log_events(log: Path, name: str) -> int:
+    return log.read_text().count(f'"event": "{name}"') if log.exists() else 0
+
+
+class TestPhpWorkers:
+    def test_32_idle_php_workers_on_rss_are_held_and_said_so(self, supervisord, tmp_path):
+        """-a 16MB --measure rss over 32 idle PHP workers: nothing restarted, one alert, one
+        start-up warning that the ceiling looks wrong."""
+        log, bus_out = tmp_path / "memmon.log", tmp_path / "bus.txt"
+        sup = supervisord(
+            php_group("php_mail", IDLE, 32)
+            + memmon_conf("-a 16MB --measure rss --interval 0.5", log)
+            + bus_conf(bus_out)
+        )
+        names = [f"php_mail:php_mail_{i:02d}" for i in range(32)]
+        sup.wait_all("RUNNING", names=names, timeout=60)
+        wait_for(lambda: started(log), what="memmon started")
+        held = wait_for(
+            lambda: [m for m in messages(bus_out) if m["kind"] == "restarts_held"],
+            30,
+            what="restarts_held on the bus",
+        )
+        before = pids(sup)
+        time.sleep(3)  # six more checks at 0.5 s, every worker still over 16 MB RSS
+        assert 1 == len([m for m in messages(bus_out) if m["kind"] == "restarts_held"])
+        assert ("php_mail", 32) == (held[0]["group"], held[0]["judged"])
+        assert held[0]["over"] >= 17
+        assert [] == [m for m in messages(bus_out) if m["kind"] == "memory_restart"]
+        after = pids(sup)
+        assert [] == [n for n in names if before[n] != after[n]]
+        assert 1 == log_events(log, "memmon.restarts_held")
+        assert "try --measure pss" in log.read_text()
+
+    def test_the_shipped_conf_leaves_idle_php_alone_and_restarts_the_leaker(
+        self, supervisord, tmp_path
+    ):
+        """The example's memmon line (PSS): 32 idle PHP workers and the listeners keep their
+        pids for 60 s; a leaking worker whose command line names a listener is restarted."""
+        log, bus_out = tmp_path / "memmon.log", tmp_path / "bus.txt"
+        (tmp_path / "artisan").write_text(ARTISAN)
+        queue = f"php -d memory_limit=-1 {tmp_path}/artisan queue:work --queue crashmail"
+        sup: Supervisord = supervisord(
+            php_group("php_mail", IDLE, 32)
+            + php_group("crashmail_queue", queue, 1)
+            + shipped_memmon(log)
+            + bus_conf(bus_out)
+        )
+        names = [f"php_mail:php_mail_{i:02d}" for i in range(32)]
+        sup.wait_all("RUNNING", names=names, timeout=60)
+        wait_for(lambda: started(log), what="memmon started")
+        begun = time.monotonic()
+        before = pids(sup)
+        leaker = "crashmail_queue:crashmail_queue_00"
+        wait_for(lambda: pids(sup)[leaker] not in (0, before[leaker]), 40, what="leaker restart")
+        time.sleep(max(0.0, 60 - (time.monotonic() - begun)))
+        after = pids(sup)
+        restarts = [m for m in messages(bus_out) if m["kind"] == "memory_restart"]
+        assert {"crashmail_queue"} == {m["group"] for m in restarts}
+        assert "pss" == restarts[0]["measure"]
+        assert [] == [n for n in names if before[n] != after[n]]
+        for key in ("memmon:memmon", "busrec:busrec"):
+            assert before[key] == after[key]
+        limits = [m for m in messages(bus_out) if m["kind"] == "memory_limits"][-1]["limits"]
+        assert "busrec:busrec" not in limits
+        assert leaker in limits
+        assert [] == [m for m in messages(bus_out) if m["kind"] == "restarts_held"]
+        assert 0 == log_events(log, "memmon.listeners_unknown")
