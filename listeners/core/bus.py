@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = [
+    "ACTIONS_TYPE",
     "MEMMON_TYPE",
+    "ActionPerformed",
     "MemoryLimits",
     "MemoryRestart",
     "Message",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 MEMMON_TYPE = "listeners.memmon"
+#: The event type of actions taken by hand (the exporter's status page).
+ACTIONS_TYPE = "listeners.actions"
 SCHEMA_VERSION = 1
 
 
@@ -63,11 +67,28 @@ class RestartsExhausted:
     limit_bytes: int
 
 
-Message = MemoryLimits | MemoryRestart | RestartsExhausted
-_KINDS: dict[str, type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted]] = {
+@dataclass(frozen=True)
+class ActionPerformed:
+    """Someone acted on a process by hand: ``action`` (restart, stop, start, enable, disable)
+    of ``group:name`` by ``user`` from ``source`` (e.g. "status page")."""
+
+    host: str
+    group: str
+    name: str
+    action: str
+    user: str
+    source: str = "status page"
+
+
+Message = MemoryLimits | MemoryRestart | RestartsExhausted | ActionPerformed
+_KINDS: dict[
+    str,
+    type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted] | type[ActionPerformed],
+] = {
     "memory_limits": MemoryLimits,
     "memory_restart": MemoryRestart,
     "restarts_exhausted": RestartsExhausted,
+    "action_performed": ActionPerformed,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -100,6 +121,9 @@ def decode(text: str) -> Message:
     for key in ("pid", "measured_bytes", "limit_bytes", "restarts"):
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
+    for key in ("action", "user", "source", "group", "name"):
+        if cls is ActionPerformed and key in kwargs and not isinstance(kwargs[key], str):
+            raise ValueError(f"bus message field {key} must be a string")
     if "limits" in kwargs:
         limits = kwargs["limits"]
         if not isinstance(limits, dict) or not all(

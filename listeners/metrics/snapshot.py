@@ -26,6 +26,12 @@ class ProcessView(NamedTuple):
     memory_limit: int | None
     memory_restarts: int
     crash_looping: bool
+    #: Exits supervisord expected (``exitcodes=``): planned, e.g. a queue worker's max jobs.
+    planned_exits: int = 0
+    #: memmon announced it stopped restarting this process (restarts exhausted).
+    memory_gave_up: bool = False
+    #: When the exporter last saw the state change (unix time), 0 when unknown.
+    changed_at: float = 0.0
 
     @property
     def full_name(self) -> str:
