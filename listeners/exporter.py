@@ -26,6 +26,7 @@ from listeners.core.crashloop import DEFAULT_LOOP
 from listeners.core.log import configure, get_logger
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
+from listeners.metrics.history import History
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
 
@@ -60,6 +61,7 @@ class Config:
     reconcile_interval: float | None
     log_level: str
     grafana_url: str | None = None
+    history_step: float = 15.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -131,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         " replaced, e.g. https://grafana/d/abc/workers?var-group={group}&var-name={name}",
     )
     parser.add_argument(
+        "--history-step",
+        default=15.0,
+        type=cli.arg_type(parse_interval, "interval"),
+        metavar="DURATION",
+        help="how often the status page's memory chart samples each process; an hour of"
+        " samples is kept (default: 15s)",
+    )
+    parser.add_argument(
         "--loop",
         default=DEFAULT_LOOP,
         type=cli.arg_type(parse_rate, "rate"),
@@ -167,6 +177,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         reconcile_interval=args.reconcile_interval,
         log_level=args.log_level,
         grafana_url=args.grafana_url,
+        history_step=args.history_step,
     )
 
 
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(str(exc))
     # The exporter lists itself like any process (it never acts on itself: see actions).
     me = self_name()
-    state = ExporterState(loop=config.loop)
+    state = ExporterState(loop=config.loop, history=History(step=config.history_step))
     reader = ProcReader()
     site = build_site(config, web_config, state, reader, me)
     try:

@@ -139,7 +139,7 @@ def _row_html(r: Row, now: float, viewer: Viewer) -> str:
         f"<td>{p.unexpected_exits}</td><td>{p.memory_restarts}</td><td>{probe}</td>"
         f"<td>{p.planned_exits}</td><td>{_last_exit(r)}</td>"
         f"<td class=trouble>{e(trouble)}</td>"
-        + (f"<td>{_forms(p.full_name, viewer, '/')}</td>" if viewer.operator else "")
+        + (f"<td class=acts>{_forms(p.full_name, viewer, '/')}</td>" if viewer.operator else "")
         + "</tr>"
     )
 
@@ -219,8 +219,12 @@ def memory_chart(
         return "<p class=muted>no memory samples yet</p>"
     top = max([m for _, m in samples] + [limit or 0]) * 1.1 or 1.0
 
+    # The x axis runs from the oldest sample kept (at most ``span`` ago) to now.
+    start = max(now - span, min(at for at, _ in samples))
+    shown = max(now - start, 60.0)
+
     def x(at: float) -> float:
-        return round(width * (1 - (now - at) / span), 1)
+        return round(width * (1 - (now - at) / shown), 1)
 
     def y(mem: float) -> float:
         return round(height * (1 - mem / top), 1)
@@ -238,6 +242,7 @@ def memory_chart(
         ' role=img aria-label="memory over the last hour">'
         f"<rect class=frame x=0 y=0 width={width} height={height}/>{ceiling}"
         f'<polyline class=mem points="{points}"/>'
+        f"<text x=4 y={height - 4}>{e(format_uptime(shown))} ago</text>"
         f"<text x={width - 4} y=12 text-anchor=end>now {e(format_size(last))},"
         f" peak {e(format_size(max(m for _, m in samples)))}</text></svg>"
     )

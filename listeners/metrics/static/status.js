@@ -66,7 +66,7 @@
   }
 
   function forms(full) {
-    const td = el("td");
+    const td = el("td", null, "acts");
     for (const action of ACTIONS) {
       const form = el("form", null, "act");
       form.method = "post";
@@ -126,7 +126,11 @@
       : "supervisord is unreachable";
     up.className = doc.supervisord.up ? "" : "down";
     document.getElementById("nprocs").textContent = String(doc.processes.length);
-    document.getElementById("when").textContent = new Date(doc.time * 1000).toLocaleString();
+    const t = new Date(doc.time * 1000);
+    const two = (x) => String(x).padStart(2, "0");
+    document.getElementById("when").textContent =
+      t.getFullYear() + "-" + two(t.getMonth() + 1) + "-" + two(t.getDate()) + " " +
+      two(t.getHours()) + ":" + two(t.getMinutes()) + ":" + two(t.getSeconds());
     const body = document.createElement("tbody");
     for (const p of doc.processes) body.appendChild(row(p));
     table.replaceChild(body, table.tBodies[0]);
