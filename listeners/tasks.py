@@ -17,49 +17,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError
 from listeners.taskfiles.check import (
-    duplicate_problems,
-    group_error,
-    parser_for,
-    validate_file,
     validate_layout,
 )
-from listeners.taskfiles.files import discover, resolve
+from listeners.taskfiles.files import discover
 from listeners.taskfiles.layout import (
     ConfError,
     Layout,
-    NameRefused,
-    Problem,
     Task,
     default_conf,
     load_layout,
 )
+from listeners.taskfiles.toggle import (
+    EXIT_FAILED,
+    EXIT_NOT_APPLIED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Client,
+    Toggle,
+)
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_APPLIED", "EXIT_OK", "EXIT_USAGE", "Options", "main"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_APPLIED = 3
 
 _FAILED_STATES = {"FATAL", "EXITED", "UNKNOWN"}
-
-
-class Client(Protocol):
-    """What this tool needs from supervisord (listeners.core.supervisor.Supervisor has it)."""
-
-    def state(self) -> str: ...
-    def all_process_info(self) -> list[dict[str, Any]]: ...
-    def update(self, only: Sequence[str] | None = None) -> dict[str, list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -313,138 +302,20 @@ class Tool:
     # ------------------------------------------------------------------ enable / disable
 
     def cmd_toggle(self, enable: bool) -> int:
-        tasks = discover(self.layout)
+        toggle = Toggle(self.layout, self.client, say=self.say, warn=self.warn)
+        outcome = toggle.run(self.opts.names, enable, apply=self.opts.apply)
+        if not (outcome.applied and enable and self.opts.wait):
+            return outcome.code
+        autostart = {g for t in outcome.chosen for g in t.autostart_groups()}
         try:
-            chosen = resolve(self.opts.names, tasks)
-        except NameRefused as exc:
-            self.warn(f"error: {exc}")
-            return EXIT_USAGE
-        verb = "enabled" if enable else "disabled"
-        to_move = [t for t in chosen if t.enabled != enable]
-        for task in chosen:
-            if task.enabled == enable:
-                self.say(f"{task.name}: already {verb} ({task.path}); nothing to move")
-        if enable and to_move:
-            problems = self._enable_problems(tasks, to_move)
-            if problems:
-                for problem in problems:
-                    self.warn(str(problem))
-                self.warn(
-                    "error: not enabled: "
-                    + ", ".join(t.name for t in to_move)
-                    + " (fix the conf, then run again; nothing was moved)"
-                )
-                return EXIT_FAILED
-        try:
-            moved = self._move_all(to_move, enable)
-        except OSError as exc:
-            self.warn(f"error: cannot move: {exc}; nothing was moved")
+            return self._wait_running(list(outcome.groups), autostart)
+        except SupervisorError as exc:
+            self.warn(f"error: applied, but could not watch the processes start: {exc}")
             return EXIT_FAILED
-        for task, dest in moved:
-            self.say(f"{task.name}: moved {task.path} -> {dest}")
-        if not self.opts.apply:
-            self.say("not applied (--no-apply): supervisord picks it up at its next reread")
-            return EXIT_OK
-        return self._apply(chosen, moved, enable)
 
-    def _apply(self, chosen: list[Task], moved: list[tuple[Task, Path]], enable: bool) -> int:
-        """reread + update the groups of ``chosen``; roll ``moved`` back if supervisord refuses."""
-        groups = [g for t in chosen for g in t.groups]
-        if not groups:
-            return EXIT_OK
-        try:
-            self.client.state()
-        except SupervisorError as exc:
-            if not moved:
-                self.warn(f"warning: nothing moved, and supervisord not checked: {exc}")
-                return EXIT_OK
-            self.warn(
-                f"warning: files moved but not applied: {exc}. supervisord will pick the change"
-                " up when it starts, or run `supervisorctl reread && supervisorctl update`"
-            )
-            return EXIT_NOT_APPLIED
-        try:
-            done = self.client.update(only=groups)
-            self._verify(groups, present=enable)
-        except SupervisorError as exc:
-            self._rollback(moved, groups)
-            self.warn(f"error: supervisord refused the change, files moved back: {exc}")
-            return EXIT_FAILED
-        for kind in ("removed", "added", "changed"):
-            if done.get(kind):
-                self.say(f"supervisord: {kind} group(s) {', '.join(done[kind])}")
-        if enable and self.opts.wait:
-            autostart = {g for t in chosen for g in t.autostart_groups()}
-            try:
-                return self._wait_running(groups, autostart)
-            except SupervisorError as exc:
-                self.warn(f"error: applied, but could not watch the processes start: {exc}")
-                return EXIT_FAILED
-        return EXIT_OK
-
-    def _enable_problems(self, tasks: list[Task], to_move: list[Task]) -> list[Problem]:
-        """What is wrong with the files about to run: their own conf and clashes with others."""
-        problems = []
-        for task in to_move:
-            problems += validate_file(self.layout, task.path)
-            if (self.layout.tasks_dir / task.path.name).exists():
-                problems.append(
-                    Problem(task.path, f"{self.layout.tasks_dir / task.path.name} already exists")
-                )
-        if problems:
-            return problems
-        staying = [t.path for t in tasks if t.enabled]
-        incoming = [t.path for t in to_move]
-        active = [self.layout.conf, *self.layout.other_included_files(), *staying, *incoming]
-        problems = duplicate_problems(active, candidates=incoming)
-        if not problems:
-            error = group_error(self.layout, parser_for(self.layout, active))
-            if error is not None:
-                problems.append(Problem(self.layout.conf, f"with these tasks enabled: {error}"))
-        return problems
-
-    def _move_all(self, tasks: list[Task], enable: bool) -> list[tuple[Task, Path]]:
-        """Rename each file; on any failure put back the ones already moved and re-raise."""
-        target = self.layout.tasks_dir if enable else self.layout.disabled_dir
-        if tasks:
-            target.mkdir(parents=True, exist_ok=True)
-        moved: list[tuple[Task, Path]] = []
-        try:
-            for task in tasks:
-                dest = target / task.path.name
-                if dest.exists():
-                    raise FileExistsError(f"{dest} already exists; refusing to overwrite it")
-                os.rename(task.path, dest)  # atomic within one filesystem
-                moved.append((task, dest))
-        except OSError:
-            for task, dest in reversed(moved):
-                os.rename(dest, task.path)
-            raise
-        return moved
-
-    def _verify(self, groups: list[str], *, present: bool) -> None:
-        """Raise if supervisord's groups do not match the move (e.g. it runs another conf)."""
-        live = {i["group"] for i in self.client.all_process_info()}
-        wrong = [g for g in groups if (g in live) != present]
-        if wrong:
-            how = "still has" if not present else "did not add"
-            raise SupervisorError(
-                f"after reread and update supervisord {how} group(s) {', '.join(wrong)}; is it"
-                f" running with {self.layout.conf}?"
-            )
-
-    def _rollback(self, moved: list[tuple[Task, Path]], groups: list[str]) -> None:
-        for task, dest in reversed(moved):
-            try:
-                os.rename(dest, task.path)
-                self.warn(f"{task.name}: moved back {dest} -> {task.path}")
-            except OSError as exc:
-                self.warn(f"error: could not move {dest} back to {task.path}: {exc}")
-        try:
-            # Bring supervisord back in line with the restored files (re-add what was removed).
-            self.client.update(only=groups)
-        except SupervisorError as exc:
-            self.warn(f"warning: could not re-sync supervisord after the rollback: {exc}")
+    def _move_all(self, chosen: list[Task], enable: bool) -> list[tuple[Task, Path]]:
+        toggle = Toggle(self.layout, self.client, say=self.say, warn=self.warn)
+        return toggle._move_all(chosen, enable)
 
     def _wait_running(self, groups: list[str], autostart: set[str]) -> int:
         deadline = self.clock() + self.opts.wait_timeout
