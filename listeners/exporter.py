@@ -62,6 +62,7 @@ class Config:
     log_level: str
     grafana_url: str | None = None
     history_step: float = 15.0
+    tasks_conf: Path | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         " replaced, e.g. https://grafana/d/abc/workers?var-group={group}&var-name={name}",
     )
     parser.add_argument(
+        "--tasks-conf",
+        metavar="FILE",
+        help="the supervisord.conf whose tasks/ and tasks_disabled/ the status page lists;"
+        " operators can enable and disable them there (the same code as supervisor-tasks)",
+    )
+    parser.add_argument(
         "--history-step",
         default=15.0,
         type=cli.arg_type(parse_interval, "interval"),
@@ -178,6 +185,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         log_level=args.log_level,
         grafana_url=args.grafana_url,
         history_step=args.history_step,
+        tasks_conf=Path(args.tasks_conf) if args.tasks_conf else None,
     )
 
 
@@ -306,6 +314,41 @@ TAIL_TIMEOUT = 3.0
 TAIL_BYTES = 4096
 
 
+class PageTasks:
+    """supervisor-tasks' enable/disable for the status page (``actions.TaskControl``)."""
+
+    def __init__(self, conf: Path, client: Supervisor) -> None:
+        self.conf = conf
+        self.client = client
+
+    def _layout(self) -> Any:
+        from listeners.taskfiles.layout import load_layout
+
+        return load_layout(self.conf)
+
+    def names(self) -> list[tuple[str, bool]]:
+        from listeners.taskfiles.files import discover
+        from listeners.taskfiles.layout import ConfError
+
+        try:
+            return [(t.name, t.enabled) for t in discover(self._layout())]
+        except (ConfError, OSError) as exc:
+            log.warning("exporter.tasks_unreadable", conf=str(self.conf), error=str(exc))
+            return []
+
+    def toggle(self, name: str, enable: bool) -> tuple[bool, str]:
+        from listeners.taskfiles.layout import ConfError
+        from listeners.taskfiles.toggle import EXIT_OK, Toggle
+
+        lines: list[str] = []
+        try:
+            toggle = Toggle(self._layout(), self.client, say=lines.append, warn=lines.append)
+            outcome = toggle.run([name], enable)
+        except (ConfError, OSError) as exc:
+            return False, str(exc)
+        return outcome.code == EXIT_OK, "; ".join(lines)
+
+
 def build_site(
     config: Config, web_config: Any, state: ExporterState, reader: ProcReader, me: str | None
 ) -> Any:
@@ -323,6 +366,9 @@ def build_site(
             tls=web_config.tls is not None,
             history=state.history,
             self_name=me,
+            tasks=PageTasks(config.tasks_conf, Supervisor(config.connection))
+            if config.tasks_conf
+            else None,
         )
     return Site(
         state=state,

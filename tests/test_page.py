@@ -408,3 +408,61 @@ class TestHTTP:
 def test_bcrypt_is_available_for_web_configs():
     """The web config's hashes are bcrypt (the e2e test writes real ones)."""
     assert bcrypt.checkpw(b"pw", bcrypt.hashpw(b"pw", bcrypt.gensalt(4)))
+
+
+class FakeTasks:
+    def __init__(self) -> None:
+        self.state = {"mailer": True, "reports": False}
+        self.calls: list[tuple[str, bool]] = []
+
+    def names(self) -> list[tuple[str, bool]]:
+        return sorted(self.state.items())
+
+    def toggle(self, name: str, enable: bool) -> tuple[bool, str]:
+        self.calls.append((name, enable))
+        self.state[name] = enable
+        return True, f"{name}: moved"
+
+
+class TestTaskActions:
+    def test_an_operator_disables_a_task_and_it_is_announced(self):
+        """disable runs the tasks core for that task and publishes the action on the bus."""
+        tasks = FakeTasks()
+        actions, rpc, _ = make_actions(tasks=tasks)
+        form = {"csrf": actions.viewer("op").csrf or "", "action": "disable", "task": "mailer"}
+        assert "disable of task mailer requested" == actions.perform("op", GOOD, form, KNOWN)
+        assert [("mailer", False)] == tasks.calls
+        sent = bus.decode(rpc.calls[-1][1][1])
+        assert isinstance(sent, bus.ActionPerformed)
+        assert ("disable", "mailer", "op") == (sent.action, sent.name, sent.user)
+
+    @pytest.mark.parametrize(
+        ("tasks", "task", "code"), [(None, "mailer", 400), (FakeTasks(), "ghost", 404)]
+    )
+    def test_unknown_tasks_or_no_tasks_conf_are_refused(self, tasks, task, code):
+        """No --tasks-conf: 400; a task that is not there: 404; nothing runs."""
+        actions, rpc, _ = make_actions(tasks=tasks)
+        form = {"csrf": actions.viewer("op").csrf or "", "action": "enable", "task": task}
+        with pytest.raises(Refused) as info:
+            actions.perform("op", GOOD, form, KNOWN)
+        assert code == info.value.code
+        assert [] == rpc.calls
+
+    def test_a_viewer_cannot_toggle_tasks(self):
+        """A viewer's enable is refused before anything moves."""
+        tasks = FakeTasks()
+        actions, _, _ = make_actions(tasks=tasks)
+        form = {"csrf": Csrf(b"k" * 32).token("viewer"), "action": "enable", "task": "reports"}
+        with pytest.raises(Refused, match="viewer"):
+            actions.perform("viewer", GOOD, form, KNOWN)
+        assert [] == tasks.calls
+
+    def test_tasks_are_listed_with_forms_for_operators_only(self):
+        """The page lists tasks; the operator gets enable/disable, a viewer only the states."""
+        tasks = FakeTasks().names()
+        op = render_status_page(MIXED, USAGES, "http://x/", NOW, Viewer("op", "t"), tasks=tasks)
+        assert '<button name=action value="disable">disable</button>' in op
+        assert '<button name=action value="enable">enable</button>' in op
+        viewer = render_status_page(MIXED, USAGES, "http://x/", NOW, Viewer("v"), tasks=tasks)
+        assert 'data-task="reports"' in viewer
+        assert "<form" not in viewer

@@ -24,7 +24,7 @@ from listeners.core.supervisor import SupervisorError
 from listeners.metrics.history import History
 from listeners.metrics.page import ACTIONS, Viewer
 
-__all__ = ["ActionRPC", "Actions", "Csrf", "Refused"]
+__all__ = ["TASK_ACTIONS", "ActionRPC", "Actions", "Csrf", "Refused", "TaskControl"]
 
 log = get_logger("listeners.exporter.actions")
 
@@ -44,6 +44,21 @@ class ActionRPC(Protocol):
     def start(self, name: str, *, wait: bool = False) -> bool: ...
     def stop(self, name: str, *, wait: bool = False) -> bool: ...
     def send_remote_comm(self, type_: str, data: str) -> None: ...
+
+
+class TaskControl(Protocol):
+    """supervisor-tasks' enable/disable, given by the exporter (wings do not import wings)."""
+
+    def names(self) -> list[tuple[str, bool]]:
+        """Every task and whether it is enabled."""
+        ...
+
+    def toggle(self, name: str, enable: bool) -> tuple[bool, str]:
+        """Enable or disable one task, applied to supervisord: (ok, what happened)."""
+        ...
+
+
+TASK_ACTIONS = ("enable", "disable")
 
 
 class Csrf:
@@ -81,8 +96,10 @@ class Actions:
         worker: Worker | None = None,
         host: str | None = None,
         run: Callable[[Callable[[], None]], None] | None = None,
+        tasks: TaskControl | None = None,
     ) -> None:
         self.rpc = rpc
+        self.tasks = tasks
         self.operators = operators
         self.auth = auth
         self.tls = tls
@@ -138,6 +155,8 @@ class Actions:
         """Check and queue one action; returns what was done, for the answer page."""
         operator = self.authorize(user, headers, form.get("csrf", ""))
         action, name = form.get("action", ""), form.get("process", "")
+        if action in TASK_ACTIONS:
+            return self._task(operator, action, form.get("task", ""))
         if action not in ACTIONS:
             raise Refused(400, f"unknown action {action!r}: expected one of {', '.join(ACTIONS)}")
         if name not in known:
@@ -149,6 +168,34 @@ class Actions:
             self.history.record(name, "action", f"{action} requested by {operator} (status page)")
         self._run(lambda: self._execute(operator, action, name))
         return f"{action} of {name} requested"
+
+    def _task(self, user: str, action: str, task: str) -> str:
+        tasks = self.tasks
+        if tasks is None:
+            raise Refused(400, "tasks are not managed here: start the exporter with --tasks-conf")
+        if task not in {name for name, _ in tasks.names()}:
+            raise Refused(404, f"no task {task!r} in tasks/ or tasks_disabled/")
+        log.info("exporter.action", user=user, action=action, task=task)
+
+        def run() -> None:
+            ok, text = tasks.toggle(task, action == "enable")
+            log.info(
+                "exporter.task_toggled", user=user, action=action, task=task, ok=ok, result=text
+            )
+            if ok:
+                self._announce(user, action, task, task)
+
+        self._run(run)
+        return f"{action} of task {task} requested"
+
+    def _announce(self, user: str, action: str, group: str, name: str) -> None:
+        message = bus.ActionPerformed(
+            host=self.host, group=group, name=name, action=action, user=user
+        )
+        try:
+            self.rpc.send_remote_comm(bus.ACTIONS_TYPE, bus.encode(message))
+        except SupervisorError as exc:
+            log.info("exporter.action_not_announced", error=str(exc))
 
     def _execute(self, user: str, action: str, name: str) -> None:
         try:
@@ -164,10 +211,4 @@ class Actions:
                 self.history.record(name, "action", f"{action} by {user} failed: {exc}")
             return
         group, _, proc = name.partition(":")
-        message = bus.ActionPerformed(
-            host=self.host, group=group, name=proc, action=action, user=user
-        )
-        try:
-            self.rpc.send_remote_comm(bus.ACTIONS_TYPE, bus.encode(message))
-        except SupervisorError as exc:
-            log.info("exporter.action_not_announced", error=str(exc))
+        self._announce(user, action, group, proc)

@@ -144,6 +144,30 @@ def _row_html(r: Row, now: float, viewer: Viewer) -> str:
     )
 
 
+def render_tasks(tasks: list[tuple[str, bool]], viewer: Viewer) -> str:
+    """The tasks of tasks/ and tasks_disabled/, with enable/disable for operators."""
+    if not tasks:
+        return ""
+    items = []
+    for name, enabled in tasks:
+        action = "disable" if enabled else "enable"
+        form = (
+            f'<form method=post action="/action" class=act>'
+            f'<input type=hidden name=csrf value="{e(viewer.csrf or "")}">'
+            f'<input type=hidden name=task value="{e(name)}">'
+            f'<input type=hidden name=back value="/">'
+            f'<button name=action value="{action}">{action}</button></form>'
+            if viewer.operator
+            else ""
+        )
+        state = "enabled" if enabled else "disabled"
+        items.append(
+            f'<tr data-task="{e(name)}"><td>{e(name)}</td><td class=t-{state}>{state}</td>'
+            f"<td>{form}</td></tr>"
+        )
+    return "<h2>tasks</h2><table id=tasks><tbody>" + "".join(items) + "</tbody></table>"
+
+
 def render_counts(counts: dict[str, int | None]) -> str:
     items = []
     for key, label in COUNTS:
@@ -175,6 +199,7 @@ def render_status_page(
     dashboard_url: str,
     now: float | None = None,
     viewer: Viewer | None = None,
+    tasks: list[tuple[str, bool]] | None = None,
 ) -> str:
     """The HTML status page; every piece of text from supervisord is escaped."""
     viewer = viewer or Viewer()
@@ -206,6 +231,7 @@ def render_status_page(
         page_head(f"{ident} status", viewer, refresh=True)
         + body
         + (grid if snap.up else "")
+        + render_tasks(tasks or [], viewer)
         + "</body></html>\n"
     )
 

@@ -90,8 +90,14 @@ def handle_get(site: Site, path: str, user: str | None) -> Response | None:
     """Answer a page route, or None when ``path`` is not one of ours."""
     if path == "/":
         snap, usages = sample(site.state, site.reader)
+        tasks = site.actions.tasks if site.actions else None
         body = page.render_status_page(
-            snap, usages, site.dashboard_url, site.clock(), site.viewer(user)
+            snap,
+            usages,
+            site.dashboard_url,
+            site.clock(),
+            site.viewer(user),
+            tasks=tasks.names() if tasks else None,
         )
         return Response(200, HTML, body.encode())
     if path == "/api/status":

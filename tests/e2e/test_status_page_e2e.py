@@ -138,17 +138,21 @@ class Browser:
             self.proc.kill()
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Supervisord, int]]:
-    port = free_port()
-    conf_dir = Path(tempfile.mkdtemp(prefix="sl-page-"))
-    web = conf_dir / "web.yml"
+def web_config(path: Path) -> Path:
     hashes = {u: bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode() for u, p in USERS.items()}
-    web.write_text(
+    path.write_text(
         "basic_auth_users:\n"
         + "".join(f"  {u}: '{h}'\n" for u, h in hashes.items())
         + "operators: [op]\n"
     )
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[Supervisord, int]]:
+    port = free_port()
+    conf_dir = Path(tempfile.mkdtemp(prefix="sl-page-"))
+    web = web_config(conf_dir / "web.yml")
     programs = textwrap.dedent(f"""
         [program:steady]
         command={PYTHON} {WORKER} steady
@@ -375,3 +379,44 @@ class TestHostileNames:
         if os.environ.get("SAVE_SCREENSHOT"):
             shutil.copy(shot, ROOT / "docs" / "status-page.png")
             shutil.copy(detail, ROOT / "docs" / "status-process.png")
+
+
+def task(name: str) -> str:
+    return f"[program:{name}]\ncommand={PYTHON} {WORKER} steady\nstartsecs=0\nstopwaitsecs=2\n"
+
+
+class TestTasks:
+    def test_an_operator_disables_and_enables_tasks_from_the_page(self, supervisord, browser):
+        """disable moves mailer out and supervisord drops it; enable brings reports up."""
+        port = free_port()
+        sup: Supervisord = supervisord("", start=False)
+        web = web_config(sup.dir / "web.yml")
+        exporter = textwrap.dedent(f"""
+            [eventlistener:exporter]
+            command={PYTHON} -m listeners.exporter --web.listen-address 127.0.0.1:{port}
+                --web.config.file {web} --tasks-conf {sup.conf} --reconcile-interval 1s
+            events={EVENTS}
+            buffer_size=1024
+            environment=PYTHONPATH="{ROOT}"
+            """)
+        sup.write_conf(exporter, "[include]\nfiles = tasks/*.conf\n")
+        for sub in ("tasks", "tasks_disabled"):
+            (sup.dir / sub).mkdir()
+        (sup.dir / "tasks" / "mailer.conf").write_text(task("mailer"))
+        (sup.dir / "tasks_disabled" / "reports.conf").write_text(task("reports"))
+        sup.start()
+        wait_for(lambda: http(port, "/healthz", "op")[0] == 200, 30, what="exporter serving")
+
+        def groups() -> set[str]:
+            return {i["group"] for i in sup.client.all_process_info()}
+
+        browser.as_user("op")
+        browser.goto(f"http://127.0.0.1:{port}/")
+        browser.eval("document.querySelector('tr[data-task=mailer] button[value=disable]').click()")
+        wait_for(lambda: "mailer" not in groups(), 30, what="mailer removed")
+        assert (sup.dir / "tasks_disabled" / "mailer.conf").is_file()
+        wait_for(lambda: browser.eval("document.readyState") == "complete", 20)
+        browser.goto(f"http://127.0.0.1:{port}/")
+        browser.eval("document.querySelector('tr[data-task=reports] button[value=enable]').click()")
+        wait_for(lambda: sup.state("reports:reports") == "RUNNING", 30, what="reports running")
+        assert (sup.dir / "tasks" / "reports.conf").is_file()
