@@ -1,7 +1,7 @@
 """Scrape latency and supervisord CPU per scrape: supervisor-exporter vs node_exporter.
 
     python bench/exporter.py [--workers 256,1000] [--scrapes 30]
-    python bench/exporter.py --page [--workers 1000] [--scrapes 30]
+    python bench/exporter.py --page [--workers 1000] [--scrapes 30] [--render-only]
 
 With ``--page``: the status page (``/``) and its JSON (``/api/status``) against supervisord's
 own 8080 dashboard at the same number of workers, over HTTP, plus the pure render time of the
@@ -260,9 +260,15 @@ def main() -> None:
     parser.add_argument("--workers", default="256,1000")
     parser.add_argument("--scrapes", type=int, default=30)
     parser.add_argument("--page", action="store_true", help="the status page and its JSON")
+    parser.add_argument(
+        "--render-only", action="store_true", help="with --page: only the in-process render"
+    )
     args = parser.parse_args()
     for n in (int(x) for x in args.workers.split(",")):
-        if args.page:
+        if args.page and args.render_only:
+            local = render_in_process(n)
+            print(f"{n} processes: page {local['page']:.2f} ms, JSON {local['json']:.2f} ms")
+        elif args.page:
             run_page(n, args.scrapes)
         else:
             run(n, args.scrapes)

@@ -260,6 +260,7 @@ class TestActions:
             (None, GOOD, "op", "is a viewer"),
             ("op", {"Host": HOST, "Origin": "http://evil.example"}, "op", "cross-origin"),
             ("op", {"Host": HOST, "Referer": "http://evil.example/"}, "op", "Referer"),
+            ("op", {"Host": HOST, "Origin": "null", "Referer": f"http://{HOST}/"}, "op", "null"),
             ("op", {"Host": HOST}, "op", "neither Origin nor Referer"),
             ("op", GOOD, "", "CSRF token"),
             ("op", GOOD, "viewer", "CSRF token"),

@@ -133,7 +133,8 @@ class Actions:
         want = expected_origin(headers.get("Host"), self.tls)
         origin = headers.get("Origin")
         referer = headers.get("Referer")
-        if origin is not None and origin != "null":
+        if origin is not None:
+            # "null" comes from sandboxed frames and privacy redirects: not this page.
             if origin != want:
                 raise Refused(403, f"cross-origin request refused: Origin {origin} is not {want}")
         elif referer is not None:
