@@ -334,7 +334,7 @@ def render_process_page(
     return (
         head + f'<body data-role="{"operator" if viewer.operator else "read-only"}">'
         f'<p><a href="/">&larr; all processes</a> &middot; {" &middot; ".join(links)}</p>'
-        f"<h1>{e(full_name)}</h1>"
+        f"<main id=detail><h1>{e(full_name)}</h1>"
         + (f"<div class=actions>{forms}</div>" if forms else "")
         + facts
         + "<h2>memory, last hour</h2>"
@@ -343,5 +343,5 @@ def render_process_page(
         + event_table
         + "<h2>stderr tail</h2>"
         + tail
-        + "</body></html>\n"
+        + "</main></body></html>\n"
     )

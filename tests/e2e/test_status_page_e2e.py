@@ -247,6 +247,25 @@ class TestLive:
         assert "yes" == browser.eval("window.sameDocument")
         assert 0 == browser.eval("document.querySelectorAll('#procs form').length")
 
+    def test_a_process_page_follows_a_crash_without_a_reload(self, stack, browser):
+        """One process's page swaps in its new pid and the exit event in the same document."""
+        sup, port = stack
+        browser.as_user("viewer")
+        browser.goto(f"http://127.0.0.1:{port}/process/victim:victim")
+        pid = "document.querySelector('#detail dl.facts dd:nth-of-type(2)').textContent"
+        before = pid_of(sup, "victim:victim")
+        wait_for(lambda: browser.eval(pid) == str(before), 20, what="pid shown")
+        browser.eval("window.sameDocument = 'yes'")
+        os.kill(before, signal.SIGKILL)
+        after = wait_for(
+            lambda: (p := pid_of(sup, "victim:victim")) and p != before and p, 20, what="respawn"
+        )
+        wait_for(lambda: browser.eval(pid) == str(after), 30, what="new pid on the page")
+        assert "yes" == browser.eval("window.sameDocument")
+        assert "exited unexpectedly" in browser.eval(
+            "document.querySelector('table.events').textContent"
+        )
+
     def test_the_exporter_and_fatal_are_listed_fatal_first(self, stack, browser):
         """Every process is a row, the exporter included, the FATAL one first with its count."""
         _, port = stack

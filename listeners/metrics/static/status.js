@@ -4,6 +4,27 @@
 (function () {
   const PERIOD_MS = 2000;
   const table = document.getElementById("procs");
+  const detail = document.getElementById("detail");
+  if (detail) {
+    // One process's page: fetch it again and swap its <main> in place (parsed, never run).
+    const refresh = async () => {
+      try {
+        const resp = await fetch(location.href, { cache: "no-store", credentials: "same-origin" });
+        if (resp.ok) {
+          const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+          const fresh = doc.getElementById("detail");
+          const current = document.getElementById("detail");
+          if (fresh && current) current.replaceWith(document.adoptNode(fresh));
+          document.body.dataset.updated = String(Date.now());
+        }
+      } catch (err) {
+        document.body.dataset.error = String(err);
+      }
+      setTimeout(refresh, 5000);
+    };
+    setTimeout(refresh, 5000);
+    return;
+  }
   if (!table) return;
   const operator = document.body.dataset.role === "operator";
   const tokenMeta = document.querySelector('meta[name="csrf-token"]');
