@@ -247,7 +247,7 @@ def memory_chart(
 
     # The x axis runs from the oldest sample kept (at most ``span`` ago) to now.
     start = max(now - span, min(at for at, _ in samples))
-    shown = max(now - start, 60.0)
+    shown = max(now - start, 1.0)
 
     def x(at: float) -> float:
         return round(width * (1 - (now - at) / shown), 1)
@@ -257,7 +257,7 @@ def memory_chart(
 
     points = " ".join(f"{x(at)},{y(m)}" for at, m in samples)
     ceiling = (
-        f'<line class=ceiling x1=0 x2={width} y1="{y(limit)}" y2="{y(limit)}"/>'
+        f'<line class="ceiling" x1="0" x2="{width}" y1="{y(limit)}" y2="{y(limit)}"/>'
         f'<text x=4 y="{max(10.0, y(limit) - 3)}">ceiling {e(format_size(limit))}</text>'
         if limit
         else ""
@@ -266,7 +266,7 @@ def memory_chart(
     return (
         f'<svg class=chart viewBox="0 0 {width} {height}" width={width} height={height}'
         ' role=img aria-label="memory over the last hour">'
-        f"<rect class=frame x=0 y=0 width={width} height={height}/>{ceiling}"
+        f'<rect class="frame" x="0" y="0" width="{width}" height="{height}"/>{ceiling}'
         f'<polyline class=mem points="{points}"/>'
         f"<text x=4 y={height - 4}>{e(format_uptime(shown))} ago</text>"
         f"<text x={width - 4} y=12 text-anchor=end>now {e(format_size(last))},"

@@ -390,8 +390,14 @@ class TestHostileNames:
         shot = tmp_path / "status.png"
         browser.screenshot(shot)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        browser.goto(f"http://127.0.0.1:{port}/process/victim:victim")
-        assert 1 == browser.eval("document.querySelectorAll('svg.chart polyline').length")
+        chart = "document.querySelector('svg.chart > polyline.mem')"
+
+        def drawn() -> bool:
+            browser.goto(f"http://127.0.0.1:{port}/process/victim:victim")
+            return bool(browser.eval(f"{chart} && {chart}.getBBox().width > 0"))
+
+        wait_for(drawn, 20, what="a memory line drawn in the chart")
+        assert browser.eval("document.querySelector('svg.chart > line.ceiling') !== null")
         assert "grafana.example" in browser.eval("document.body.innerHTML")
         detail = tmp_path / "process.png"
         browser.screenshot(detail)
