@@ -1,6 +1,11 @@
 """Scrape latency and supervisord CPU per scrape: supervisor-exporter vs node_exporter.
 
     python bench/exporter.py [--workers 256,1000] [--scrapes 30]
+    python bench/exporter.py --page [--workers 1000] [--scrapes 30] [--render-only]
+
+With ``--page``: the status page (``/``) and its JSON (``/api/status``) against supervisord's
+own 8080 dashboard at the same number of workers, over HTTP, plus the pure render time of the
+page and the JSON in this process (no HTTP, no /proc).
 
 For each worker count, one real supervisord (unix socket plus an inet_http_server on
 loopback, since node_exporter speaks http:// only) runs N tiny workers and our exporter as
@@ -159,13 +164,114 @@ def run(n: int, scrapes: int) -> None:
         sup.cleanup()
 
 
+def render_in_process(n: int, rounds: int = 30) -> dict[str, float]:
+    """Median ms to render the page and the JSON from a snapshot of ``n`` processes."""
+    from listeners.metrics.api import status_json
+    from listeners.metrics.page import Viewer, render_status_page
+    from listeners.metrics.snapshot import ProcessView, Snapshot, Usage
+
+    now = time.time()
+    procs = tuple(
+        ProcessView(
+            "w",
+            f"w_{i:04d}",
+            "RUNNING" if i % 50 else "BACKOFF",
+            1000 + i,
+            now - i,
+            None,
+            i % 7,
+            i % 3,
+            0,
+            16 << 20,
+            i % 2,
+            i % 97 == 0,
+            i % 11,
+        )
+        for i in range(n)
+    )
+    snap = Snapshot(True, "4.3.0", "bench", procs, 0, 0, 0)
+    usages = {p.full_name: Usage((8 << 20) + i, 1.0) for i, p in enumerate(procs)}
+    viewer = Viewer("op", "0" * 64)
+    out = {}
+    for label, fn in (
+        ("page", lambda: render_status_page(snap, usages, "http://x/", now, viewer)),
+        ("json", lambda: status_json(snap, usages, now)),
+    ):
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[label] = statistics.median(times) * 1000
+    return out
+
+
+def run_page(n: int, requests: int) -> None:
+    http_port, exp_port = free_port(), free_port()
+    sup = Supervisord(
+        f"""
+        [program:w]
+        command=sleep 1000000
+        numprocs={n}
+        process_name=%(program_name)s_%(process_num)04d
+        startsecs=0
+
+        [eventlistener:exporter]
+        command={PYTHON} -m listeners.exporter --web.listen-address 127.0.0.1:{exp_port}
+        events=PROCESS_STATE,PROCESS_GROUP,TICK_60,REMOTE_COMMUNICATION,SUPERVISOR_STATE_CHANGE
+        buffer_size=4096
+        environment=PYTHONPATH="{ROOT}"
+        """,
+        extra_conf=f"""
+        [inet_http_server]
+        port=127.0.0.1:{http_port}
+        """,
+    )
+    sup.conf.write_text(sup.conf.read_text().replace("minfds=1024", "minfds=8192"))
+    try:
+        sup.start(timeout=180)
+        sup.wait_all("RUNNING", timeout=300)
+        assert sup.proc is not None
+        base = f"http://127.0.0.1:{exp_port}"
+        wait_for(
+            lambda: f'name="w_{n - 1:04d}",state="RUNNING"}} 1' in fetch(base + "/metrics"), 120
+        )
+        page = measure(base + "/", sup.proc.pid, requests)
+        api = measure(base + "/api/status", sup.proc.pid, requests)
+        dash = measure(f"http://127.0.0.1:{http_port}/", sup.proc.pid, requests)
+        local = render_in_process(n)
+        print(f"\n{n} workers, {requests} requests each (after 3 warm-up requests)")
+        print(f"{'':34}{'status page':>14}{'/api/status':>14}{'8080 dashboard':>16}")
+        for label, key in (
+            ("median request (ms)", "median_ms"),
+            ("p90 request (ms)", "p90_ms"),
+            ("supervisord CPU per request (ms)", "sup_cpu_ms"),
+        ):
+            print(f"{label:34}{page[key]:>14.2f}{api[key]:>14.2f}{dash[key]:>16.2f}")
+        sizes = (page["bytes"] / 1024, api["bytes"] / 1024, dash["bytes"] / 1024)
+        print(f"{'response size (KiB)':34}{sizes[0]:>14.1f}{sizes[1]:>14.1f}{sizes[2]:>16.1f}")
+        print(f"{'render in process (ms, median)':34}{local['page']:>14.2f}{local['json']:>14.2f}")
+    finally:
+        sup.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="256,1000")
     parser.add_argument("--scrapes", type=int, default=30)
+    parser.add_argument("--page", action="store_true", help="the status page and its JSON")
+    parser.add_argument(
+        "--render-only", action="store_true", help="with --page: only the in-process render"
+    )
     args = parser.parse_args()
     for n in (int(x) for x in args.workers.split(",")):
-        run(n, args.scrapes)
+        if args.page and args.render_only:
+            local = render_in_process(n)
+            print(f"{n} processes: page {local['page']:.2f} ms, JSON {local['json']:.2f} ms")
+        elif args.page:
+            run_page(n, args.scrapes)
+        else:
+            run(n, args.scrapes)
 
 
 if __name__ == "__main__":

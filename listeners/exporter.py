@@ -10,6 +10,7 @@ XML-RPC call: it copies the state under a lock and reads /proc for memory and CP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from listeners.core.crashloop import DEFAULT_LOOP
 from listeners.core.log import configure, get_logger
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
+from listeners.metrics.history import History
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
 
@@ -58,6 +60,9 @@ class Config:
     loop: tuple[int, float]
     reconcile_interval: float | None
     log_level: str
+    grafana_url: str | None = None
+    history_step: float = 15.0
+    tasks_conf: Path | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -79,6 +84,11 @@ def parse_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"invalid URL {text!r}: expected http://host:port/ or https://...")
+    return text
+
+
+def parse_grafana(text: str) -> str:
+    parse_url(text.replace("{group}", "g").replace("{name}", "n"))
     return text
 
 
@@ -118,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="supervisord's web dashboard, linked from the status page (default: %(default)s)",
     )
     parser.add_argument(
+        "--grafana-url",
+        type=cli.arg_type(parse_grafana, "URL"),
+        metavar="URL",
+        help="a Grafana panel linked from each process's page; {group} and {name} are"
+        " replaced, e.g. https://grafana/d/abc/workers?var-group={group}&var-name={name}",
+    )
+    parser.add_argument(
+        "--tasks-conf",
+        metavar="FILE",
+        help="the supervisord.conf whose tasks/ and tasks_disabled/ the status page lists;"
+        " operators can enable and disable them there (the same code as supervisor-tasks)",
+    )
+    parser.add_argument(
+        "--history-step",
+        default=15.0,
+        type=cli.arg_type(parse_interval, "interval"),
+        metavar="DURATION",
+        help="how often the status page's memory chart samples each process; an hour of"
+        " samples is kept (default: 15s)",
+    )
+    parser.add_argument(
         "--loop",
         default=DEFAULT_LOOP,
         type=cli.arg_type(parse_rate, "rate"),
@@ -153,6 +184,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         loop=loop,
         reconcile_interval=args.reconcile_interval,
         log_level=args.log_level,
+        grafana_url=args.grafana_url,
+        history_step=args.history_step,
+        tasks_conf=Path(args.tasks_conf) if args.tasks_conf else None,
     )
 
 
@@ -273,6 +307,94 @@ class ExporterHandler(protocol.Handler):
                 self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
 
 
+# --------------------------------------------------------------------------- page
+
+
+#: A short timeout and a bounded length for the stderr tail a page view fetches.
+TAIL_TIMEOUT = 3.0
+TAIL_BYTES = 4096
+
+
+class PageTasks:
+    """supervisor-tasks' enable/disable for the status page (``actions.TaskControl``)."""
+
+    def __init__(self, conf: Path, client: Supervisor) -> None:
+        self.conf = conf
+        self.client = client
+
+    def _layout(self) -> Any:
+        from listeners.taskfiles.layout import load_layout
+
+        return load_layout(self.conf)
+
+    def names(self) -> list[tuple[str, bool]]:
+        from listeners.taskfiles.files import discover
+        from listeners.taskfiles.layout import ConfError
+
+        try:
+            return [(t.name, t.enabled) for t in discover(self._layout())]
+        except (ConfError, OSError) as exc:
+            log.warning("exporter.tasks_unreadable", conf=str(self.conf), error=str(exc))
+            return []
+
+    def toggle(self, name: str, enable: bool) -> tuple[bool, str]:
+        from listeners.taskfiles.layout import ConfError
+        from listeners.taskfiles.toggle import EXIT_OK, Toggle
+
+        lines: list[str] = []
+        try:
+            toggle = Toggle(self._layout(), self.client, say=lines.append, warn=lines.append)
+            outcome = toggle.run([name], enable)
+        except (ConfError, OSError) as exc:
+            return False, str(exc)
+        return outcome.code == EXIT_OK, "; ".join(lines)
+
+
+def build_site(
+    config: Config, web_config: Any, state: ExporterState, reader: ProcReader, me: str | None
+) -> Any:
+    """The status page's routes, with actions only when the web config names operators."""
+    from listeners.metrics.actions import Actions
+    from listeners.metrics.routes import Site
+
+    tail_rpc = Supervisor(dataclasses.replace(config.connection, timeout=TAIL_TIMEOUT))
+    actions = None
+    if web_config.users and web_config.operators:
+        actions = Actions(
+            Supervisor(config.connection),
+            operators=web_config.operators,
+            auth=True,
+            tls=web_config.tls is not None,
+            history=state.history,
+            self_name=me,
+            tasks=PageTasks(config.tasks_conf, Supervisor(config.connection))
+            if config.tasks_conf
+            else None,
+        )
+    return Site(
+        state=state,
+        reader=reader,
+        dashboard_url=config.dashboard_url,
+        history=state.history,
+        actions=actions,
+        tail=lambda name: tail_rpc.tail_stderr(name, TAIL_BYTES),
+        grafana_url=config.grafana_url,
+    )
+
+
+def sample_memory(state: ExporterState, reader: ProcReader, stop: threading.Event) -> None:
+    """Feed the page's memory chart: one /proc read of every process per history step."""
+    from listeners.metrics.proc import sample
+
+    while not stop.wait(state.history.step):
+        try:
+            _snap, usages = sample(state, reader)
+        except Exception:  # a bad /proc read must not end the sampling thread
+            log.exception("exporter.history_sample_failed")
+            continue
+        state.history.add_samples({k: u.memory_bytes for k, u in usages.items()})
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -285,9 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         web_config = exporter_web.load_web_config(config.web_config_file)
     except ValueError as exc:
         build_parser().error(str(exc))
+    # The exporter lists itself like any process (it never acts on itself: see actions).
     me = self_name()
-    state = ExporterState(loop=config.loop, ignore=[me] if me else [])
+    state = ExporterState(loop=config.loop, history=History(step=config.history_step))
     reader = ProcReader()
+    site = build_site(config, web_config, state, reader, me)
     try:
         server = exporter_web.make_server(
             config.listen_host,
@@ -296,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             reader=reader,
             web_config=web_config,
             dashboard_url=config.dashboard_url,
+            site=site,
         )
     except OSError as exc:
         log.error(
@@ -313,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     handler.request_reconcile()
     thread = threading.Thread(target=server.serve_forever, name="exporter-http", daemon=True)
     thread.start()
+    stop_sampling = threading.Event()
+    threading.Thread(
+        target=sample_memory,
+        args=(state, reader, stop_sampling),
+        name="exporter-history",
+        daemon=True,
+    ).start()
     log.info(
         "exporter.listening",
         address=f"{config.listen_host}:{server.server_address[1]}",
@@ -322,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return protocol.run(handler)
     finally:
+        stop_sampling.set()
         server.shutdown()
         server.server_close()
 

@@ -381,7 +381,7 @@ class TestStatusPage:
         )
         assert 'style="width:50%"' in page
         assert "8.0MiB / 16.0MiB" in page
-        assert "crash loop" in page
+        assert "crash-looping" in page
 
 
 class TestProcReader:

@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = [
+    "ACTIONS_TYPE",
     "HEALTH_TYPE",
     "MEMMON_TYPE",
+    "ActionPerformed",
     "Backoff",
     "HealthStatus",
     "ProcessHung",
@@ -31,6 +33,8 @@ __all__ = [
 MEMMON_TYPE = "listeners.memmon"
 #: The health listener's messages (ProcessHung, Backoff, HealthStatus) use this type.
 HEALTH_TYPE = "listeners.health"
+#: The event type of actions taken by hand (the exporter's status page).
+ACTIONS_TYPE = "listeners.actions"
 SCHEMA_VERSION = 1
 
 
@@ -70,6 +74,19 @@ class RestartsExhausted:
     window_seconds: float
     measured_bytes: int
     limit_bytes: int
+
+
+@dataclass(frozen=True)
+class ActionPerformed:
+    """Someone acted on a process by hand: ``action`` (restart, stop, start, enable, disable)
+    of ``group:name`` by ``user`` from ``source`` (e.g. "status page")."""
+
+    host: str
+    group: str
+    name: str
+    action: str
+    user: str
+    source: str = "status page"
 
 
 @dataclass(frozen=True)
@@ -172,6 +189,7 @@ Message = (
     | ProcessHung
     | Backoff
     | HealthStatus
+    | ActionPerformed
 )
 _KINDS: dict[str, type[Message]] = {
     "memory_limits": MemoryLimits,
@@ -182,6 +200,7 @@ _KINDS: dict[str, type[Message]] = {
     "health_status": HealthStatus,
     "restarts_held": RestartsHeld,
     "processes_unreadable": ProcessesUnreadable,
+    "action_performed": ActionPerformed,
 }
 _INTEGERS = (
     "pid",
@@ -224,6 +243,9 @@ def decode(text: str) -> Message:
     for key in _INTEGERS:
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
+    for key in ("action", "user", "source", "group", "name"):
+        if cls is ActionPerformed and key in kwargs and not isinstance(kwargs[key], str):
+            raise ValueError(f"bus message field {key} must be a string")
     if "limits" in kwargs:
         limits = kwargs["limits"]
         if not isinstance(limits, dict) or not all(

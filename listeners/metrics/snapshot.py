@@ -30,6 +30,12 @@ class ProcessView(NamedTuple):
     probe_success: int | None = None
     heartbeat_age: float | None = None
     backoff_seconds: float | None = None
+    #: Exits supervisord expected (``exitcodes=``): planned, e.g. a queue worker's max jobs.
+    planned_exits: int = 0
+    #: memmon announced it stopped restarting this process (restarts exhausted).
+    memory_gave_up: bool = False
+    #: When the exporter last saw the state change (unix time), 0 when unknown.
+    changed_at: float = 0.0
 
     @property
     def full_name(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from listeners.core import bus, protocol
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
 from listeners.core.state import ProcessTable
+from listeners.metrics.history import History
 from listeners.metrics.snapshot import ProcessView, Snapshot
 
 __all__ = ["ExporterState"]
@@ -25,8 +26,12 @@ class ExporterState:
         ignore: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        history: History | None = None,
     ) -> None:
         self.lock = threading.Lock()
+        self.history = history if history is not None else History(clock=clock)
+        self.planned_exits: dict[str, int] = {}
+        self.gave_up: set[str] = set()
         self.table = ProcessTable(clock=clock, ignore=ignore)
         self.loops = CrashLoopDetector(loop[0], loop[1], clock=monotonic)
         self.ignore = frozenset(ignore)
@@ -59,6 +64,26 @@ class ExporterState:
                 return
             self.table.apply(event)
             self.loops.observe(event)
+            key = event.full_name
+            if event.state == "EXITED" and event.expected:
+                self.planned_exits[key] = self.planned_exits.get(key, 0) + 1
+        self._record_transition(event)
+
+    def _record_transition(self, event: protocol.ProcessStateEvent) -> None:
+        state = event.state
+        if state == "RUNNING":
+            text = f"running, pid {event.pid}" if event.pid else "running"
+        elif state == "EXITED":
+            text = "exited as expected" if event.expected else "exited unexpectedly"
+        elif state == "BACKOFF":
+            text = "died before startsecs, backing off"
+        elif state == "FATAL":
+            text = "FATAL: supervisord gave up starting it"
+        elif state in ("STARTING", "STOPPED"):
+            text = state.lower()
+        else:
+            return
+        self.history.record(event.full_name, state.lower(), text)
 
     def apply_group(self, event: protocol.ProcessGroupEvent) -> None:
         with self.lock:
@@ -67,6 +92,9 @@ class ExporterState:
             if not event.added:
                 for name in gone:
                     self.loops.forget(name)
+                    self.planned_exits.pop(name, None)
+                    self.gave_up.discard(name)
+                self.history.forget(gone)
 
     def apply_bus(self, message: bus.Message) -> None:
         with self.lock:
@@ -76,6 +104,23 @@ class ExporterState:
                 key = f"{message.group}:{message.name}"
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
                 self.limits.setdefault(key, message.limit_bytes)
+                self.gave_up.discard(key)
+                self.history.record(
+                    key,
+                    "memmon",
+                    f"restarted by memmon: {_mib(message.measured_bytes)} over"
+                    f" {_mib(message.limit_bytes)} ({message.rule})",
+                )
+            elif isinstance(message, bus.RestartsExhausted):
+                key = f"{message.group}:{message.name}"
+                self.gave_up.add(key)
+                self.limits.setdefault(key, message.limit_bytes)
+                self.history.record(
+                    key,
+                    "memmon",
+                    f"memmon gave up after {message.restarts} restarts in"
+                    f" {message.window_seconds:.0f}s ({_mib(message.measured_bytes)})",
+                )
             elif isinstance(message, bus.HealthStatus):
                 self.health = message
 
@@ -105,6 +150,7 @@ class ExporterState:
     def set_exit_status(self, name: str, status: int) -> None:
         with self.lock:
             self.table.set_exit_status(name, status)
+        self.history.record(name, "exit", f"exit status {status}")
 
     def snapshot(self) -> Snapshot:
         with self.lock:
@@ -126,6 +172,9 @@ class ExporterState:
                     mem_restarts.get(key, 0),
                     key in looping,
                     *_health_of(self.health, r.full_name),
+                    self.planned_exits.get(key, 0),
+                    key in self.gave_up,
+                    r.changed_at,
                 )
                 for r in self.table
             )
@@ -150,3 +199,7 @@ def _health_of(
         status.heartbeat_age.get(key),
         status.backoff_seconds.get(key),
     )
+
+
+def _mib(value: int) -> str:
+    return f"{value / (1 << 20):.1f} MiB"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from listeners.core.log import get_logger
-from listeners.metrics.page import render_status_page
+from listeners.metrics import routes
 from listeners.metrics.proc import ProcReader, sample
 from listeners.metrics.render import Renderer
 from listeners.metrics.snapshot import Snapshot, SnapshotSource, Usage
@@ -42,6 +42,8 @@ TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3
 class WebConfig:
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
+    #: basic_auth_users names allowed to act from the status page; everyone else views.
+    operators: frozenset[str] = frozenset()
 
 
 def load_web_config(path: Path | None) -> WebConfig:
@@ -60,11 +62,16 @@ def load_web_config(path: Path | None) -> WebConfig:
         return WebConfig()
     if not isinstance(raw, dict):
         raise ValueError(f"web config {path} must be a mapping")  # noqa: TRY004 - user input
-    unknown = set(raw) - {"tls_server_config", "basic_auth_users", "http_server_config"}
+    unknown = set(raw) - {
+        "tls_server_config",
+        "basic_auth_users",
+        "http_server_config",
+        "operators",
+    }
     if unknown:
         raise ValueError(
             f"web config {path} has unsupported keys {sorted(unknown)}; supported:"
-            " tls_server_config, basic_auth_users"
+            " tls_server_config, basic_auth_users, operators"
         )
     tls = _tls_context(path, raw.get("tls_server_config"))
     users_raw = raw.get("basic_auth_users") or {}
@@ -80,7 +87,24 @@ def load_web_config(path: Path | None) -> WebConfig:
                 " ($2a$/$2b$/$2y$...), e.g. from htpasswd -nBC 10 '' | tr -d ':\\n'"
             )
         users[str(user)] = hashed.encode()
-    return WebConfig(tls=tls, users=users)
+    return WebConfig(tls=tls, users=users, operators=_operators(path, raw.get("operators"), users))
+
+
+def _operators(path: Path, raw: Any, users: dict[str, bytes]) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list) or not all(isinstance(u, str) for u in raw):
+        raise ValueError(
+            f"web config {path}: operators must be a list of basic_auth_users names,"
+            " e.g. operators: [alice]"
+        )
+    missing = [u for u in raw if u not in users]
+    if missing:
+        raise ValueError(
+            f"web config {path}: operators {missing} are not in basic_auth_users;"
+            " add them there (with a bcrypt hash) or remove them from operators"
+        )
+    return frozenset(raw)
 
 
 def _tls_context(path: Path, conf: Any) -> ssl.SSLContext | None:
@@ -128,12 +152,14 @@ class _Server(ThreadingHTTPServer):
         reader: ProcReader,
         web_config: WebConfig,
         dashboard_url: str,
+        site: routes.Site | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.state = state
         self.reader = reader
         self.web_config = web_config
         self.dashboard_url = dashboard_url
+        self.site = site or routes.Site(state=state, reader=reader, dashboard_url=dashboard_url)
         self.renderer = Renderer()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.auth_cache: dict[tuple[str, bytes], bool] = {}
@@ -224,11 +250,22 @@ class _Handler(BaseHTTPRequestHandler):
         if size > MAX_HEADER_BYTES:
             self.send_error(431)
             return False
-        if self.command not in ("GET", "HEAD"):
+        if self.command not in ("GET", "HEAD", "POST"):
             self.send_error(405)
             return False
         length = self.headers.get("Content-Length")
-        if (length and length.strip() != "0") or self.headers.get("Transfer-Encoding"):
+        if self.headers.get("Transfer-Encoding"):
+            self.send_error(413, "requests to the exporter carry no chunked body")
+            return False
+        if self.command == "POST":
+            # Only the status page's action forms: small, with a length.
+            if not length or not length.strip().isdigit():
+                self.send_error(411)
+                return False
+            if int(length) > routes.MAX_FORM_BYTES:
+                self.send_error(413, "an action form is a few hundred bytes")
+                return False
+        elif length and length.strip() != "0":
             self.send_error(413, "requests to the exporter carry no body")
             return False
         return True
@@ -242,7 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def end_headers(self) -> None:
         if getattr(self, "_status", 0) == 405:
-            self.send_header("Allow", "GET, HEAD")
+            allow = "POST" if self.path.partition("?")[0] == "/action" else "GET, HEAD"
+            self.send_header("Allow", allow)
         super().end_headers()
 
     def send_response(self, code: int, message: str | None = None) -> None:
@@ -255,12 +293,32 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def _authenticated(self) -> bool:
+        if self.server.check_auth(self.headers.get("Authorization")):
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="supervisor-exporter"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def _user(self) -> str | None:
+        if not self.server.web_config.users:
+            return None
+        return routes.basic_user(self.headers.get("Authorization"))
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if not self._authenticated():
+            return
+        path = self.path.partition("?")[0]
+        headers = {k.title(): v for k, v in self.headers.items()}  # Origin, Host, Referer
+        answer = routes.handle_post(self.server.site, path, self._user(), headers, body)
+        self._answer(answer)
+
     def do_GET(self) -> None:
-        if not self.server.check_auth(self.headers.get("Authorization")):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="supervisor-exporter"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        if not self._authenticated():
             return
         path = self.path.partition("?")[0]
         if path == "/metrics":
@@ -270,23 +328,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, CONTENT_TYPE_METRICS, body)
         elif path == "/healthz":
             self._reply(200, "text/plain; charset=utf-8", b"ok\n")
-        elif path == "/":
-            snap, usages = self._sample()
-            page = render_status_page(snap, usages, self.server.dashboard_url)
-            self._reply(200, "text/html; charset=utf-8", page.encode())
+        elif (answer := routes.handle_get(self.server.site, path, self._user())) is not None:
+            self._answer(answer)
         else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
+            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /\n")
+
+    def _answer(self, answer: routes.Response) -> None:
+        self._reply(answer.code, answer.content_type, answer.body, answer.headers)
 
     def _sample(self) -> tuple[Snapshot, dict[str, Usage]]:
         return sample(self.server.state, self.server.reader)
 
-    def _reply(self, code: int, content_type: str, body: bytes) -> None:
+    def _reply(
+        self, code: int, content_type: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", routes.CSP)
+        self.send_header("Referrer-Policy", "same-origin")
+        if not any(k == "Cache-Control" for k, _ in headers):
+            self.send_header("Cache-Control", "no-store")
+        for key, val in headers:
+            self.send_header(key, val)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -300,6 +365,7 @@ def make_server(
     reader: ProcReader,
     web_config: WebConfig,
     dashboard_url: str,
+    site: routes.Site | None = None,
 ) -> ThreadingHTTPServer:
     """Bind (raises OSError); the caller runs ``serve_forever`` on a thread."""
     return _Server(
@@ -308,4 +374,5 @@ def make_server(
         reader=reader,
         web_config=web_config,
         dashboard_url=dashboard_url,
+        site=site,
     )

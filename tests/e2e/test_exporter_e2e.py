@@ -170,7 +170,8 @@ class TestScenario:
         assert v("supervisord_exporter_events_total") > 10
         assert v("supervisord_exporter_reconcile_errors_total") == 0
         names = {dict(k[1]).get("name") for k in s if k[0] == "supervisord_process_state"}
-        assert "exporter" not in names
+        # The exporter lists itself like every process supervisord has (issue 16).
+        assert "exporter" in names
 
     def test_promtool_accepts_a_real_scrape(self, scenario):
         """promtool check metrics reports no problem on what the exporter serves."""
@@ -212,7 +213,6 @@ class TestScenario:
         with concurrent.futures.ThreadPoolExecutor(50) as pool:
             texts = list(pool.map(lambda _: fetch(port), range(50)))
         expected = {f"{i['group']}:{i['name']}" for i in sup.client.all_process_info()}
-        expected.discard("exporter:exporter")
         for text in texts:
             assert text.endswith("\n")
             assert text.splitlines()[-1].startswith("supervisord_exporter_scrape_duration_seconds ")
@@ -264,10 +264,12 @@ class TestStatusPage:
         ).stdout.decode()
         assert shot.stat().st_size > 1000
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        for name in ("steady:steady_0", "steady:steady_1", "crash", "fatal", "leak"):
-            assert f"<td>{name}</td>" in dom
+        for name in ("steady:steady_0", "steady:steady_1", "crash", "fatal", "leak", "exporter"):
+            assert f">{name}</a></td>" in dom
         assert '&lt;script&gt;alert("x")&amp;amp;' in dom
-        assert "<script" not in dom.lower()
+        # Only the page's own same-origin script; the <script> name is text.
+        assert 1 == dom.lower().count("<script")
+        assert '<script src="/static/status.js" defer=""></script>' in dom
         assert 'href="/metrics"' in dom
         assert 'href="http://127.0.0.1:8080/"' in dom
         assert "/ 64.0MiB" in dom

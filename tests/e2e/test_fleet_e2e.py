@@ -273,8 +273,8 @@ class TestFleet:
             WAIT,
             what="all three exporters scraped",
         )
-        # Every process but the exporter itself (it never reports itself).
-        processes = sum(len(sup.client.all_process_info()) - 1 for sup in hosts.values())
+        # Every process, the exporter itself included.
+        processes = sum(len(sup.client.all_process_info()) for sup in hosts.values())
         wait_until(
             lambda: len(series(prometheus, "supervisord_process_fatal_total")) == processes,
             WAIT,
