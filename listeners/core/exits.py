@@ -22,6 +22,7 @@ __all__ = [
     "OomWatch",
     "classify",
     "format_bytes",
+    "oom_paths",
     "parse_oom_kills",
     "read_oom_kills",
     "signal_name",
@@ -218,13 +219,18 @@ def _own_cgroup_events(read: Callable[[str], str | None]) -> str | None:
     return None
 
 
+def oom_paths(read: Callable[[str], str | None] = _read) -> tuple[str, ...]:
+    """The counters to read on this host: OOM_SOURCES and this process's own cgroup's."""
+    own = _own_cgroup_events(read)
+    return (*OOM_SOURCES, own) if own else OOM_SOURCES
+
+
 def read_oom_kills(
     paths: Iterable[str] | None = None, read: Callable[[str], str | None] = _read
 ) -> int | None:
     """The sum of every readable OOM counter; None when the host tells none (then: unknown)."""
     if paths is None:
-        own = _own_cgroup_events(read)
-        paths = (*OOM_SOURCES, own) if own else OOM_SOURCES
+        paths = oom_paths(read)
     counts = [
         n for p in paths if (t := read(p)) is not None and (n := parse_oom_kills(t)) is not None
     ]
