@@ -13,10 +13,11 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,example]'
 	touch $@
 
 run: venv
+	scripts/system-deps.sh php
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python example/run.py
 
 lint: venv

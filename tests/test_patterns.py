@@ -42,7 +42,7 @@ class TestLogWatch:
         [m] = w.due(10.0)
         assert "php_fatal" == m.rule.name
         assert 5 == len(m.lines)
-        assert m.text.startswith("PHP fatal error: PHP Fatal error:  Uncaught RuntimeException")
+        assert "PHP fatal error: Uncaught RuntimeException: lost in /app/w.php:2" == m.text
 
     def test_a_chained_python_traceback_is_one_match(self):
         """A traceback with its 'During handling' cause is one match, ending at the last error."""
@@ -50,6 +50,7 @@ class TestLogWatch:
         w.feed("g", "w", 7, "stderr", PY_CHAINED + "next job\n", 0.0)
         [m] = w.due(10.0)
         assert "ValueError: boom" == m.lines[-1]
+        assert "Python traceback: ValueError: boom" == m.text
         assert 9 == len(m.lines)
 
     def test_a_trace_cut_across_chunks_is_still_one_match(self):

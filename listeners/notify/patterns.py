@@ -142,7 +142,13 @@ class Match:
         """What the alert's title says."""
         if self.rule.storm:
             return f"{self.count} {self.rule.title} within the storm window"
-        return f"{self.rule.title}: {one_line(self.lines[0].strip(), 160)}"
+        if self.rule.trace == "python":
+            said = next((ln for ln in reversed(self.lines) if ln and not ln[0].isspace()), "")
+        else:
+            hit = re.search(self.rule.regex, self.lines[0])
+            said = self.lines[0][hit.end() :] if hit and hit.end() < len(self.lines[0]) else ""
+            said = said if said.strip() else self.lines[0]
+        return f"{self.rule.title}: {one_line(said.strip(), 160)}"
 
 
 @dataclass
