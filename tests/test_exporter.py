@@ -72,6 +72,7 @@ class FakeRPC:
         self.infos = infos or []
         self.down = False
         self.calls: list[str] = []
+        self.stderr: dict[str, str] = {}
 
     def _check(self, method: str) -> None:
         self.calls.append(method)
@@ -93,6 +94,10 @@ class FakeRPC:
     def process_info(self, name: str) -> dict[str, Any]:
         self._check("process_info")
         return next(i for i in self.infos if f"{i['group']}:{i['name']}" == name)
+
+    def tail_stderr(self, name: str, length: int = 4096) -> str | None:
+        self._check("tail_stderr")
+        return self.stderr.get(name)
 
 
 class FakeReader(ProcReader):

@@ -26,6 +26,10 @@ class ProcessView(NamedTuple):
     memory_limit: int | None
     memory_restarts: int
     crash_looping: bool
+    #: exits counted per reason (listeners.core.exits.REASONS), and the last one's reason
+    exits: tuple[tuple[str, int], ...] = ()
+    exit_reason: str | None = None
+    exit_reason_text: str | None = None
 
     @property
     def full_name(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from listeners.core import bus, protocol
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.core.exits import ExitReason, classify
 from listeners.core.state import ProcessTable
 from listeners.metrics.snapshot import ProcessView, Snapshot
 
@@ -32,6 +33,8 @@ class ExporterState:
         self.ignore = frozenset(ignore)
         self.limits: dict[str, int] = {}
         self.memory_restarts: dict[str, int] = {}
+        self.exits: dict[str, dict[str, int]] = {}
+        self.last_exit: dict[str, ExitReason] = {}
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -58,6 +61,8 @@ class ExporterState:
                 return
             self.table.apply(event)
             self.loops.observe(event)
+            if event.state == "EXITED" and event.expected:
+                self._count_exit(event.full_name, classify(None, expected=True))
 
     def apply_group(self, event: protocol.ProcessGroupEvent) -> None:
         with self.lock:
@@ -75,6 +80,22 @@ class ExporterState:
                 key = f"{message.group}:{message.name}"
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
                 self.limits.setdefault(key, message.limit_bytes)
+                self._count_exit(key, classify(None, memmon=True))
+
+    def _last_reason(self, name: str) -> tuple[str | None, str | None]:
+        last = self.last_exit.get(name)
+        return (last.reason, last.text) if last is not None else (None, None)
+
+    def count_exit(self, name: str, reason: ExitReason) -> None:
+        """An unexpected exit, classified once its status and stderr were fetched."""
+        with self.lock:
+            if self.table.get(name) is not None:
+                self._count_exit(name, reason)
+
+    def _count_exit(self, name: str, reason: ExitReason) -> None:
+        counts = self.exits.setdefault(name, {})
+        counts[reason.reason] = counts.get(reason.reason, 0) + 1
+        self.last_exit[name] = reason
 
     def apply_reconcile(
         self, infos: list[dict[str, Any]], version: str, identification: str
@@ -108,23 +129,30 @@ class ExporterState:
             self.loops.check()
             looping = self.loops.looping()
             limits, mem_restarts = self.limits, self.memory_restarts
-            procs = tuple(
-                ProcessView(
-                    r.group,
-                    r.name,
-                    r.state,
-                    r.pid,
-                    r.start_time,
-                    r.exit_status,
-                    r.restarts,
-                    r.unexpected_exits,
-                    r.fatal,
-                    limits.get(key := r.full_name),
-                    mem_restarts.get(key, 0),
-                    key in looping,
+            views = []
+            for r in self.table:
+                key = r.full_name
+                reason, reason_text = self._last_reason(key)
+                views.append(
+                    ProcessView(
+                        r.group,
+                        r.name,
+                        r.state,
+                        r.pid,
+                        r.start_time,
+                        r.exit_status,
+                        r.restarts,
+                        r.unexpected_exits,
+                        r.fatal,
+                        limits.get(key),
+                        mem_restarts.get(key, 0),
+                        key in looping,
+                        tuple(sorted(self.exits.get(key, {}).items())),
+                        reason,
+                        reason_text,
+                    )
                 )
-                for r in self.table
-            )
+            procs = tuple(views)
             return Snapshot(
                 self.up,
                 self.version,
