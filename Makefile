@@ -41,6 +41,7 @@ bench: venv
 	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/memmon.py
 	$(BIN)/python bench/crashmail.py
+	$(BIN)/python bench/crashmail_logs.py
 	$(BIN)/python bench/exporter.py
 
 clean:
