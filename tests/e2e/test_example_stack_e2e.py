@@ -254,3 +254,16 @@ class TestExampleStackPHP:
         details = alert["details"]
         assert isinstance(details, dict)
         assert 16 * 1024 * 1024 < details["measured_bytes"]
+
+    def test_exporter_counts_the_php_memory_limit_death_by_reason(self, stack):
+        """/metrics has supervisord_process_exits_total{reason="php_memory_limit"} 1."""
+        series = (
+            'supervisord_process_exits_total{group="invoice_export",name="invoice_export_0",'
+            'reason="php_memory_limit"} 1'
+        )
+
+        def metrics() -> str:
+            with urllib.request.urlopen(stack.exporter_url + "metrics", timeout=5) as resp:  # noqa: S310
+                return str(resp.read().decode())
+
+        wait_for(lambda: series in metrics().splitlines(), 60, what=series)
