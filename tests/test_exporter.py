@@ -455,6 +455,18 @@ class TestStatusPage:
         assert 'href="http://127.0.0.1:8080/?a=&quot;b&quot;"' in page
         assert 'href="/metrics"' in page
 
+    def test_the_last_exit_is_named_and_escaped(self):
+        """The page names why a process last exited, its text escaped."""
+        view = ProcessView(
+            "php", "php", "EXITED", None, None, 255, 0, 1, 0, None, 0, False,
+            (("uncaught_exception", 1),), "uncaught_exception",
+            "uncaught PHP exception: <b>boom</b>",
+        )  # fmt: skip
+        snap = Snapshot(True, "4.3.0", "x", (view,), 1, 0, 0)
+        page = render_status_page(snap, {}, "http://127.0.0.1:8080/")
+        assert "<th>last exit</th>" in page
+        assert "uncaught PHP exception: &lt;b&gt;boom&lt;/b&gt;" in page
+
     def test_memory_bar_against_the_limit(self):
         """A process with a limit shows a bar at its percentage and 'used / limit'."""
         p = ProcessView("w", "w", "RUNNING", 5, None, None, 2, 0, 0, 16 << 20, 0, True)

@@ -1,4 +1,5 @@
-"""The HTML status page: every process, its state, memory against its ceiling, restarts."""
+"""The HTML status page: every process, its state, memory against its ceiling, restarts and
+why it last exited."""
 
 from __future__ import annotations
 
@@ -62,10 +63,12 @@ def render_status_page(
             f"<tr><td>{e(name)}</td><td class=s-{e(p.state)}>{e(p.state)}</td>"
             f"<td>{mem_text}</td><td>{p.restarts}</td>"
             + ("<td class=loop>crash loop</td>" if p.crash_looping else "<td>no</td>")
-            + "</tr>"
+            + f"<td>{e(p.exit_reason_text or '')}</td></tr>"
         )
     table = (
         "<table><thead><tr><th>process</th><th>state</th><th>memory</th><th>restarts</th>"
-        "<th>crash looping</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        "<th>crash looping</th><th>last exit</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
     )
     return head + (table if snap.up else "") + "</body></html>\n"
