@@ -13,10 +13,11 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,example]'
 	touch $@
 
 run: venv
+	scripts/system-deps.sh php
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python example/run.py
 
 lint: venv
@@ -40,6 +41,7 @@ bench: venv
 	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/memmon.py
 	$(BIN)/python bench/crashmail.py
+	$(BIN)/python bench/crashmail_logs.py
 	$(BIN)/python bench/exporter.py
 
 clean:

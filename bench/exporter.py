@@ -185,7 +185,7 @@ def render_in_process(n: int, rounds: int = 30) -> dict[str, float]:
             16 << 20,
             i % 2,
             i % 97 == 0,
-            i % 11,
+            planned_exits=i % 11,
         )
         for i in range(n)
     )

@@ -21,6 +21,8 @@ STACK = Path(__file__).resolve().parent / "docker" / "supervisord"
 DEFAULT_ADDRESSES = {
     "SUPERVISOR_DASHBOARD_ADDRESS": "127.0.0.1:8080",
     "EXPORTER_ADDRESS": "127.0.0.1:9876",
+    # the example's catch-all SMTP server (mail_catcher), where the PHP mail senders deliver
+    "SMTP_ADDRESS": "127.0.0.1:2525",
 }
 
 
@@ -52,6 +54,7 @@ def main() -> int:
         f"  dashboard  http://{dashboard}/  user admin, password {where}\n"
         f"  metrics    http://{exporter}/metrics   status page http://{exporter}/\n"
         f"  alerts     {run_dir / 'alerts.jsonl'}\n"
+        f"  mail       {run_dir / 'mail'}  (SMTP on {env['SMTP_ADDRESS']})\n"
         f"  logs       {run_dir}\n"
         f"  tasks      supervisor-tasks -c {conf} list\n"
     )

@@ -31,6 +31,7 @@ from listeners.core.cli import (
     hostname,
 )
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.core.exits import OomWatch, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
@@ -40,6 +41,7 @@ from listeners.notify.alert import Alert
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Courier, Outbox
+from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
 
@@ -104,6 +106,8 @@ class Config:
     wake_interval: float = DEFAULT_WAKE_INTERVAL
     log_level: str = "info"
     connection: Connection = field(default_factory=Connection)
+    patterns: tuple[Rule, ...] = ()
+    pattern_storm: tuple[int, float] = DEFAULT_STORM
 
     def watches(self, group: str, name: str) -> bool:
         """superlance's -p/-a plus --exclude; patterns match ``group:name`` or ``name``."""
@@ -266,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the period of the interval wake, also used when --wake exit must fall back;"
         " 0 means no interval wake at all (alone: the same as --wake off) (default: 200ms)",
     )
+    add_pattern_args(det, arg_type)
     add_connection_args(p)
     add_logging_args(p)
     return p
@@ -327,6 +332,8 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         wake_interval=args.wake_interval,
         log_level=args.log_level,
         connection=connection_from_args(parser, args),
+        patterns=tuple(r for rules in args.pattern for r in rules),
+        pattern_storm=args.pattern_storm,
     )
 
 
@@ -347,6 +354,7 @@ class CrashMail(protocol.Handler):
         clock: Callable[[], float] = time.time,
         boot: str | None = None,
         me: str | None = None,
+        oom: OomWatch | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -371,6 +379,8 @@ class CrashMail(protocol.Handler):
         self._reconcile_running = False
         self.seeded = False
         self.alerts_recorded = 0
+        self.logwatch = LogWatch(config.patterns, storm=config.pattern_storm)
+        self.oom = oom if oom is not None else OomWatch(lambda: None)
 
     # ---------------------------------------------------------------- helpers
 
@@ -429,6 +439,11 @@ class CrashMail(protocol.Handler):
             self._state(event)
         elif isinstance(event, protocol.RemoteCommunicationEvent) and event.type in _BUS_TYPES:
             self._bus(event)
+        elif isinstance(event, protocol.ProcessLogEvent):
+            if event.full_name != self.me and self.config.watches(
+                event.groupname, event.processname
+            ):
+                self.logwatch.feed_event(event, self.clock())
         elif isinstance(event, protocol.ProcessGroupEvent):
             self.table.apply_group(event)
             self._pids_changed()
@@ -447,6 +462,9 @@ class CrashMail(protocol.Handler):
         if state in ("STARTING", "RUNNING", "STOPPED"):
             self._covered.pop(name, None)
         change = self.detector.observe(ev)
+        if state in ("EXITED", "BACKOFF") and not ev.expected:
+            # what it wrote as it died is in the crash alert, named as its cause
+            self.logwatch.exited(ev.groupname, ev.processname, ev.pid)
         if state == "EXITED" and ev.expected is False:
             if covered == "EXITED":
                 log.info("crashmail.already_reported", process=name, by="reconcile")
@@ -458,7 +476,11 @@ class CrashMail(protocol.Handler):
                         ev.processname,
                         key=self._key(ev.serial, "crash", name),
                         message=f"exited unexpectedly (pid {ev.pid}) from state {ev.from_state}",
-                        details={"pid": ev.pid, "from_state": ev.from_state},
+                        details={
+                            "pid": ev.pid,
+                            "from_state": ev.from_state,
+                            "oom_kill": self.oom.fired(self.clock()),
+                        },
                     )
                 )
         elif state == "FATAL":
@@ -598,6 +620,11 @@ class CrashMail(protocol.Handler):
 
     def on_timer(self) -> None:
         self._drain()
+        now = self.clock()
+        self.oom.sample(now)
+        for m in self.logwatch.due(now):
+            key = self._key("pattern", m.full_name, m.pid, m.first, m.lines[0])
+            self._record(pattern_alert(m, host=self.config.host, key=key, time=m.first))
         for change in self.detector.check():
             group, _, name = change.name.partition(":")
             self._loop_change(
@@ -777,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.submit(call)
 
     waker = make_waker(config, connection)
+    paths = oom_paths()
     if isinstance(waker, DeathWatch):
         raise_fd_limit(waker.max_fds + 256)
     handler = CrashMail(
@@ -786,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         on_pids=waker.watch if isinstance(waker, DeathWatch) else lambda pids: None,
         reconcile=reconcile,
         me=self_name(),
+        oom=OomWatch(lambda: read_oom_kills(paths)),
     )
     log.info(
         "crashmail.started",
@@ -798,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         exclude=list(config.exclude),
         wake=config.wake,
         wake_interval=config.wake_interval,
+        patterns=[r.name for r in config.patterns],
     )
     courier.start()
     handler.start()

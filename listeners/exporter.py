@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from listeners.core import bus, cli, protocol
 from listeners.core.background import Submitter, Worker
 from listeners.core.crashloop import DEFAULT_LOOP
+from listeners.core.exits import OomWatch, classify, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
@@ -48,6 +49,7 @@ class RPC(Protocol):
     def identification(self) -> str: ...
     def all_process_info(self) -> list[dict[str, Any]]: ...
     def process_info(self, name: str) -> dict[str, Any]: ...
+    def tail_stderr(self, name: str, length: int = 4096) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ class ExporterHandler(protocol.Handler):
         worker: Submitter,
         *,
         reconcile_interval: float | None = None,
+        oom: OomWatch | None = None,
     ) -> None:
         self.state = state
         self.rpc = rpc
@@ -211,20 +214,22 @@ class ExporterHandler(protocol.Handler):
         self._pending_lock = threading.Lock()
         self._reconcile_pending = False
         self._exits: set[str] = set()
+        # unexpected exits waiting to be classified: name -> did the OOM counter move
+        self._unexpected: dict[str, bool | None] = {}
+        self.oom = oom if oom is not None else OomWatch(lambda: None)
 
     # The event loop side: cheap, never blocks.
 
     def handle(self, event: protocol.Event) -> None:
         self.state.count_event()
         if isinstance(event, protocol.ProcessStateEvent):
-            self.state.apply_process(event)
-            if event.state in ("EXITED", "BACKOFF") and event.full_name not in self.state.ignore:
-                self.request_exit_status(event.full_name)
+            self._process(event)
         elif isinstance(event, protocol.ProcessGroupEvent):
             self.state.apply_group(event)
             if event.added:
                 self.request_reconcile()
         elif isinstance(event, protocol.TickEvent):
+            self.oom.sample(time.time())
             if event.period == 60 and self.timer_interval is None:
                 self.request_reconcile()
         elif isinstance(event, protocol.RemoteCommunicationEvent):
@@ -240,6 +245,14 @@ class ExporterHandler(protocol.Handler):
                 self.state.mark_down()
             else:
                 self.request_reconcile()
+
+    def _process(self, event: protocol.ProcessStateEvent) -> None:
+        self.state.apply_process(event)
+        if event.state in ("EXITED", "BACKOFF") and event.full_name not in self.state.ignore:
+            if event.state == "EXITED" and not event.expected:
+                with self._pending_lock:
+                    self._unexpected[event.full_name] = self.oom.fired(time.time())
+            self.request_exit_status(event.full_name)
 
     def on_events_lost(self, count: int, event: protocol.Event) -> None:
         self.state.add_lost(count)
@@ -290,6 +303,7 @@ class ExporterHandler(protocol.Handler):
         # supervisord's events do not carry the exit code; getProcessInfo does.
         with self._pending_lock:
             names, self._exits = self._exits, set()
+            unexpected, self._unexpected = self._unexpected, {}
         try:
             if len(names) > BULK_EXIT_LOOKUP:
                 infos: Mapping[str, dict[str, Any]] = {
@@ -299,12 +313,29 @@ class ExporterHandler(protocol.Handler):
                 infos = {n: self.rpc.process_info(n) for n in names}
         except SupervisorError as exc:
             log.info("exporter.exit_status_unavailable", error=str(exc))
-            return
+            infos = {}
+        self._classify(unexpected, infos, tails=len(names) <= BULK_EXIT_LOOKUP)
         for name in names:
             info = infos.get(name)
             # Once respawned (or in BACKOFF/FATAL) supervisord reports 0, not the last exit.
             if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
                 self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
+
+    def _classify(
+        self, unexpected: dict[str, bool | None], infos: Mapping[str, Any], *, tails: bool
+    ) -> None:
+        """Count each unexpected exit under its reason (status, stderr tail, OOM counter)."""
+        for name, oom in unexpected.items():
+            info = infos.get(name) or {}
+            # once respawned, supervisord has reset the status: the stderr tail may still tell
+            status = int(info.get("exitstatus") or 0) if info.get("statename") == "EXITED" else None
+            tail = None
+            if tails:
+                try:
+                    tail = self.rpc.tail_stderr(name, 4096)
+                except SupervisorError:
+                    tail = None
+            self.state.count_exit(name, classify(status, stderr_tail=tail, oom_kill=bool(oom)))
 
 
 # --------------------------------------------------------------------------- page
@@ -429,11 +460,13 @@ def main(argv: list[str] | None = None) -> int:
             error=exc.strerror or str(exc),
         )
         return 1
+    oom_files = oom_paths()
     handler = ExporterHandler(
         state,
         Supervisor(config.connection),
         Worker("exporter-rpc"),
         reconcile_interval=config.reconcile_interval,
+        oom=OomWatch(lambda: read_oom_kills(oom_files)),
     )
     handler.request_reconcile()
     thread = threading.Thread(target=server.serve_forever, name="exporter-http", daemon=True)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real (Prometheus, Alertmanager, promtool,
 # node_exporter for the benchmark, Chromium for the status page, msmtp as a real sendmail),
-# if any is missing.
+# if any is missing; PHP's CLI (php8.2-cli) for the example stack's PHP workers and their tests.
+# `system-deps.sh php` installs only what the example stack needs (what `make run` calls).
 # Uses sudo when not root. Stops the services the packages start: tests run their own.
 set -euo pipefail
 need=()
-command -v promtool >/dev/null || need+=(prometheus)
-command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
-command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
-command -v chromium >/dev/null || need+=(chromium)
-command -v msmtp >/dev/null || need+=(msmtp)
+command -v php >/dev/null || need+=(php8.2-cli)
+if [ "${1:-}" != "php" ]; then
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+  command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v msmtp >/dev/null || need+=(msmtp)
+fi
 [ "${#need[@]}" -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -86,6 +86,8 @@ class FakeSupervisor:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.fail: dict[str, Exception] = {}
         self.down = False
+        #: stderr tails by ``group:name``; a process's own ``stderr_tail`` key also works
+        self.stderr: dict[str, str] = {}
         self.answers = {"supervisor.getAPIVersion": "3.0", **(answers or {})}
 
     @property
@@ -145,6 +147,8 @@ class FakeSupervisor:
 
     def tail_stderr(self, name: str, length: int = 4096) -> str | None:
         self._record("tail_stderr", name)
+        if name in self.stderr:
+            return self.stderr[name]
         return self.processes.get(name, {}).get("stderr_tail")
 
 

@@ -206,6 +206,54 @@ class TestCollector:
         assert 16 << 20 == val(reg, "supervisord_process_memory_limit_bytes", **labels)
         assert 2 == val(reg, "supervisord_process_memory_restarts_total", **labels)
 
+    def test_exits_are_counted_by_reason(self, worker):
+        """Exits land under their cause: PHP memory_limit, signal, unknown status, on purpose."""
+        state, handler, rpc = make(worker, [info("php", "php", "RUNNING", pid=10)])
+        rpc.stderr["php:php"] = (
+            "PHP Fatal error:  Allowed memory size of 16777216 bytes exhausted (tried to"
+            " allocate 2097152 bytes) in /app/w.php on line 4\n"
+        )
+        rpc.infos = [info("php", "php", "EXITED", exitstatus=255)]
+        handler.handle(state_ev("php", "php", "EXITED", expected=0, pid=10))
+        assert worker.join()
+        rpc.stderr["php:php"] = "fine\n"
+        for status in (-1, 3):
+            rpc.infos = [info("php", "php", "EXITED", exitstatus=status)]
+            handler.handle(state_ev("php", "php", "STARTING", tries=0))
+            handler.handle(state_ev("php", "php", "RUNNING", pid=11))
+            handler.handle(state_ev("php", "php", "EXITED", expected=0, pid=11))
+            assert worker.join()
+        handler.handle(state_ev("php", "php", "STARTING", tries=0))
+        handler.handle(state_ev("php", "php", "RUNNING", pid=12))
+        handler.handle(state_ev("php", "php", "EXITED", expected=1, pid=12))
+        reg = registry_for(state)
+        counts = {
+            r: val(reg, "supervisord_process_exits_total", group="php", name="php", reason=r)
+            for r in ("php_memory_limit", "signal", "exit_status", "expected", "oom_kill")
+        }
+        assert {
+            "php_memory_limit": 1,
+            "signal": 1,
+            "exit_status": 1,
+            "expected": 1,
+            "oom_kill": None,
+        } == counts
+        view = state.snapshot().processes[0]
+        assert ("expected", "exited on purpose") == (view.exit_reason, view.exit_reason_text)
+
+    def test_memmon_restarts_are_exits_by_memmon(self, worker):
+        """A memmon restart on the bus counts as an exit with reason memmon."""
+        state, handler, _ = make(worker, [info("leak", "leak", "RUNNING", pid=5)])
+        restart = bus.MemoryRestart(
+            host="h", group="leak", name="leak", pid=5, measured_bytes=20 << 20,
+            limit_bytes=16 << 20, rule="leak",
+        )  # fmt: skip
+        handler.handle(ev("REMOTE_COMMUNICATION", f"type:{bus.MEMMON_TYPE}\n{bus.encode(restart)}"))
+        reg = registry_for(state)
+        assert 1 == val(
+            reg, "supervisord_process_exits_total", group="leak", name="leak", reason="memmon"
+        )
+
     def test_memory_and_cpu_come_from_the_reader_for_known_pids(self, worker):
         """Memory and CPU series exist for processes with a pid, from the reader."""
         state, _, _ = make(worker, [info("a", "a", "RUNNING", pid=7), info("b", "b", "STOPPED")])
@@ -302,6 +350,7 @@ def demo_snapshot(n: int = 50) -> tuple[Snapshot, dict[str, Usage]]:
             (16 << 20) if i % 2 else None,
             i % 3,
             i % 5 == 0,
+            exits=(("expected", 2), ("php_memory_limit", i)) if i % 2 else (),
         )
         for i in range(n)
     ]
@@ -372,6 +421,18 @@ class TestStatusPage:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
         assert 'href="http://127.0.0.1:8080/?a=&quot;b&quot;"' in page
         assert 'href="/metrics"' in page
+
+    def test_the_last_exit_is_named_and_escaped(self):
+        """The page names why a process last exited, its text escaped."""
+        view = ProcessView(
+            "php", "php", "EXITED", None, None, 255, 0, 1, 0, None, 0, False,
+            exits=(("uncaught_exception", 1),), exit_reason="uncaught_exception",
+            exit_reason_text="uncaught PHP exception: <b>boom</b>",
+        )  # fmt: skip
+        snap = Snapshot(True, "4.3.0", "x", (view,), 1, 0, 0)
+        page = render_status_page(snap, {}, "http://127.0.0.1:8080/")
+        assert "<th>last exit</th>" in page
+        assert "uncaught PHP exception: &lt;b&gt;boom&lt;/b&gt;" in page
 
     def test_memory_bar_against_the_limit(self):
         """A process with a limit shows a bar at its percentage and 'used / limit'."""

@@ -64,7 +64,8 @@ def _row(p: ProcessView, usage: Usage | None) -> Row:
     # supervisor-health's view comes over the bus; None where health does not watch it.
     hung: bool | None = None if p.probe_success is None else p.probe_success == 0
     probe: int | None = getattr(p, "probe_restarts", None)
-    reason: str | None = getattr(p, "exit_reason", None)
+    # the last exit's cause in words ("ran out of PHP memory ..."), else its reason code
+    reason: str | None = p.exit_reason_text or p.exit_reason
     held = f"backing off, next start in {p.backoff_seconds:.0f} s" if p.backoff_seconds else ""
     # Worst first: the first that holds sets the rank.
     checks = (

@@ -41,6 +41,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter",
         "Exits with a status not listed in the program's exitcodes.",
     ),
+    "supervisord_process_exits_total": (
+        "counter",
+        "Exits by reason: php_memory_limit, php_fatal, uncaught_exception, oom_kill, signal,"
+        " memmon, expected, exit_status (none of these).",
+    ),
     "supervisord_process_fatal_total": (
         "counter",
         "Times the process entered FATAL (gave up after startretries).",
@@ -186,6 +191,11 @@ class Renderer:
                 "supervisord_process_unexpected_exits_total",
                 ((lb, p.unexpected_exits) for lb, p in pairs),
             )
+            self._family(
+                out,
+                "supervisord_process_exits_total",
+                ((f'{lb},reason="{r}"', n) for lb, p in pairs for r, n in p.exits),
+            )
             self._family(out, "supervisord_process_fatal_total", ((lb, p.fatal) for lb, p in pairs))
             used = [(lb, u) for lb, p in pairs if (u := usages.get(p.full_name)) is not None]
             self._family(
@@ -273,8 +283,13 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                 state = fams["supervisord_process_state"] = family(
                     "supervisord_process_state", [*gn, "state"]
                 )
+                exits = fams["supervisord_process_exits_total"] = family(
+                    "supervisord_process_exits_total", [*gn, "reason"]
+                )
                 for p in procs:
                     lv = [p.group, p.name]
+                    for reason, count in p.exits:
+                        exits.add_metric([*lv, reason], count)
                     for s in STATES if p.state in STATES else (*STATES, p.state):
                         state.add_metric([*lv, s], 1 if s == p.state else 0)
                     rows: dict[str, float | None] = {

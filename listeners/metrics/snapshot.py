@@ -36,6 +36,10 @@ class ProcessView(NamedTuple):
     memory_gave_up: bool = False
     #: When the exporter last saw the state change (unix time), 0 when unknown.
     changed_at: float = 0.0
+    #: exits counted per reason (listeners.core.exits.REASONS), and the last one's reason
+    exits: tuple[tuple[str, int], ...] = ()
+    exit_reason: str | None = None
+    exit_reason_text: str | None = None
 
     @property
     def full_name(self) -> str:

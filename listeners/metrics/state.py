@@ -9,6 +9,7 @@ from typing import Any
 
 from listeners.core import bus, protocol
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
+from listeners.core.exits import ExitReason, classify
 from listeners.core.state import ProcessTable
 from listeners.metrics.history import History
 from listeners.metrics.snapshot import ProcessView, Snapshot
@@ -38,6 +39,8 @@ class ExporterState:
         self.limits: dict[str, int] = {}
         self.memory_restarts: dict[str, int] = {}
         self.health: bus.HealthStatus | None = None
+        self.exits: dict[str, dict[str, int]] = {}
+        self.last_exit: dict[str, ExitReason] = {}
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -67,6 +70,7 @@ class ExporterState:
             key = event.full_name
             if event.state == "EXITED" and event.expected:
                 self.planned_exits[key] = self.planned_exits.get(key, 0) + 1
+                self._count_exit(key, classify(None, expected=True))
         self._record_transition(event)
 
     def _record_transition(self, event: protocol.ProcessStateEvent) -> None:
@@ -105,6 +109,7 @@ class ExporterState:
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
                 self.limits.setdefault(key, message.limit_bytes)
                 self.gave_up.discard(key)
+                self._count_exit(key, classify(None, memmon=True))
                 self.history.record(
                     key,
                     "memmon",
@@ -123,6 +128,21 @@ class ExporterState:
                 )
             elif isinstance(message, bus.HealthStatus):
                 self.health = message
+
+    def _last_reason(self, name: str) -> tuple[str | None, str | None]:
+        last = self.last_exit.get(name)
+        return (last.reason, last.text) if last is not None else (None, None)
+
+    def count_exit(self, name: str, reason: ExitReason) -> None:
+        """An unexpected exit, classified once its status and stderr were fetched."""
+        with self.lock:
+            if self.table.get(name) is not None:
+                self._count_exit(name, reason)
+
+    def _count_exit(self, name: str, reason: ExitReason) -> None:
+        counts = self.exits.setdefault(name, {})
+        counts[reason.reason] = counts.get(reason.reason, 0) + 1
+        self.last_exit[name] = reason
 
     def apply_reconcile(
         self, infos: list[dict[str, Any]], version: str, identification: str
@@ -157,27 +177,34 @@ class ExporterState:
             self.loops.check()
             looping = self.loops.looping()
             limits, mem_restarts = self.limits, self.memory_restarts
-            procs = tuple(
-                ProcessView(
-                    r.group,
-                    r.name,
-                    r.state,
-                    r.pid,
-                    r.start_time,
-                    r.exit_status,
-                    r.restarts,
-                    r.unexpected_exits,
-                    r.fatal,
-                    limits.get(key := r.full_name),
-                    mem_restarts.get(key, 0),
-                    key in looping,
-                    *_health_of(self.health, r.full_name),
-                    self.planned_exits.get(key, 0),
-                    key in self.gave_up,
-                    r.changed_at,
+            views = []
+            for r in self.table:
+                key = r.full_name
+                reason, reason_text = self._last_reason(key)
+                views.append(
+                    ProcessView(
+                        r.group,
+                        r.name,
+                        r.state,
+                        r.pid,
+                        r.start_time,
+                        r.exit_status,
+                        r.restarts,
+                        r.unexpected_exits,
+                        r.fatal,
+                        limits.get(key),
+                        mem_restarts.get(key, 0),
+                        key in looping,
+                        *_health_of(self.health, key),
+                        self.planned_exits.get(key, 0),
+                        key in self.gave_up,
+                        r.changed_at,
+                        tuple(sorted(self.exits.get(key, {}).items())),
+                        reason,
+                        reason_text,
+                    )
                 )
-                for r in self.table
-            )
+            procs = tuple(views)
             return Snapshot(
                 self.up,
                 self.version,

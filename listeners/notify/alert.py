@@ -21,6 +21,7 @@ KINDS = (
     "hung",
     "restarts_held",
     "events_lost",
+    "log_pattern",
     "summary",
     "resolved",
 )
@@ -35,6 +36,7 @@ _TITLES = {
     "hung": "is alive but not working (health check)",
     "restarts_held": "is mostly over its memory limit: restarts held",
     "events_lost": "lost events",
+    "log_pattern": "logged an error",
     "summary": "had repeated alerts",
     "resolved": "is stable again",
 }
@@ -110,6 +112,8 @@ def subject(alert: Alert, prefix: str = "") -> str:
         text = f"[{alert.host}] {target} {_TITLES['resolved']} ({alert.resolves or 'alert'})"
     else:
         text = f"[{alert.host}] {target} {_TITLES.get(alert.kind, alert.kind)}"
+        if alert.details.get("reason_text"):
+            text += f": {alert.details['reason_text']}"
     return one_line(f"{prefix} {text}".strip())
 
 
@@ -125,6 +129,8 @@ def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
         lines.append(f"Process: {one_line(alert.process)}")
     if alert.exit_status is not None:
         lines.append(f"Exit status: {alert.exit_status}")
+    if alert.details.get("reason_text"):
+        lines.append(f"Cause: {one_line(str(alert.details['reason_text']))}")
     if alert.count > 1:
         lines.append(f"Count: {alert.count}")
     if alert.resolves:

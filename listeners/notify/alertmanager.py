@@ -26,6 +26,7 @@ ALERTNAMES = {
     "memory_restart": "SupervisorMemoryRestart",
     "restarts_exhausted": "SupervisorMemoryRestartsExhausted",
     "events_lost": "SupervisorEventsLost",
+    "log_pattern": "SupervisorProcessLogPattern",
 }
 SEVERITY = {
     "crash_loop": "critical",

@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 from typing import Any, Protocol
 
+from listeners.core.exits import classify
 from listeners.core.supervisor import SupervisorError
 from listeners.notify.alert import Alert
 
@@ -81,16 +82,29 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
             exit_status, how = exit_from_log(_read_log(rpc, 65536), alert.name)
             if how.startswith("terminated"):
                 details["signal"] = how.removeprefix("terminated by ")
+    if exit_status == -1 and "signal" not in details:
+        # supervisord says -1 for any signal; only its log line names which.
+        how = exit_from_log(_read_log(rpc, 65536), alert.name)[1]
+        if how.startswith("terminated"):
+            details["signal"] = how.removeprefix("terminated by ").split(" ")[0]
     if info.get("spawnerr"):
         details["spawnerr"] = str(info["spawnerr"])
     message = alert.message
     if details.get("spawnerr") and details["spawnerr"] not in message:
         message = (message + "\n" if message else "") + f"spawnerr: {details['spawnerr']}"
+    text: str | None = None
     try:
         text = rpc.tail_stderr(full, 8192)
         tail = NO_LOG if text is None else _tail(text, tail_lines)
     except SupervisorError as exc:
         tail = f"(stderr tail unavailable: {exc})"
+    reason = classify(
+        exit_status,
+        signal=details.get("signal"),
+        stderr_tail=text,
+        oom_kill=bool(details.get("oom_kill")),
+    )
+    details["reason"], details["reason_text"] = reason.reason, reason.text
     return replace(
         alert, exit_status=exit_status, stderr_tail=tail, details=details, message=message
     )

@@ -56,6 +56,7 @@ class ExampleStack:
             # free ports, not the shipped 8080/9876: the suite passes beside a running `make run`
             "SUPERVISOR_DASHBOARD_ADDRESS": f"127.0.0.1:{free_port()}",
             "EXPORTER_ADDRESS": f"127.0.0.1:{free_port()}",
+            "SMTP_ADDRESS": f"127.0.0.1:{free_port()}",
         }
         self.dashboard_url = f"http://{self.env['SUPERVISOR_DASHBOARD_ADDRESS']}/"
         self.exporter_url = f"http://{self.env['EXPORTER_ADDRESS']}/"

@@ -1,4 +1,4 @@
-"""The example stack starts from its conf as shipped."""
+"""The example stack starts from its conf as shipped: Python and PHP workers, the listeners."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email import message_from_bytes, policy
 
 import pytest
 
@@ -93,6 +94,7 @@ class TestExampleStack:
         assert {
             "SUPERVISOR_DASHBOARD_ADDRESS": "127.0.0.1:8080",
             "EXPORTER_ADDRESS": "127.0.0.1:9876",
+            "SMTP_ADDRESS": "127.0.0.1:2525",
         } == DEFAULT_ADDRESSES
 
 
@@ -159,7 +161,7 @@ class TestExampleStackListeners:
     def test_expected_exits_and_listeners_never_alert(self, stack):
         """queue_consumer exits 0 on purpose and the listeners run clean: no alert names them."""
         wait_for(lambda: alerts(stack), 60, what="any alert")
-        quiet = {"queue_consumer", "mail_sender", *LISTENERS}
+        quiet = {"queue_consumer", "mail_sender", "mail_catcher", *LISTENERS}
         assert [] == [a for a in alerts(stack) if a["group"] in quiet]
 
     def test_no_listener_is_ever_restarted_by_memmon(self, stack):
@@ -175,3 +177,93 @@ class TestExampleStackListeners:
         assert [] == restarted
         now = {n: stack.client.process_info(f"{n}:{n}")["pid"] for n in LISTENERS}
         assert {n: i["pid"] for n, i in first.items()} == now
+
+
+def mails(stack: ExampleStack) -> list[tuple[str, str]]:
+    """(envelope recipient, subject) of every mail the catch-all SMTP server kept."""
+    found = []
+    for path in sorted((stack.run_dir / "mail").glob("*.eml")):
+        msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+        found.append((str(msg.get("X-Envelope-To", "")), str(msg.get("Subject", ""))))
+    return found
+
+
+class TestExampleStackPHP:
+    def test_php_mail_senders_deliver_real_mail_to_the_catch_all_server(self, stack):
+        """Each of the 4 PHP mail_sender processes sends mail over SMTP; it lands in run/mail/."""
+        assert 4 <= programs_in("tasks")["mail_sender"]
+
+        def senders() -> set[str]:
+            return {
+                s.split(" from ")[-1]
+                for to, s in mails(stack)
+                if to == "customers@example.invalid" and "Order confirmation" in s
+            }
+
+        found = wait_for(lambda: len(senders()) >= 4 and senders(), 60, what="mail from 4 senders")
+        assert {f"mail_sender_{i}" for i in range(4)} == found
+
+    def test_php_memory_limit_death_alerts_once_naming_the_cause(self, stack):
+        """invoice_export dies of memory_limit: one crash alert, 'ran out of PHP memory'."""
+        cause = "ran out of PHP memory (memory_limit 16 MiB)"
+
+        def crash() -> list[dict[str, object]]:
+            return [a for a in alerts(stack) if a["group"] == "invoice_export"]
+
+        wait_for(crash, 60, what="an alert for invoice_export")
+        wait_for(lambda: mails(stack) and any(cause in s for _, s in mails(stack)), 30, what="mail")
+        [alert] = crash()
+        details = alert["details"]
+        assert isinstance(details, dict)
+        assert ("crash", 255, "php_memory_limit", cause) == (
+            alert["kind"],
+            alert["exit_status"],
+            details["reason"],
+            details["reason_text"],
+        )
+        subjects = [s for to, s in mails(stack) if to == "ops@example.invalid"]
+        assert 1 == sum(1 for s in subjects if cause in s and "invoice_export" in s)
+
+    def test_php_fatal_error_without_exit_is_one_log_pattern_alert(self, stack):
+        """queue_listen's job dies of a PHP fatal error, the worker runs on: one pattern alert."""
+
+        def found() -> list[dict[str, object]]:
+            return [a for a in alerts(stack) if a["group"] == "queue_listen"]
+
+        wait_for(found, 60, what="a log_pattern alert for queue_listen")
+        [alert] = found()
+        details = alert["details"]
+        assert isinstance(details, dict)
+        assert ("log_pattern", "php_fatal") == (alert["kind"], details["pattern"])
+        assert "Call to a member function send() on array" in str(alert["stderr_tail"])
+        assert "thrown in" in str(alert["stderr_tail"])
+        info = stack.client.process_info("queue_listen:queue_listen_0")
+        assert ("RUNNING", details["pid"]) == (info["statename"], info["pid"])
+
+    def test_php_worker_growing_past_memory_limit_minus_one_is_restarted_by_memmon(self, stack):
+        """feed_importer (memory_limit=-1) grows past 16 MB: memmon restarts it, PHP never would."""
+
+        def restart() -> list[dict[str, object]]:
+            return [
+                a
+                for a in alerts(stack)
+                if a["kind"] == "memory_restart" and a["group"] == "feed_importer"
+            ]
+
+        [alert, *_] = wait_for(restart, 90, what="memory_restart alert for feed_importer")
+        details = alert["details"]
+        assert isinstance(details, dict)
+        assert 16 * 1024 * 1024 < details["measured_bytes"]
+
+    def test_exporter_counts_the_php_memory_limit_death_by_reason(self, stack):
+        """/metrics has supervisord_process_exits_total{reason="php_memory_limit"} 1."""
+        series = (
+            'supervisord_process_exits_total{group="invoice_export",name="invoice_export_0",'
+            'reason="php_memory_limit"} 1'
+        )
+
+        def metrics() -> str:
+            with urllib.request.urlopen(stack.exporter_url + "metrics", timeout=5) as resp:  # noqa: S310
+                return str(resp.read().decode())
+
+        wait_for(lambda: series in metrics().splitlines(), 60, what=series)
