@@ -37,7 +37,8 @@ from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailab
 from listeners.notify.alert import Alert
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
-from listeners.notify.outbox import Courier, Outbox
+from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
+from listeners.notify.outbox import Courier, Outbox, OutboxOwnerError
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
 
@@ -89,7 +90,9 @@ class Config:
     loop: tuple[int, float] = DEFAULT_LOOP
     coalesce: float = 60.0
     burst: int = 5
+    repeat: float = DEFAULT_REPEAT
     outbox: str = ""
+    identity: str = ""
     keep: int = 10000
     retry_max: float = 300.0
     retry_for: float = 86400.0
@@ -188,7 +191,8 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--outbox",
         metavar="PATH",
-        help="SQLite outbox (default: <state dir>/crashmail-outbox.sqlite)",
+        help="SQLite outbox (default: <state dir>/crashmail-outbox-<id>.sqlite, <id> derived"
+        " from supervisord's server URL, so each supervisord has its own)",
     )
     out.add_argument(
         "--outbox-keep",
@@ -233,6 +237,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N alerts sent at once per coalesce window; more wait for the"
         " summary (default: 5)",
+    )
+    det.add_argument(
+        "--repeat",
+        type=arg_type(parse_duration),
+        default=DEFAULT_REPEAT,
+        metavar="DURATION",
+        help="while a crash loop lasts, a reminder at most this often (default: 4h)",
     )
     det.add_argument(
         "--tail-lines",
@@ -303,6 +314,9 @@ def parse_args(
         parser.error("invalid --wake interval with --wake-interval 0: give an interval above 0")
     if not args.sendmail_program.strip():
         parser.error("invalid -s/--sendmail_program '': expected a command")
+    connection = connection_from_args(parser, args)
+    # The outbox belongs to one supervisord: two of one user must never share incidents.
+    ident = hashlib.sha256(connection.url.encode()).hexdigest()[:12]
     config = Config(
         programs=tuple(args.program),
         any=args.any,
@@ -312,7 +326,9 @@ def parse_args(
         loop=args.loop,
         coalesce=args.coalesce,
         burst=args.burst,
-        outbox=args.outbox or os.path.join(state_dir, "crashmail-outbox.sqlite"),
+        repeat=max(args.repeat, 1.0),
+        outbox=args.outbox or os.path.join(state_dir, f"crashmail-outbox-{ident}.sqlite"),
+        identity=connection.url,
         keep=args.outbox_keep,
         retry_max=max(args.retry_max, 0.05),
         retry_for=args.retry_for,
@@ -322,7 +338,7 @@ def parse_args(
         wake_interval=args.wake_interval,
         log_level=args.log_level,
     )
-    return config, connection_from_args(parser, args), parser
+    return config, connection, parser
 
 
 # --------------------------------------------------------------------------- the listener
@@ -354,12 +370,14 @@ class CrashMail(protocol.Handler):
         self.detector = CrashLoopDetector(*config.loop, clock=clock)
         self.flood = FloodControl(config.coalesce, config.burst)
         self.flood.resume(outbox.open_batches())
+        self.incidents = IncidentBook(
+            outbox, host=config.host, stable=config.loop[1], repeat=config.repeat, clock=clock
+        )
         self.table = ProcessTable(clock=clock, ignore=[me] if me else [])
         self._reconcile = reconcile
         self._results: queue.Queue[tuple[str, list[dict[str, Any]]]] = queue.Queue()
         self._fatal: set[str] = set()
         self._covered: dict[str, str] = {}
-        self._loop_started: dict[str, float] = {}
         self.lost_pending = 0
         self.lost_key = ""
         self._reconcile_at: float | None = None
@@ -390,8 +408,12 @@ class CrashMail(protocol.Handler):
     def _key(self, *parts: object) -> str:
         return hashlib.sha256(repr((self.boot, *parts)).encode()).hexdigest()[:24]
 
-    def _record(self, alert: Alert) -> None:
-        due, batch = self.flood.schedule(alert, self.clock())
+    def _record(self, alert: Alert, *, hold: float | None = None) -> None:
+        """Commit ``alert``; with ``hold`` (an incident's own alert) it is never folded."""
+        if hold is None:
+            due, batch = self.flood.schedule(alert, self.clock())
+        else:
+            due, batch = self.clock() + hold, alert.key
         if self.outbox.record(alert, due=due, batch=batch):
             self.alerts_recorded += 1
             log.info(
@@ -442,6 +464,22 @@ class CrashMail(protocol.Handler):
         if state in ("STARTING", "RUNNING", "STOPPED"):
             self._covered.pop(name, None)
         change = self.detector.observe(ev)
+        if name in self.incidents:
+            self._in_incident(ev, covered)
+            return
+        if change is not None and change.looping:
+            # The exit that makes the loop is reported by the loop alert, not as a crash too.
+            self.outbox.drop_unsent(name, ("crash", "backoff"))
+            alert = self.incidents.open(
+                ev.groupname,
+                ev.processname,
+                change.exits,
+                key=self._key(ev.serial, "loop", name),
+                window=self.config.loop[1],
+                failed_start=state == "BACKOFF",
+            )
+            self._record(alert, hold=FATAL_HOLD if state == "BACKOFF" else 0.0)
+            return
         if state == "EXITED" and ev.expected is False:
             if covered == "EXITED":
                 log.info("crashmail.already_reported", process=name, by="reconcile")
@@ -465,7 +503,8 @@ class CrashMail(protocol.Handler):
                         ev.groupname,
                         ev.processname,
                         key=self._key(ev.serial, "fatal", name),
-                        message="supervisord gave up starting it (FATAL)",
+                        message="supervisord gave up starting it (FATAL). Read the stderr tail"
+                        f" below, fix the cause, then: supervisorctl start {name}",
                     )
                 )
         elif state == "RUNNING" and name in self._fatal:
@@ -480,45 +519,25 @@ class CrashMail(protocol.Handler):
                     message="running again after FATAL",
                 )
             )
-        if change is not None:
-            self._loop_change(
-                ev.groupname,
-                ev.processname,
-                change.looping,
-                change.exits,
-                key=self._key(ev.serial, "loop", name),
-            )
 
-    def _loop_change(self, group: str, name: str, looping: bool, exits: int, *, key: str) -> None:
-        full = f"{group}:{name}"
-        window = self.config.loop[1]
-        if looping:
-            self._loop_started[full] = self.clock()
-            self._record(
-                self._alert(
-                    "crash_loop",
-                    group,
-                    name,
-                    key=key,
-                    count=exits,
-                    message=f"{exits} unexpected exits or failed starts within {window:g}s",
-                )
-            )
-        else:
-            started = self._loop_started.pop(full, self.clock())
-            self._record(
-                self._alert(
-                    "resolved",
-                    group,
-                    name,
-                    key=key,
-                    count=exits,
-                    resolves="crash_loop",
-                    message=f"stable again: RUNNING for {window:g}s (or stopped on purpose)"
-                    f" after {exits} exits",
-                    details={"started": started},
-                )
-            )
+    def _in_incident(self, ev: protocol.ProcessStateEvent, covered: str | None) -> None:
+        """A state change of a process whose crash loop is an open incident: no alert each."""
+        name, state = ev.full_name, ev.state
+        if state == "BACKOFF" or (state == "EXITED" and ev.expected is False):
+            self.incidents.exited(name)
+        elif state == "RUNNING":
+            self._fatal.discard(name)
+            self.incidents.running(name)
+        elif state == "STOPPED":
+            # supervisorctl stop, a shutdown, tasks disable: stopping is not resolving.
+            note = self.incidents.stopped(name)
+            if note is not None:
+                self._record(note, hold=0.0)
+        elif state == "FATAL":
+            self._fatal.add(name)
+            alert = self.incidents.fatal(name)
+            if alert is not None and covered != "FATAL":
+                self._record(alert, hold=0.0)
 
     def _bus(self, ev: protocol.RemoteCommunicationEvent) -> None:
         try:
@@ -574,15 +593,12 @@ class CrashMail(protocol.Handler):
 
     def on_timer(self) -> None:
         self._drain()
-        for change in self.detector.check():
-            group, _, name = change.name.partition(":")
-            self._loop_change(
-                group,
-                name,
-                change.looping,
-                change.exits,
-                key=self._key("resolve", change.name, self._loop_started.get(change.name, 0.0)),
-            )
+        # The detector's own resolution is the exporter's; crashmail's incidents resolve here.
+        self.detector.check()
+        for alert in self.incidents.check():
+            if alert.kind == "resolved":
+                self.detector.forget(alert.process)
+            self._record(alert, hold=0.0)
         now = self.clock()
         if (
             self._reconcile_at is not None
@@ -615,6 +631,9 @@ class CrashMail(protocol.Handler):
         for i in infos:
             if i.get("statename") == "FATAL":
                 self._fatal.add(f"{i['group']}:{i['name']}")
+        self.incidents.seed_running(
+            {f"{i['group']}:{i['name']}" for i in infos if i.get("statename") == "RUNNING"}
+        )
         self.seeded = True
         self._pids_changed()
 
@@ -725,6 +744,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         outbox = Outbox(config.outbox)
+        outbox.claim(config.identity)
+    except OutboxOwnerError as exc:
+        parser.error(
+            f"the outbox {config.outbox} belongs to the crashmail of another supervisord"
+            f" ({exc}); give this one its own --outbox, or leave --outbox out for the default"
+        )
     except (OSError, Exception) as exc:  # sqlite3.Error, permissions
         parser.error(f"cannot open the outbox {config.outbox}: {exc}")
     rpc = Supervisor(connection)
@@ -768,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         loop=f"{config.loop[0]}/{config.loop[1]:g}s",
         coalesce=config.coalesce,
         burst=config.burst,
+        repeat=config.repeat,
+        open_incidents=sorted(p for p in outbox.open_loops()),
         programs=list(config.programs) or "any",
         exclude=list(config.exclude),
         wake=config.wake,
