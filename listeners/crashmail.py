@@ -314,7 +314,7 @@ def parse_args(
         parser.error("invalid --wake interval with --wake-interval 0: give an interval above 0")
     if not args.sendmail_program.strip():
         parser.error("invalid -s/--sendmail_program '': expected a command")
-    connection = connection_from_args(parser, args)
+    connection = connection_from_args(parser, args, env)
     # The outbox belongs to one supervisord: two of one user must never share incidents.
     ident = hashlib.sha256(connection.url.encode()).hexdigest()[:12]
     config = Config(
