@@ -27,6 +27,7 @@ from listeners.core.supervisor import Connection, Supervisor, SupervisorError, s
 from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
+from listeners.notify.enrich import exit_from_log
 
 __all__ = ["Config", "ExporterHandler", "ExporterState", "main", "parse_args"]
 
@@ -46,6 +47,7 @@ class RPC(Protocol):
     def identification(self) -> str: ...
     def all_process_info(self) -> list[dict[str, Any]]: ...
     def process_info(self, name: str) -> dict[str, Any]: ...
+    def call(self, method: str, *args: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -265,11 +267,27 @@ class ExporterHandler(protocol.Handler):
         except SupervisorError as exc:
             log.info("exporter.exit_status_unavailable", error=str(exc))
             return
+        log_text: str | None = None
         for name in names:
             info = infos.get(name)
-            # Once respawned (or in BACKOFF/FATAL) supervisord reports 0, not the last exit.
             if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
                 self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
+                continue
+            # Respawned already, or a start that failed before startsecs (BACKOFF/FATAL):
+            # supervisord reports 0 there; its own log's "exited: NAME (exit status N" has it.
+            if log_text is None:
+                try:
+                    log_text = str(self.rpc.call("supervisor.readLog", -EXIT_LOG_BYTES, 0))
+                except SupervisorError as exc:
+                    log.info("exporter.exit_status_unavailable", error=str(exc))
+                    log_text = ""
+            status, _ = exit_from_log(log_text, name.partition(":")[2])
+            if status is not None:
+                self.state.set_exit_status(name, status)
+
+
+#: How much of supervisord's own log is read to find an exit status it no longer reports.
+EXIT_LOG_BYTES = 65536
 
 
 # --------------------------------------------------------------------------- main

@@ -72,6 +72,7 @@ class FakeRPC:
         self.infos = infos or []
         self.down = False
         self.calls: list[str] = []
+        self.log = ""
 
     def _check(self, method: str) -> None:
         self.calls.append(method)
@@ -93,6 +94,11 @@ class FakeRPC:
     def process_info(self, name: str) -> dict[str, Any]:
         self._check("process_info")
         return next(i for i in self.infos if f"{i['group']}:{i['name']}" == name)
+
+    def call(self, method: str, *args: Any) -> Any:
+        self._check(method)
+        assert method == "supervisor.readLog"
+        return self.log
 
 
 class FakeReader(ProcReader):
@@ -179,6 +185,24 @@ class TestCollector:
         handler.on_timer()
         assert worker.join()
         assert 3 == val(registry_for(state), "supervisord_process_exit_status", group="x", name="x")
+
+    def test_exit_status_of_a_respawned_process_comes_from_supervisords_log(self, worker):
+        """Respawned before the lookup (STARTING, status 0): the log's exit status 3 is used."""
+        state, handler, rpc = make(worker, [info("w", "w", "RUNNING", pid=10)])
+        rpc.infos = [info("w", "w", "STARTING", pid=0, exitstatus=0)]
+        rpc.log = "INFO exited: w (exit status 3; not expected)\nINFO spawned: 'w' with pid 11\n"
+        handler.handle(state_ev("w", "w", "EXITED", expected=0, pid=10))
+        assert worker.join()
+        assert 3 == val(registry_for(state), "supervisord_process_exit_status", group="w", name="w")
+
+    def test_a_failed_start_exports_the_status_of_the_log(self, worker):
+        """BACKOFF (exit before startsecs, no EXITED event): exit status 7 from the log."""
+        state, handler, rpc = make(worker, [info("f", "f", "STARTING", pid=9)])
+        rpc.infos = [info("f", "f", "BACKOFF", pid=0, exitstatus=0)]
+        rpc.log = "INFO exited: f (exit status 7; not expected)\n"
+        handler.handle(state_ev("f", "f", "BACKOFF", tries=1))
+        assert worker.join()
+        assert 7 == val(registry_for(state), "supervisord_process_exit_status", group="f", name="f")
 
     def test_expected_exits_are_not_crashes(self, worker):
         """EXITED expected:1 counts a restart but no unexpected exit and no loop."""
