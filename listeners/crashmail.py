@@ -34,7 +34,8 @@ from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
 from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
-from listeners.notify.alert import Alert
+from listeners.notify.alert import Alert, duration_words, mib
+from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
@@ -358,6 +359,7 @@ class CrashMail(protocol.Handler):
         clock: Callable[[], float] = time.time,
         boot: str | None = None,
         me: str | None = None,
+        publish: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -370,6 +372,13 @@ class CrashMail(protocol.Handler):
         self.detector = CrashLoopDetector(*config.loop, clock=clock)
         self.flood = FloodControl(config.coalesce, config.burst)
         self.flood.resume(outbox.open_batches())
+        self.health = DeliveryHealthAnnouncer(
+            outbox,
+            [s.name for s in config.sinks],
+            host=config.host,
+            publish=publish or (lambda data: None),
+            clock=clock,
+        )
         self.incidents = IncidentBook(
             outbox, host=config.host, stable=config.loop[1], repeat=config.repeat, clock=clock
         )
@@ -555,8 +564,10 @@ class CrashMail(protocol.Handler):
                     msg.group,
                     msg.name,
                     key=self._key(ev.serial, "memory"),
-                    message=f"memmon {verb} it: {msg.measure} {msg.measured_bytes} bytes over the"
-                    f" limit of {msg.limit_bytes} bytes (rule {msg.rule})",
+                    message=f"memmon {verb} it: {msg.measure} {mib(msg.measured_bytes)} over the"
+                    f" limit of {mib(msg.limit_bytes)} (rule {msg.rule}). If it keeps"
+                    " growing, look for a leak; if it needs more, raise its limit in memmon's"
+                    " rules.",
                     details={
                         "measured_bytes": msg.measured_bytes,
                         "limit_bytes": msg.limit_bytes,
@@ -576,9 +587,11 @@ class CrashMail(protocol.Handler):
                     msg.name,
                     key=self._key(ev.serial, "exhausted"),
                     count=msg.restarts,
-                    message=f"memmon restarted it {msg.restarts} times in {msg.window_seconds:g}s"
-                    f" and stopped restarting it ({msg.measured_bytes} bytes, limit"
-                    f" {msg.limit_bytes})",
+                    message=f"memmon restarted it {msg.restarts} times in"
+                    f" {duration_words(msg.window_seconds)} and stopped restarting it"
+                    f" ({mib(msg.measured_bytes)}, limit {mib(msg.limit_bytes)}). Restart it"
+                    " by hand after fixing the leak: supervisorctl restart"
+                    f" {msg.group}:{msg.name}",
                 )
             )
 
@@ -593,6 +606,7 @@ class CrashMail(protocol.Handler):
 
     def on_timer(self) -> None:
         self._drain()
+        self.health.tick()
         # The detector's own resolution is the exporter's; crashmail's incidents resolve here.
         self.detector.check()
         for alert in self.incidents.check():
@@ -775,6 +789,15 @@ def main(argv: list[str] | None = None) -> int:
 
         worker.submit(call)
 
+    def publish(data: str) -> None:
+        def call() -> None:
+            try:
+                rpc.send_remote_comm(bus.CRASHMAIL_TYPE, data)
+            except SupervisorError as exc:
+                log.info("crashmail.health_not_sent", error=str(exc))
+
+        worker.submit(call)
+
     waker = make_waker(config, connection)
     if isinstance(waker, DeathWatch):
         raise_fd_limit(waker.max_fds + 256)
@@ -785,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         on_pids=waker.watch if isinstance(waker, DeathWatch) else lambda pids: None,
         reconcile=reconcile,
         me=self_name(),
+        publish=publish,
     )
     log.info(
         "crashmail.started",

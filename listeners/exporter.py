@@ -195,7 +195,7 @@ class ExporterHandler(protocol.Handler):
             if event.period == 60 and self.timer_interval is None:
                 self.request_reconcile()
         elif isinstance(event, protocol.RemoteCommunicationEvent):
-            if event.type == bus.MEMMON_TYPE:
+            if event.type in (bus.MEMMON_TYPE, bus.CRASHMAIL_TYPE):
                 try:
                     message = bus.decode(event.data)
                 except ValueError as exc:

@@ -216,6 +216,34 @@ class TestOutboxOwner:
 
 
 class TestDeliveryHealth:
+    def test_the_announcer_publishes_on_change_and_once_a_minute(self, tmp_path):
+        """First tick publishes; unchanged counts wait 60s; a new pending one goes at once."""
+        from listeners.core import bus
+        from listeners.notify.delivery import DeliveryHealthAnnouncer
+
+        now = [1000.0]
+        box = Outbox(str(tmp_path / "o.sqlite"))
+        sent: list[bus.Message] = []
+        ann = DeliveryHealthAnnouncer(
+            box,
+            ["mail"],
+            host="h",
+            publish=lambda d: sent.append(bus.decode(d)),
+            clock=lambda: now[0],
+        )
+        ticks = []
+        for step in (0, 5, 10):
+            now[0] = 1000.0 + step
+            ticks.append(ann.tick())
+        box.record(Alert("crash", "h", key="k"), due=0)
+        box.make_message([1], Alert("crash", "h", key="k"), ["mail"])
+        now[0] += 5
+        ticks.append(ann.tick())
+        now[0] += 61
+        ticks.append(ann.tick())
+        assert ticks == [True, False, False, True, True]
+        assert sent[-1] == bus.DeliveryHealth("h", {"mail": 1}, {"mail": 0})
+
     def test_pending_and_failures_per_sink_survive_pruning(self, tmp_path):
         """Two failed attempts count 2; pruning after delivery keeps the count."""
         box = Outbox(str(tmp_path / "o.sqlite"))

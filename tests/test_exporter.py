@@ -204,6 +204,18 @@ class TestCollector:
         assert worker.join()
         assert 7 == val(registry_for(state), "supervisord_process_exit_status", group="f", name="f")
 
+    def test_crashmails_delivery_health_on_the_bus_becomes_per_sink_metrics(self, worker):
+        """A DeliveryHealth message: pending and failures per sink, in both renderers."""
+        state, handler, _ = make(worker, [info("w", "w", "RUNNING", pid=10)])
+        data = bus.encode(bus.DeliveryHealth("h", {"mail": 3, "file": 0}, {"mail": 7, "file": 0}))
+        handler.handle(ev("REMOTE_COMMUNICATION", f"type:{bus.CRASHMAIL_TYPE}\n{data}"))
+        reg = registry_for(state)
+        assert 3 == val(reg, "supervisor_listeners_alerts_pending", sink="mail")
+        assert 7 == val(reg, "supervisor_listeners_alert_delivery_failures_total", sink="mail")
+        text = Renderer().render(state.snapshot(), {})
+        assert 'supervisor_listeners_alerts_pending{sink="mail"} 3\n' in text
+        assert 'supervisor_listeners_alert_delivery_failures_total{sink="file"} 0\n' in text
+
     def test_expected_exits_are_not_crashes(self, worker):
         """EXITED expected:1 counts a restart but no unexpected exit and no loop."""
         state, handler, _ = make(worker, [info("q", "q", "RUNNING", pid=10)])

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = [
+    "CRASHMAIL_TYPE",
     "MEMMON_TYPE",
+    "DeliveryHealth",
     "MemoryLimits",
     "MemoryRestart",
     "Message",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 MEMMON_TYPE = "listeners.memmon"
+#: crashmail's announcements (delivery health); the same schema, another sender.
+CRASHMAIL_TYPE = "listeners.crashmail"
 SCHEMA_VERSION = 1
 
 
@@ -63,11 +67,25 @@ class RestartsExhausted:
     limit_bytes: int
 
 
-Message = MemoryLimits | MemoryRestart | RestartsExhausted
-_KINDS: dict[str, type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted]] = {
+@dataclass(frozen=True)
+class DeliveryHealth:
+    """crashmail's deliveries by sink name: pending now, and failed attempts since the outbox
+    was made (a counter); sent when they change and once a minute."""
+
+    host: str
+    pending: dict[str, int]
+    failures: dict[str, int]
+
+
+Message = MemoryLimits | MemoryRestart | RestartsExhausted | DeliveryHealth
+_KINDS: dict[
+    str,
+    type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted] | type[DeliveryHealth],
+] = {
     "memory_limits": MemoryLimits,
     "memory_restart": MemoryRestart,
     "restarts_exhausted": RestartsExhausted,
+    "delivery_health": DeliveryHealth,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -100,12 +118,13 @@ def decode(text: str) -> Message:
     for key in ("pid", "measured_bytes", "limit_bytes", "restarts"):
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
-    if "limits" in kwargs:
-        limits = kwargs["limits"]
-        if not isinstance(limits, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) for k, v in limits.items()
-        ):
-            raise ValueError("bus message field limits must map names to integers")
+    for key in ("limits", "pending", "failures"):
+        if key in kwargs:
+            value = kwargs[key]
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) for k, v in value.items()
+            ):
+                raise ValueError(f"bus message field {key} must map names to integers")
     return cls(**kwargs)
 
 

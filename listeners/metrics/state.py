@@ -32,6 +32,7 @@ class ExporterState:
         self.ignore = frozenset(ignore)
         self.limits: dict[str, int] = {}
         self.memory_restarts: dict[str, int] = {}
+        self.alert_sinks: dict[str, tuple[int, int]] = {}
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -75,6 +76,11 @@ class ExporterState:
                 key = f"{message.group}:{message.name}"
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
                 self.limits.setdefault(key, message.limit_bytes)
+            elif isinstance(message, bus.DeliveryHealth):
+                names = set(message.pending) | set(message.failures)
+                self.alert_sinks = {
+                    n: (message.pending.get(n, 0), message.failures.get(n, 0)) for n in names
+                }
 
     def apply_reconcile(
         self, infos: list[dict[str, Any]], version: str, identification: str
@@ -133,4 +139,5 @@ class ExporterState:
                 self.events,
                 self.lost_events,
                 self.reconcile_errors,
+                tuple((n, p, f) for n, (p, f) in sorted(self.alert_sinks.items())),
             )
