@@ -185,6 +185,17 @@ class TestReadableTexts:
         """The body's time reads 1970-01-01T00:00:00Z."""
         assert "Time: 1970-01-01T00:00:00Z" in render_text(Alert("crash", "h", time=0.0))[1]
 
+    def test_the_file_sink_adds_an_iso_time_and_the_text(self, tmp_path):
+        """A file sink line keeps time (a number) and adds time_iso and the readable text."""
+        import json
+
+        from listeners.notify.sinks import FileSink
+
+        FileSink(str(tmp_path / "a.jsonl")).send(Alert("crash", "h", "g", "w", time=0.0))
+        line = json.loads((tmp_path / "a.jsonl").read_text())
+        assert (line["time"], line["time_iso"]) == (0.0, "1970-01-01T00:00:00Z")
+        assert line["text"].startswith("[h] g:w crashed\n\nHost: h\n")
+
 
 class TestOutboxOwner:
     def test_an_outbox_of_another_supervisord_is_refused(self, tmp_path, monkeypatch, capsys):

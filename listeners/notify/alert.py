@@ -15,6 +15,7 @@ __all__ = [
     "clean_text",
     "collapse_repeats",
     "duration_words",
+    "file_record",
     "iso_time",
     "mib",
     "render_text",
@@ -189,3 +190,13 @@ def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
     if alert.stderr_tail is not None:
         lines += ["", "Last lines of stderr:", clean_text(alert.stderr_tail) or "(empty)"]
     return subject(alert, prefix), "\n".join(lines) + "\n"
+
+
+def file_record(alert: Alert) -> str:
+    """One JSON line for the file sink: the machine fields, plus ``time_iso`` and ``text``
+    (the subject and body a person would get by mail)."""
+    body = json.loads(alert.to_json())
+    subj, text = render_text(alert)
+    body["time_iso"] = iso_time(alert.time)
+    body["text"] = f"{subj}\n\n{text}"
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)
