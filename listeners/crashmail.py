@@ -16,7 +16,7 @@ import queue
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from listeners.core import bus, protocol
@@ -38,9 +38,12 @@ from listeners.core.supervisor import Connection, Supervisor, SupervisorError, s
 from listeners.core.units import parse_duration, parse_rate
 from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
 from listeners.notify.alert import Alert
+from listeners.notify.announced import announced_alert
+from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
-from listeners.notify.outbox import Courier, Outbox
+from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
+from listeners.notify.outbox import Courier, Outbox, OutboxOwnerError
 from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
@@ -57,15 +60,14 @@ __all__ = [
     "parse_wake_interval",
 ]
 
-#: Bus types crashmail turns into alerts: memmon's restarts, health's hung processes.
-_BUS_TYPES = (bus.MEMMON_TYPE, bus.HEALTH_TYPE)
+#: Bus types crashmail turns into alerts: memmon's restarts, health's hung processes, actions.
+_BUS_TYPES = (bus.MEMMON_TYPE, bus.HEALTH_TYPE, bus.ACTIONS_TYPE)
 log = get_logger("listeners.crashmail")
 
 #: Seconds to wait after a poolserial gap before reconciling, so a storm has settled.
 RECONCILE_SETTLE = 1.0
 
-#: How crashmail wakes supervisord's main loop (see listeners.core.wake): when a watched process
-#: exits (pidfd), at a steady interval, or not at all.
+#: How crashmail wakes supervisord (listeners.core.wake): on exits (pidfd), on a timer, never.
 WAKE_MODES = ("exit", "interval", "off")
 DEFAULT_WAKE = "exit"
 #: Seconds between two wakes in the interval mode (also the fallback of ``exit``); 0 = never.
@@ -96,7 +98,9 @@ class Config:
     loop: tuple[int, float] = DEFAULT_LOOP
     coalesce: float = 60.0
     burst: int = 5
+    repeat: float = DEFAULT_REPEAT
     outbox: str = ""
+    identity: str = ""
     keep: int = 10000
     retry_max: float = 300.0
     retry_for: float = 86400.0
@@ -199,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--outbox",
         metavar="PATH",
-        help="SQLite outbox (default: <state dir>/crashmail-outbox.sqlite)",
+        help="SQLite outbox (default: <state dir>/crashmail-outbox-<id>.sqlite, <id> derived"
+        " from supervisord's server URL, so each supervisord has its own)",
     )
     out.add_argument(
         "--outbox-keep",
@@ -244,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="at most N alerts sent at once per coalesce window; more wait for the"
         " summary (default: 5)",
+    )
+    det.add_argument(
+        "--repeat",
+        type=arg_type(parse_duration),
+        default=DEFAULT_REPEAT,
+        metavar="DURATION",
+        help="while a crash loop lasts, a reminder at most this often (default: 4h)",
     )
     det.add_argument(
         "--tail-lines",
@@ -313,6 +325,9 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         parser.error("invalid --wake interval with --wake-interval 0: give an interval above 0")
     if not args.sendmail_program.strip():
         parser.error("invalid -s/--sendmail_program '': expected a command")
+    connection = connection_from_args(parser, args, env)
+    # The outbox belongs to one supervisord: two of one user must never share incidents.
+    ident = hashlib.sha256(connection.url.encode()).hexdigest()[:12]
     return Config(
         programs=tuple(args.program),
         any=args.any,
@@ -322,7 +337,9 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         loop=args.loop,
         coalesce=args.coalesce,
         burst=args.burst,
-        outbox=args.outbox or os.path.join(state_dir, "crashmail-outbox.sqlite"),
+        repeat=max(args.repeat, 1.0),
+        outbox=args.outbox or os.path.join(state_dir, f"crashmail-outbox-{ident}.sqlite"),
+        identity=connection.url,
         keep=args.outbox_keep,
         retry_max=max(args.retry_max, 0.05),
         retry_for=args.retry_for,
@@ -331,7 +348,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         wake=wake,
         wake_interval=args.wake_interval,
         log_level=args.log_level,
-        connection=connection_from_args(parser, args),
+        connection=connection,
         patterns=tuple(r for rules in args.pattern for r in rules),
         pattern_storm=args.pattern_storm,
     )
@@ -355,6 +372,7 @@ class CrashMail(protocol.Handler):
         boot: str | None = None,
         me: str | None = None,
         oom: OomWatch | None = None,
+        publish: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -367,12 +385,21 @@ class CrashMail(protocol.Handler):
         self.detector = CrashLoopDetector(*config.loop, clock=clock)
         self.flood = FloodControl(config.coalesce, config.burst)
         self.flood.resume(outbox.open_batches())
+        self.health = DeliveryHealthAnnouncer(
+            outbox,
+            [s.name for s in config.sinks],
+            host=config.host,
+            publish=publish or (lambda data: None),
+            clock=clock,
+        )
+        self.incidents = IncidentBook(
+            outbox, host=config.host, stable=config.loop[1], repeat=config.repeat, clock=clock
+        )
         self.table = ProcessTable(clock=clock, ignore=[me] if me else [])
         self._reconcile = reconcile
         self._results: queue.Queue[tuple[str, list[dict[str, Any]]]] = queue.Queue()
         self._fatal: set[str] = set()
         self._covered: dict[str, str] = {}
-        self._loop_started: dict[str, float] = {}
         self.lost_pending = 0
         self.lost_key = ""
         self._reconcile_at: float | None = None
@@ -405,8 +432,12 @@ class CrashMail(protocol.Handler):
     def _key(self, *parts: object) -> str:
         return hashlib.sha256(repr((self.boot, *parts)).encode()).hexdigest()[:24]
 
-    def _record(self, alert: Alert) -> None:
-        due, batch = self.flood.schedule(alert, self.clock())
+    def _record(self, alert: Alert, *, hold: float | None = None) -> None:
+        """Commit ``alert``; with ``hold`` (an incident's own alert) it is never folded."""
+        if hold is None:
+            due, batch = self.flood.schedule(alert, self.clock())
+        else:
+            due, batch = self.clock() + hold, alert.key
         if self.outbox.record(alert, due=due, batch=batch):
             self.alerts_recorded += 1
             log.info(
@@ -465,6 +496,22 @@ class CrashMail(protocol.Handler):
         if state in ("EXITED", "BACKOFF") and not ev.expected:
             # what it wrote as it died is in the crash alert, named as its cause
             self.logwatch.exited(ev.groupname, ev.processname, ev.pid)
+        if name in self.incidents:
+            self._in_incident(ev, covered)
+            return
+        if change is not None and change.looping:
+            # The exit that makes the loop is reported by the loop alert, not as a crash too.
+            self.outbox.drop_unsent(name, ("crash", "backoff"))
+            alert = self.incidents.open(
+                ev.groupname,
+                ev.processname,
+                change.exits,
+                key=self._key(ev.serial, "loop", name),
+                window=self.config.loop[1],
+                failed_start=state == "BACKOFF",
+            )
+            self._record(alert, hold=FATAL_HOLD if state == "BACKOFF" else 0.0)
+            return
         if state == "EXITED" and ev.expected is False:
             if covered == "EXITED":
                 log.info("crashmail.already_reported", process=name, by="reconcile")
@@ -492,7 +539,8 @@ class CrashMail(protocol.Handler):
                         ev.groupname,
                         ev.processname,
                         key=self._key(ev.serial, "fatal", name),
-                        message="supervisord gave up starting it (FATAL)",
+                        message="supervisord gave up starting it (FATAL). Read the stderr tail"
+                        f" below, fix the cause, then: supervisorctl start {name}",
                     )
                 )
         elif state == "RUNNING" and name in self._fatal:
@@ -507,45 +555,25 @@ class CrashMail(protocol.Handler):
                     message="running again after FATAL",
                 )
             )
-        if change is not None:
-            self._loop_change(
-                ev.groupname,
-                ev.processname,
-                change.looping,
-                change.exits,
-                key=self._key(ev.serial, "loop", name),
-            )
 
-    def _loop_change(self, group: str, name: str, looping: bool, exits: int, *, key: str) -> None:
-        full = f"{group}:{name}"
-        window = self.config.loop[1]
-        if looping:
-            self._loop_started[full] = self.clock()
-            self._record(
-                self._alert(
-                    "crash_loop",
-                    group,
-                    name,
-                    key=key,
-                    count=exits,
-                    message=f"{exits} unexpected exits or failed starts within {window:g}s",
-                )
-            )
-        else:
-            started = self._loop_started.pop(full, self.clock())
-            self._record(
-                self._alert(
-                    "resolved",
-                    group,
-                    name,
-                    key=key,
-                    count=exits,
-                    resolves="crash_loop",
-                    message=f"stable again: RUNNING for {window:g}s (or stopped on purpose)"
-                    f" after {exits} exits",
-                    details={"started": started},
-                )
-            )
+    def _in_incident(self, ev: protocol.ProcessStateEvent, covered: str | None) -> None:
+        """A state change of a process whose crash loop is an open incident: no alert each."""
+        name, state = ev.full_name, ev.state
+        if state == "BACKOFF" or (state == "EXITED" and ev.expected is False):
+            self.incidents.exited(name)
+        elif state == "RUNNING":
+            self._fatal.discard(name)
+            self.incidents.running(name)
+        elif state == "STOPPED":
+            # supervisorctl stop, a shutdown, tasks disable: stopping is not resolving.
+            note = self.incidents.stopped(name)
+            if note is not None:
+                self._record(note, hold=0.0)
+        elif state == "FATAL":
+            self._fatal.add(name)
+            alert = self.incidents.fatal(name)
+            if alert is not None and covered != "FATAL":
+                self._record(alert, hold=0.0)
 
     def _bus(self, ev: protocol.RemoteCommunicationEvent) -> None:
         try:
@@ -553,61 +581,11 @@ class CrashMail(protocol.Handler):
         except ValueError as exc:
             log.warning("crashmail.bad_bus_message", error=str(exc), serial=ev.serial)
             return
-        if isinstance(msg, bus.MemoryRestart):
-            if not self.config.watches(msg.group, msg.name):
-                return
-            verb = "would have restarted (dry run)" if msg.dry_run else "restarted"
-            self._record(
-                self._alert(
-                    "memory_restart",
-                    msg.group,
-                    msg.name,
-                    key=self._key(ev.serial, "memory"),
-                    message=f"memmon {verb} it: {msg.measure} {msg.measured_bytes} bytes over the"
-                    f" limit of {msg.limit_bytes} bytes (rule {msg.rule})",
-                    details={
-                        "measured_bytes": msg.measured_bytes,
-                        "limit_bytes": msg.limit_bytes,
-                        "rule": msg.rule,
-                        "dry_run": msg.dry_run,
-                        "pid": msg.pid,
-                    },
-                )
-            )
-        elif isinstance(msg, bus.ProcessHung) and msg.action != "grace":
-            if not self.config.watches(msg.group, msg.name):
-                return
-            self._record(
-                self._alert(
-                    "hung",
-                    msg.group,
-                    msg.name,
-                    key=self._key(ev.serial, "hung"),
-                    message=f"health: {msg.detail} ({msg.reason}; action {msg.action})",
-                    details={"reason": msg.reason, "action": msg.action, "pid": msg.pid},
-                )
-            )
-        elif isinstance(msg, bus.RestartsExhausted):
-            if not self.config.watches(msg.group, msg.name):
-                return
-            self._record(
-                self._alert(
-                    "restarts_exhausted",
-                    msg.group,
-                    msg.name,
-                    key=self._key(ev.serial, "exhausted"),
-                    count=msg.restarts,
-                    message=f"memmon restarted it {msg.restarts} times in {msg.window_seconds:g}s"
-                    f" and stopped restarting it ({msg.measured_bytes} bytes, limit"
-                    f" {msg.limit_bytes})",
-                )
-            )
-
-        elif isinstance(msg, bus.RestartsHeld):
-            key = self._key(ev.serial, "held")
-            held = self._alert("restarts_held", msg.group, key=key, count=msg.over,
-                               message=msg.describe(), details=asdict(msg))  # fmt: skip
-            self._record(held)
+        made = announced_alert(msg)
+        if made is None or (made.name and not self.config.watches(made.group, made.name)):
+            return
+        key = self._key(ev.serial, made.tag)
+        self._record(self._alert(made.kind, made.group, made.name, key=key, **made.fields))
 
     # ---------------------------------------------------------------- lost events
 
@@ -625,15 +603,13 @@ class CrashMail(protocol.Handler):
         for m in self.logwatch.due(now):
             key = self._key("pattern", m.full_name, m.pid, m.first, m.lines[0])
             self._record(pattern_alert(m, host=self.config.host, key=key, time=m.first))
-        for change in self.detector.check():
-            group, _, name = change.name.partition(":")
-            self._loop_change(
-                group,
-                name,
-                change.looping,
-                change.exits,
-                key=self._key("resolve", change.name, self._loop_started.get(change.name, 0.0)),
-            )
+        self.health.tick()
+        # The detector's own resolution is the exporter's; crashmail's incidents resolve here.
+        self.detector.check()
+        for alert in self.incidents.check():
+            if alert.kind == "resolved":
+                self.detector.forget(alert.process)
+            self._record(alert, hold=0.0)
         now = self.clock()
         if (
             self._reconcile_at is not None
@@ -666,6 +642,9 @@ class CrashMail(protocol.Handler):
         for i in infos:
             if i.get("statename") == "FATAL":
                 self._fatal.add(f"{i['group']}:{i['name']}")
+        self.incidents.seed_running(
+            {f"{i['group']}:{i['name']}" for i in infos if i.get("statename") == "RUNNING"}
+        )
         self.seeded = True
         self._pids_changed()
 
@@ -767,6 +746,21 @@ def make_waker(
     return Waker(poke, config.wake_interval, name="crashmail-wake")
 
 
+def open_outbox(config: Config, parser: argparse.ArgumentParser) -> Outbox:
+    """The outbox, claimed for this supervisord; a usage error (exit 2) when it cannot be."""
+    try:
+        outbox = Outbox(config.outbox)
+        outbox.claim(config.identity)
+    except OutboxOwnerError as exc:
+        parser.error(
+            f"the outbox {config.outbox} belongs to the crashmail of another supervisord"
+            f" ({exc}); give this one its own --outbox, or leave --outbox out for the default"
+        )
+    except (OSError, Exception) as exc:  # sqlite3.Error, permissions
+        parser.error(f"cannot open the outbox {config.outbox}: {exc}")
+    return outbox
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     connection = config.connection
@@ -776,10 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         sinks = build_sinks(config)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        outbox = Outbox(config.outbox)
-    except (OSError, Exception) as exc:  # sqlite3.Error, permissions
-        parser.error(f"cannot open the outbox {config.outbox}: {exc}")
+    outbox = open_outbox(config, parser)
     rpc = Supervisor(connection)
     worker = Worker("crashmail-rpc")
     courier = Courier(
@@ -803,6 +794,15 @@ def main(argv: list[str] | None = None) -> int:
 
         worker.submit(call)
 
+    def publish(data: str) -> None:
+        def call() -> None:
+            try:
+                rpc.send_remote_comm(bus.CRASHMAIL_TYPE, data)
+            except SupervisorError as exc:
+                log.info("crashmail.health_not_sent", error=str(exc))
+
+        worker.submit(call)
+
     waker = make_waker(config, connection)
     paths = oom_paths()
     if isinstance(waker, DeathWatch):
@@ -815,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         reconcile=reconcile,
         me=self_name(),
         oom=OomWatch(lambda: read_oom_kills(paths)),
+        publish=publish,
     )
     log.info(
         "crashmail.started",
@@ -823,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
         loop=f"{config.loop[0]}/{config.loop[1]:g}s",
         coalesce=config.coalesce,
         burst=config.burst,
+        repeat=config.repeat,
+        open_incidents=sorted(p for p in outbox.open_loops()),
         programs=list(config.programs) or "any",
         exclude=list(config.exclude),
         wake=config.wake,

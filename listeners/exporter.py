@@ -30,11 +30,15 @@ from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.history import History
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
+from listeners.notify.enrich import exit_from_log
 
 __all__ = ["Config", "ExporterHandler", "build_parser", "main", "parse_args"]
 
 
 log = get_logger("listeners.exporter")
+
+#: How much of supervisord's own log is read to find an exit status it no longer reports.
+EXIT_LOG_BYTES = 65536
 
 DEFAULT_LISTEN = "127.0.0.1:9876"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080/"
@@ -50,6 +54,7 @@ class RPC(Protocol):
     def all_process_info(self) -> list[dict[str, Any]]: ...
     def process_info(self, name: str) -> dict[str, Any]: ...
     def tail_stderr(self, name: str, length: int = 4096) -> str | None: ...
+    def call(self, method: str, *args: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,7 @@ class ExporterHandler(protocol.Handler):
             if event.period == 60 and self.timer_interval is None:
                 self.request_reconcile()
         elif isinstance(event, protocol.RemoteCommunicationEvent):
-            if event.type in (bus.MEMMON_TYPE, bus.HEALTH_TYPE):
+            if event.type in (bus.MEMMON_TYPE, bus.HEALTH_TYPE, bus.CRASHMAIL_TYPE):
                 try:
                     message = bus.decode(event.data)
                 except ValueError as exc:
@@ -315,11 +320,23 @@ class ExporterHandler(protocol.Handler):
             log.info("exporter.exit_status_unavailable", error=str(exc))
             infos = {}
         self._classify(unexpected, infos, tails=len(names) <= BULK_EXIT_LOOKUP)
+        log_text: str | None = None
         for name in names:
             info = infos.get(name)
-            # Once respawned (or in BACKOFF/FATAL) supervisord reports 0, not the last exit.
             if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
                 self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
+                continue
+            # Respawned already, or a start that failed before startsecs (BACKOFF/FATAL):
+            # supervisord reports 0 there; its own log's "exited: NAME (exit status N" has it.
+            if log_text is None:
+                try:
+                    log_text = str(self.rpc.call("supervisor.readLog", -EXIT_LOG_BYTES, 0))
+                except SupervisorError as exc:
+                    log.info("exporter.exit_status_unavailable", error=str(exc))
+                    log_text = ""
+            status, _ = exit_from_log(log_text, name.partition(":")[2])
+            if status is not None:
+                self.state.set_exit_status(name, status)
 
     def _classify(
         self, unexpected: dict[str, bool | None], infos: Mapping[str, Any], *, tails: bool

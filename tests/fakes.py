@@ -88,6 +88,8 @@ class FakeSupervisor:
         self.down = False
         #: stderr tails by ``group:name``; a process's own ``stderr_tail`` key also works
         self.stderr: dict[str, str] = {}
+        #: supervisord's own log, for ``supervisor.readLog`` (None: the ``answers`` entry)
+        self.log: str | None = None
         self.answers = {"supervisor.getAPIVersion": "3.0", **(answers or {})}
 
     @property
@@ -110,6 +112,8 @@ class FakeSupervisor:
 
     def call(self, method: str, *args: Any) -> Any:
         self._record(method, *args)
+        if method == "supervisor.readLog" and self.log is not None:
+            return self.log
         return self.answers.get(method)
 
     def version(self) -> str:

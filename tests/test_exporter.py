@@ -152,6 +152,36 @@ class TestCollector:
         assert worker.join()
         assert 3 == val(registry_for(state), "supervisord_process_exit_status", group="x", name="x")
 
+    def test_exit_status_of_a_respawned_process_comes_from_supervisords_log(self, worker):
+        """Respawned before the lookup (STARTING, status 0): the log's exit status 3 is used."""
+        state, handler, rpc = make(worker, [info("w", "w", "RUNNING", pid=10)])
+        rpc.infos = [info("w", "w", "STARTING", pid=0, exitstatus=0)]
+        rpc.log = "INFO exited: w (exit status 3; not expected)\nINFO spawned: 'w' with pid 11\n"
+        handler.handle(state_ev("w", "w", "EXITED", expected=0, pid=10))
+        assert worker.join()
+        assert 3 == val(registry_for(state), "supervisord_process_exit_status", group="w", name="w")
+
+    def test_a_failed_start_exports_the_status_of_the_log(self, worker):
+        """BACKOFF (exit before startsecs, no EXITED event): exit status 7 from the log."""
+        state, handler, rpc = make(worker, [info("f", "f", "STARTING", pid=9)])
+        rpc.infos = [info("f", "f", "BACKOFF", pid=0, exitstatus=0)]
+        rpc.log = "INFO exited: f (exit status 7; not expected)\n"
+        handler.handle(state_ev("f", "f", "BACKOFF", tries=1))
+        assert worker.join()
+        assert 7 == val(registry_for(state), "supervisord_process_exit_status", group="f", name="f")
+
+    def test_crashmails_delivery_health_on_the_bus_becomes_per_sink_metrics(self, worker):
+        """A DeliveryHealth message: pending and failures per sink, in both renderers."""
+        state, handler, _ = make(worker, [info("w", "w", "RUNNING", pid=10)])
+        data = bus.encode(bus.DeliveryHealth("h", {"mail": 3, "file": 0}, {"mail": 7, "file": 0}))
+        handler.handle(ev("REMOTE_COMMUNICATION", f"type:{bus.CRASHMAIL_TYPE}\n{data}"))
+        reg = registry_for(state)
+        assert 3 == val(reg, "supervisor_listeners_alerts_pending", sink="mail")
+        assert 7 == val(reg, "supervisor_listeners_alert_delivery_failures_total", sink="mail")
+        text = Renderer().render(state.snapshot(), {})
+        assert 'supervisor_listeners_alerts_pending{sink="mail"} 3\n' in text
+        assert 'supervisor_listeners_alert_delivery_failures_total{sink="file"} 0\n' in text
+
     def test_expected_exits_are_not_crashes(self, worker):
         """EXITED expected:1 counts a restart but no unexpected exit and no loop."""
         state, handler, _ = make(worker, [info("q", "q", "RUNNING", pid=10)])

@@ -34,6 +34,8 @@ DASHBOARD_JSON = EXAMPLE_DIR / "grafana" / "supervisord.json"
 EXPORTED_METRICS = frozenset(
     {
         "supervisord_up",
+        "supervisor_listeners_alerts_pending",
+        "supervisor_listeners_alert_delivery_failures_total",
         "supervisord_info",
         "supervisord_process_state",
         "supervisord_process_start_time_seconds",

@@ -15,8 +15,10 @@ __all__ = [
     "ACTIONS_TYPE",
     "HEALTH_TYPE",
     "MEMMON_TYPE",
+    "CRASHMAIL_TYPE",
     "ActionPerformed",
     "Backoff",
+    "DeliveryHealth",
     "HealthStatus",
     "ProcessHung",
     "MemoryLimits",
@@ -35,6 +37,8 @@ MEMMON_TYPE = "listeners.memmon"
 HEALTH_TYPE = "listeners.health"
 #: The event type of actions taken by hand (the exporter's status page).
 ACTIONS_TYPE = "listeners.actions"
+#: crashmail's announcements (delivery health); the same schema, another sender.
+CRASHMAIL_TYPE = "listeners.crashmail"
 SCHEMA_VERSION = 1
 
 
@@ -74,6 +78,16 @@ class RestartsExhausted:
     window_seconds: float
     measured_bytes: int
     limit_bytes: int
+
+
+@dataclass(frozen=True)
+class DeliveryHealth:
+    """crashmail's deliveries by sink name: pending now, and failed attempts since the outbox
+    was made (a counter); sent when they change and once a minute."""
+
+    host: str
+    pending: dict[str, int]
+    failures: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,7 @@ Message = (
     | Backoff
     | HealthStatus
     | ActionPerformed
+    | DeliveryHealth
 )
 _KINDS: dict[str, type[Message]] = {
     "memory_limits": MemoryLimits,
@@ -201,6 +216,7 @@ _KINDS: dict[str, type[Message]] = {
     "restarts_held": RestartsHeld,
     "processes_unreadable": ProcessesUnreadable,
     "action_performed": ActionPerformed,
+    "delivery_health": DeliveryHealth,
 }
 _INTEGERS = (
     "pid",
@@ -240,12 +256,25 @@ def decode(text: str) -> Message:
     if missing:
         raise ValueError(f"bus message {body['kind']} lacks {', '.join(missing)}")
     kwargs = {n: body[n] for n in names if n in body}
-    for key in _INTEGERS:
+    _check_fields(cls, kwargs)
+    return cls(**kwargs)
+
+
+def _check_fields(cls: type[Message], kwargs: dict[str, Any]) -> None:
+    """Each field has the JSON type its message declares; raises ValueError naming it."""
+    for key in _INTEGERS if cls is not DeliveryHealth else ():
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
     for key in ("action", "user", "source", "group", "name"):
         if cls is ActionPerformed and key in kwargs and not isinstance(kwargs[key], str):
             raise ValueError(f"bus message field {key} must be a string")
+    if cls is DeliveryHealth:
+        for key in ("pending", "failures"):
+            value = kwargs.get(key)
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) for k, v in value.items()
+            ):
+                raise ValueError(f"bus message field {key} must map names to integers")
     if "limits" in kwargs:
         limits = kwargs["limits"]
         if not isinstance(limits, dict) or not all(
@@ -258,7 +287,6 @@ def decode(text: str) -> Message:
         and all(isinstance(p, str) for p in kwargs["processes"])
     ):
         raise ValueError("bus message field processes must be a list of names")
-    return cls(**kwargs)
 
 
 def _check_numbers(kwargs: dict[str, Any]) -> None:

@@ -94,6 +94,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter",
         "Reconciles with supervisord (getAllProcessInfo) that failed.",
     ),
+    "supervisor_listeners_alerts_pending": (
+        "gauge",
+        "Alerts crashmail has not delivered to the sink yet (from crashmail over the bus).",
+    ),
+    "supervisor_listeners_alert_delivery_failures_total": (
+        "counter",
+        "Failed attempts to deliver an alert to the sink (from crashmail over the bus).",
+    ),
     "supervisord_exporter_scrape_duration_seconds": (
         "gauge",
         "Time this scrape took to collect, up to this line.",
@@ -236,6 +244,13 @@ class Renderer:
         ):
             out.append(_HEADERS[name])
             out.append(f"{name} {value}\n")
+        sinks = [(f'sink="{escape_label(n)}"', p, f) for n, p, f in snap.alert_sinks]
+        self._family(out, "supervisor_listeners_alerts_pending", ((lb, p) for lb, p, _ in sinks))
+        self._family(
+            out,
+            "supervisor_listeners_alert_delivery_failures_total",
+            ((lb, f) for lb, _, f in sinks),
+        )
         out.append(_HEADERS["supervisord_exporter_scrape_duration_seconds"])
         out.append(f"supervisord_exporter_scrape_duration_seconds {self.clock() - t0:.6f}\n")
         return "".join(out)
@@ -321,6 +336,14 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                 fam = family(n, [])
                 fam.add_metric([], v)
                 yield fam
+            if snap.alert_sinks:
+                pending = family("supervisor_listeners_alerts_pending", ["sink"])
+                failures = family("supervisor_listeners_alert_delivery_failures_total", ["sink"])
+                for sink, waiting, failed in snap.alert_sinks:
+                    pending.add_metric([sink], waiting)
+                    failures.add_metric([sink], failed)
+                yield pending
+                yield failures
             dur = family("supervisord_exporter_scrape_duration_seconds", [])
             dur.add_metric([], time.perf_counter() - t0)
             yield dur

@@ -56,6 +56,8 @@ class Snapshot(NamedTuple):
     events: int
     lost_events: int
     reconcile_errors: int
+    #: crashmail's deliveries per sink, from its bus announcements: (sink, pending, failures).
+    alert_sinks: tuple[tuple[str, int, int], ...] = ()
 
 
 class Usage(NamedTuple):

@@ -41,6 +41,7 @@ class ExporterState:
         self.health: bus.HealthStatus | None = None
         self.exits: dict[str, dict[str, int]] = {}
         self.last_exit: dict[str, ExitReason] = {}
+        self.alert_sinks: dict[str, tuple[int, int]] = {}
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -129,6 +130,12 @@ class ExporterState:
             elif isinstance(message, bus.HealthStatus):
                 self.health = message
 
+            elif isinstance(message, bus.DeliveryHealth):
+                names = set(message.pending) | set(message.failures)
+                self.alert_sinks = {
+                    n: (message.pending.get(n, 0), message.failures.get(n, 0)) for n in names
+                }
+
     def _last_reason(self, name: str) -> tuple[str | None, str | None]:
         last = self.last_exit.get(name)
         return (last.reason, last.text) if last is not None else (None, None)
@@ -213,6 +220,7 @@ class ExporterState:
                 self.events,
                 self.lost_events,
                 self.reconcile_errors,
+                tuple((n, p, f) for n, (p, f) in sorted(self.alert_sinks.items())),
             )
 
 

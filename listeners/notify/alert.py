@@ -9,7 +9,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["KINDS", "Alert", "clean_text", "render_text"]
+__all__ = [
+    "KINDS",
+    "Alert",
+    "clean_text",
+    "collapse_repeats",
+    "duration_words",
+    "file_record",
+    "iso_time",
+    "mib",
+    "render_text",
+]
 
 KINDS = (
     "crash",
@@ -22,6 +32,7 @@ KINDS = (
     "restarts_held",
     "events_lost",
     "log_pattern",
+    "action",
     "summary",
     "resolved",
 )
@@ -37,6 +48,7 @@ _TITLES = {
     "restarts_held": "is mostly over its memory limit: restarts held",
     "events_lost": "lost events",
     "log_pattern": "logged an error",
+    "action": "was acted on by hand",
     "summary": "had repeated alerts",
     "resolved": "is stable again",
 }
@@ -47,6 +59,44 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def clean_text(text: str) -> str:
     """Untrusted text (process output) without control characters."""
     return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
+def duration_words(seconds: float) -> str:
+    """``2 hours 5 minutes``, ``45 seconds``: the two largest units, for a person to read."""
+    left = max(0, round(seconds))
+    if left == 0 and seconds > 0:
+        return "under a second"
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        n, left = divmod(left, size)
+        if n:
+            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
+    return " ".join(parts[:2]) or "0 seconds"
+
+
+def iso_time(t: float) -> str:
+    """ISO 8601 with the zone, in UTC: ``2026-12-01T23:46:24Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def mib(n: float) -> str:
+    """Bytes as ``19.2 MiB``."""
+    return f"{n / 1048576:.1f} MiB"
+
+
+def collapse_repeats(text: str, limit: int = 20, width: int = 300) -> str:
+    """Runs of one repeated line become one line with ``(x17)``; at most ``limit`` lines, each
+    at most ``width`` characters, newest last."""
+    out: list[tuple[str, int]] = []
+    for raw in text.rstrip("\n").splitlines():
+        line = raw.rstrip()
+        if len(line) > width:
+            line = line[: width - 1] + "\N{HORIZONTAL ELLIPSIS}"
+        if out and out[-1][0] == line:
+            out[-1] = (line, out[-1][1] + 1)
+        else:
+            out.append((line, 1))
+    return "\n".join(f"{ln}  (x{n})" if n > 1 else ln for ln, n in out[-limit:])
 
 
 def one_line(text: str, limit: int = 200) -> str:
@@ -106,10 +156,20 @@ def subject(alert: Alert, prefix: str = "") -> str:
     target = alert.process or alert.host
     if alert.kind == "summary" or alert.processes:
         n = len(alert.processes) or alert.count
-        what = f"{n} processes {_TITLES.get(alert.kind, alert.kind)}"
-        text = f"[{alert.host}] {what}"
+        what = f"{n} process{'es' if n != 1 else ''} {_TITLES.get(alert.kind, alert.kind)}"
+        names = [p.partition(":")[2] or p for p in alert.processes]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        text = f"[{alert.host}] {what}" + (f": {shown}" if shown else "")
     elif alert.kind == "resolved":
         text = f"[{alert.host}] {target} {_TITLES['resolved']} ({alert.resolves or 'alert'})"
+        if alert.resolves == "crash_loop" and "lasted" in alert.details:
+            text += f" after {duration_words(float(alert.details['lasted']))}"
+    elif alert.kind == "crash_loop" and alert.details.get("note") == "stopped":
+        text = f"[{alert.host}] {target} was stopped on purpose while crash looping"
+    elif alert.kind == "crash_loop" and alert.details.get("reminder"):
+        text = f"[{alert.host}] {target} is still crash looping ({alert.count} exits)"
+    elif alert.kind == "crash_loop" and alert.details.get("fatal"):
+        text = f"[{alert.host}] {target} is crash looping and supervisord gave up (FATAL)"
     else:
         text = f"[{alert.host}] {target} {_TITLES.get(alert.kind, alert.kind)}"
         if alert.details.get("reason_text"):
@@ -119,7 +179,7 @@ def subject(alert: Alert, prefix: str = "") -> str:
 
 def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
     """(subject, plain-text body) for mail and chat."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(alert.time))
+    when = iso_time(alert.time)
     lines = [
         f"Host: {one_line(alert.host)}",
         f"Time: {when}",
@@ -142,3 +202,13 @@ def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
     if alert.stderr_tail is not None:
         lines += ["", "Last lines of stderr:", clean_text(alert.stderr_tail) or "(empty)"]
     return subject(alert, prefix), "\n".join(lines) + "\n"
+
+
+def file_record(alert: Alert) -> str:
+    """One JSON line for the file sink: the machine fields, plus ``time_iso`` and ``text``
+    (the subject and body a person would get by mail)."""
+    body = json.loads(alert.to_json())
+    subj, text = render_text(alert)
+    body["time_iso"] = iso_time(alert.time)
+    body["text"] = f"{subj}\n\n{text}"
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from listeners.core.exits import classify
 from listeners.core.supervisor import SupervisorError
-from listeners.notify.alert import Alert
+from listeners.notify.alert import Alert, collapse_repeats
 
 __all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "exit_from_log"]
 
@@ -26,7 +26,7 @@ class EnrichRPC(Protocol):
 
 
 def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+    return collapse_repeats(text, lines)
 
 
 # supervisord's own log line for every exit (process.py finish()); the only place the status of
@@ -75,10 +75,11 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
         return replace(alert, details={**details, "rpc_error": str(exc)})
     exit_status = alert.exit_status
     if alert.kind in ("crash", "crash_loop") and exit_status is None:
-        if info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
+        if info.get("statename") == "EXITED":
             exit_status = int(info.get("exitstatus") or 0)
         else:
-            # Restarted already: spawn() cleared exitstatus; supervisord's log still has it.
+            # Restarted already: spawn() cleared exitstatus; a start that failed before
+            # startsecs (BACKOFF, FATAL) never set it. supervisord's log has it either way.
             exit_status, how = exit_from_log(_read_log(rpc, 65536), alert.name)
             if how.startswith("terminated"):
                 details["signal"] = how.removeprefix("terminated by ")

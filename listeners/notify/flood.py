@@ -57,6 +57,7 @@ class FloodControl:
 def fold(alerts: list[Alert]) -> Alert:
     """One summary naming every process of a batch, with counts per process and kind."""
     items: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    alerts = sorted(alerts, key=lambda a: a.time)
     for a in alerts:
         k = (a.kind, a.group, a.name, a.resolves or "")
         item = items.get(k)
@@ -72,7 +73,8 @@ def fold(alerts: list[Alert]) -> Alert:
             }
         else:
             item["count"] += a.count
-    processes = sorted({a.process for a in alerts if a.process})
+    # In time order: the first to fail is usually the cause.
+    processes = list(dict.fromkeys(a.process for a in alerts if a.process))
     lines = []
     for it in items.values():
         target = f"{it['group']}:{it['name']}" if it["group"] or it["name"] else "(host)"

@@ -27,7 +27,7 @@ from listeners.core.log import get_logger
 from listeners.notify.alert import Alert
 from listeners.notify.sinks import Sink, SinkError
 
-__all__ = ["Courier", "Incident", "Outbox", "backoff_delay"]
+__all__ = ["Courier", "Incident", "Outbox", "OutboxOwnerError", "backoff_delay"]
 
 log = get_logger("listeners.notify.outbox")
 
@@ -61,6 +61,31 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, state, next_attempt);
 """
 
+# Added later, so an outbox made by an older crashmail gains them on open (IF NOT EXISTS):
+# ``loops`` keeps open crash-loop incidents (listeners.notify.incident), ``owner`` the identity
+# of the supervisord whose crashmail made the file, ``sink_failures`` a failed-attempt count per
+# sink that pruning never lowers (a trigger counts every failed attempt).
+_SCHEMA_INCIDENTS = """
+CREATE TABLE IF NOT EXISTS loops (
+    process TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owner (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    identity TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_failures (
+    sink TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER IF NOT EXISTS deliveries_count_failures AFTER UPDATE OF attempts ON deliveries
+WHEN NEW.attempts > OLD.attempts AND NEW.state != 'delivered'
+BEGIN
+    INSERT INTO sink_failures (sink, failures) VALUES (NEW.sink, 1)
+    ON CONFLICT (sink) DO UPDATE SET failures = failures + 1;
+END;
+"""
+
 
 @dataclass(frozen=True)
 class Incident:
@@ -79,6 +104,10 @@ def backoff_delay(
     return float(ceiling * (0.5 + 0.5 * rng()))
 
 
+class OutboxOwnerError(Exception):
+    """The outbox was made by the crashmail of another supervisord."""
+
+
 class Outbox:
     """SQLite storage of incidents, messages and per-sink deliveries."""
 
@@ -90,6 +119,7 @@ class Outbox:
         os.makedirs(parent, exist_ok=True)
         db = self._db()
         db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA_INCIDENTS)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -255,6 +285,80 @@ class Outbox:
         }
         for state, n in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
             out[f"deliveries_{state}"] = n
+        return out
+
+    # ---------------------------------------------------------------- incidents, owner, health
+
+    def claim(self, identity: str) -> None:
+        """Mark ``outbox`` as this supervisord's, or raise when another one's mark is there."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT identity FROM owner WHERE one = 1").fetchone()
+            if row is None:
+                db.execute("INSERT INTO owner (one, identity) VALUES (1, ?)", (identity,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if row is not None and row[0] != identity:
+            raise OutboxOwnerError(str(row[0]))
+
+    def open_loops(self) -> dict[str, str]:
+        """Open crash-loop incidents: process -> JSON state."""
+        return {str(p): str(b) for p, b in self._db().execute("SELECT process, body FROM loops")}
+
+    def save_loop(self, process: str, body: str) -> None:
+        self._db().execute(
+            "INSERT INTO loops (process, body) VALUES (?, ?)"
+            " ON CONFLICT (process) DO UPDATE SET body = excluded.body",
+            (process, body),
+        )
+
+    def close_loop(self, process: str) -> None:
+        self._db().execute("DELETE FROM loops WHERE process = ?", (process,))
+
+    def unsent(self, key: str) -> list[Alert]:
+        """The incident recorded under ``key`` while no message has been made of it yet."""
+        rows = self._db().execute(
+            "SELECT body FROM incidents WHERE key = ? AND message_id IS NULL", (key,)
+        )
+        return [Alert.from_json(b) for (b,) in rows]
+
+    def update_unsent(self, key: str, alert: Alert) -> bool:
+        """Replace the body of an incident no message has been made of; False when too late."""
+        cur = self._db().execute(
+            "UPDATE incidents SET body = ? WHERE key = ? AND message_id IS NULL",
+            (alert.to_json(), key),
+        )
+        return cur.rowcount == 1
+
+    def drop_unsent(self, process: str, kinds: Sequence[str]) -> int:
+        """Forget incidents of ``process`` waiting in a flood-control batch (a crash loop's
+        alert covers them); those due at once are left to go."""
+        db = self._db()
+        ids = [
+            i
+            for i, body in db.execute(
+                "SELECT id, body FROM incidents WHERE message_id IS NULL AND batch != key"
+            )
+            if (a := Alert.from_json(body)).process == process and a.kind in kinds
+        ]
+        db.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
+
+    def delivery_health(self, sinks: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """sink -> (deliveries pending now, failed attempts ever) for each of ``sinks``."""
+        db = self._db()
+        out = dict.fromkeys(sinks, (0, 0))
+        for sink, n in db.execute(
+            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
+        ):
+            if sink in out:
+                out[sink] = (int(n), out[sink][1])
+        for sink, n in db.execute("SELECT sink, failures FROM sink_failures"):
+            if sink in out:
+                out[sink] = (out[sink][0], int(n))
         return out
 
 

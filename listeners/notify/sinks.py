@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from typing import Protocol
 
 from listeners.core.cli import DEFAULT_SENDMAIL
-from listeners.notify.alert import Alert, one_line, render_text
+from listeners.notify.alert import Alert, file_record, one_line, render_text
 
 __all__ = ["FileSink", "SendmailSink", "Sink", "SinkError"]
 
@@ -37,7 +37,7 @@ class FileSink:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, (alert.to_json() + "\n").encode("utf-8"))
+                os.write(fd, (file_record(alert) + "\n").encode("utf-8"))
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -1,0 +1,269 @@
+"""crashmail's crash-loop incidents: one alert per problem, reminders, stop is not resolve."""
+
+from __future__ import annotations
+
+import pytest
+
+from listeners.crashmail import CrashMail, main, parse_args
+from listeners.notify.alert import Alert, collapse_repeats, duration_words, render_text, subject
+from listeners.notify.flood import fold
+from listeners.notify.outbox import Outbox, OutboxOwnerError
+from tests.test_crashmail import Harness
+
+
+def loop(h: Harness, exits: int = 3) -> None:
+    for _ in range(exits):
+        h.send("EXITED", expected=0, pid=5)
+        h.clock.now += 2
+        h.send("STARTING")
+        h.send("RUNNING", pid=6)
+
+
+def alerts(h: Harness) -> list[Alert]:
+    return [i.alert for i in h.outbox.due_incidents(10**12)]
+
+
+def restarted(h: Harness) -> CrashMail:
+    """A new crashmail on the same outbox, as after a supervisord restart (another boot)."""
+    return CrashMail(
+        h.cm.config,
+        h.outbox,
+        clock=h.clock,
+        boot="b2",
+        reconcile=h.reconciles.append,
+        me="crashmail:crashmail",
+    )
+
+
+class TestOneIncident:
+    def test_crashes_after_the_loop_alert_are_counted_not_alerted(self, tmp_path):
+        """After crash_loop, 20 more crashes over 10 minutes record nothing new."""
+        h = Harness(tmp_path, repeat=3600.0)
+        loop(h)
+        before = len(alerts(h))
+        for _ in range(20):
+            h.clock.now += 28
+            h.send("EXITED", expected=0, pid=5)
+            h.send("STARTING")
+            h.cm.on_timer()
+        assert (before, [a.kind for a in alerts(h)]) == (2, ["crash", "crash_loop"])
+
+    def test_a_reminder_at_most_every_repeat_with_the_count(self, tmp_path):
+        """Looping for 25 minutes with --repeat 10m gives exactly two reminders."""
+        h = Harness(tmp_path, repeat=600.0)
+        loop(h)
+        for _ in range(50):
+            h.clock.now += 30
+            h.send("EXITED", expected=0, pid=5)
+            h.send("STARTING")
+            h.cm.on_timer()
+        reminders = [a for a in alerts(h) if a.details.get("reminder")]
+        assert [a.details["reminder"] for a in reminders] == [1, 2]
+        assert reminders[0].count > 3
+        assert "still crash looping" in subject(reminders[0])
+
+    def test_resolved_only_after_a_stable_window_saying_how_long_and_how_many(self, tmp_path):
+        """RUNNING for 59s resolves nothing; at 60s one resolved names duration and exits."""
+        h = Harness(tmp_path)
+        loop(h, 4)
+        h.clock.now += 59
+        h.cm.on_timer()
+        assert not [a for a in alerts(h) if a.kind == "resolved"]
+        h.clock.now += 1
+        h.cm.on_timer()
+        h.clock.now += 100
+        h.cm.on_timer()
+        (resolved,) = [a for a in alerts(h) if a.kind == "resolved"]
+        assert (resolved.resolves, resolved.count) == ("crash_loop", 4)
+        assert "lasted 4 seconds and saw 4 exits" in resolved.message
+
+
+class TestStoppingIsNotResolving:
+    def test_stop_while_looping_notes_once_and_never_resolves(self, tmp_path):
+        """Two stops during a loop: one note, no resolved alert, the incident stays open."""
+        h = Harness(tmp_path)
+        loop(h)
+        h.send("STOPPING", pid=6)
+        h.send("STOPPED", pid=6)
+        h.clock.now += 600
+        h.cm.on_timer()
+        h.send("STARTING")
+        h.send("EXITED", expected=0, pid=7)
+        h.send("STOPPED", pid=7)
+        h.clock.now += 600
+        h.cm.on_timer()
+        notes = [a for a in alerts(h) if a.details.get("note") == "stopped"]
+        assert (len(notes), [a for a in alerts(h) if a.kind == "resolved"]) == (1, [])
+        assert "g:w" in h.cm.incidents
+
+    def test_a_restart_continues_the_incident_and_resolves_it_once(self, tmp_path):
+        """After a restart the broken worker raises no new loop; stable later: one resolved."""
+        h = Harness(tmp_path)
+        loop(h)
+        h.send("STOPPED", pid=6)
+        h.cm = restarted(h)
+        h.serial = 0
+        loop(h, 5)
+        h.clock.now += 61
+        h.cm.on_timer()
+        kinds = [a.kind for a in alerts(h)]
+        assert (kinds.count("crash"), kinds.count("crash_loop"), kinds.count("resolved")) == (
+            1,
+            2,  # the loop alert and the one "stopped on purpose" note
+            1,
+        )
+        (resolved,) = [a for a in alerts(h) if a.kind == "resolved"]
+        assert resolved.count == 8
+
+    def test_seed_after_restart_starts_the_stable_clock_of_running_processes(self, tmp_path):
+        """A crashmail started after the fix sees the process RUNNING in its seed and resolves."""
+        h = Harness(tmp_path)
+        loop(h)
+        h.cm = restarted(h)
+        h.cm.start()
+        h.cm._results.put(("seed", [{"group": "g", "name": "w", "statename": "RUNNING"}]))
+        h.cm.on_timer()
+        h.clock.now += 61
+        h.cm.on_timer()
+        assert [a.kind for a in alerts(h)][-1] == "resolved"
+
+
+class TestFailedStarts:
+    def test_backoffs_then_fatal_give_one_alert(self, tmp_path):
+        """3 failed starts then FATAL 4 ms later: one crash_loop that says FATAL, no fatal."""
+        h = Harness(tmp_path)
+        for _ in range(3):
+            h.send("STARTING")
+            h.send("BACKOFF")
+            h.clock.now += 1
+        h.clock.now += 0.004
+        h.send("FATAL")
+        got = alerts(h)
+        assert [a.kind for a in got] == ["crash_loop"]
+        assert got[0].details["fatal"] is True
+        assert "supervisorctl start g:w" in got[0].message
+
+    def test_fatal_long_after_the_loop_alert_is_its_own_alert_once(self, tmp_path):
+        """A FATAL after the loop alert went out is sent once, inside the incident."""
+        h = Harness(tmp_path)
+        loop(h)
+        h.outbox.make_message([i.id for i in h.outbox.due_incidents(10**12)], alerts(h)[-1], [])
+        h.send("FATAL")
+        h.send("FATAL")
+        got = [a.kind for a in alerts(h)]
+        assert got == ["fatal"]
+
+
+class TestReadableTexts:
+    def test_repeated_stderr_lines_collapse_newest_last(self):
+        """17 equal lines become one with (x17); the limit keeps the newest lines."""
+        text = "start\n" + "boom\n" * 17 + "\n".join(f"l{i}" for i in range(30))
+        out = collapse_repeats(text, limit=5).splitlines()
+        assert out == ["l25", "l26", "l27", "l28", "l29"]
+        assert collapse_repeats("a\nboom\n" + "boom\n" * 16) == "a\nboom  (x17)"
+
+    @pytest.mark.parametrize(
+        ("seconds", "words"),
+        [(0, "0 seconds"), (1, "1 second"), (45, "45 seconds"), (3725, "1 hour 2 minutes")],
+    )
+    def test_durations_in_words(self, seconds, words):
+        """Durations are written the way a person says them."""
+        assert duration_words(seconds) == words
+
+    def test_summary_subject_names_the_processes_in_time_order(self):
+        """A fold of three processes names them, the first to fail first."""
+        got = fold(
+            [
+                Alert("crash", "h", "g", "b", time=2.0),
+                Alert("crash", "h", "g", "a", time=1.0),
+                Alert("crash", "h", "g", "c", time=3.0),
+            ]
+        )
+        assert subject(got) == "[h] 3 processes had repeated alerts: a, b, c"
+
+    def test_times_are_iso_8601_with_the_zone(self):
+        """The body's time reads 1970-01-01T00:00:00Z."""
+        assert "Time: 1970-01-01T00:00:00Z" in render_text(Alert("crash", "h", time=0.0))[1]
+
+    def test_the_file_sink_adds_an_iso_time_and_the_text(self, tmp_path):
+        """A file sink line keeps time (a number) and adds time_iso and the readable text."""
+        import json
+
+        from listeners.notify.sinks import FileSink
+
+        FileSink(str(tmp_path / "a.jsonl")).send(Alert("crash", "h", "g", "w", time=0.0))
+        line = json.loads((tmp_path / "a.jsonl").read_text())
+        assert (line["time"], line["time_iso"]) == (0.0, "1970-01-01T00:00:00Z")
+        assert line["text"].startswith("[h] g:w crashed\n\nHost: h\n")
+
+
+class TestOutboxOwner:
+    def test_an_outbox_of_another_supervisord_is_refused(self, tmp_path, monkeypatch, capsys):
+        """--outbox of another supervisord's crashmail: exit 2 with a one-line reason."""
+        path = tmp_path / "o.sqlite"
+        Outbox(str(path)).claim("unix:///other/s.sock")
+        monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///mine/s.sock")
+        with pytest.raises(SystemExit) as exc:
+            main(["--outbox", str(path), "--sink", f"file:{tmp_path}/a.jsonl"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2
+        assert "belongs to the crashmail of another supervisord (unix:///other/s.sock)" in err
+
+    def test_the_same_owner_opens_it_again(self, tmp_path):
+        """A claim by the same identity succeeds; another raises."""
+        box = Outbox(str(tmp_path / "o.sqlite"))
+        box.claim("a")
+        box.claim("a")
+        with pytest.raises(OutboxOwnerError):
+            box.claim("b")
+
+    def test_default_outboxes_of_two_supervisords_differ(self, tmp_path):
+        """The default outbox path is derived from the server URL."""
+        env = {"XDG_STATE_HOME": str(tmp_path)}
+        a = parse_args(["--server-url", "unix:///a.sock"], env)
+        b = parse_args(["--server-url", "unix:///b.sock"], env)
+        assert a.outbox != b.outbox
+        assert (a.identity, b.identity) == ("unix:///a.sock", "unix:///b.sock")
+
+
+class TestDeliveryHealth:
+    def test_the_announcer_publishes_on_change_and_once_a_minute(self, tmp_path):
+        """First tick publishes; unchanged counts wait 60s; a new pending one goes at once."""
+        from listeners.core import bus
+        from listeners.notify.delivery import DeliveryHealthAnnouncer
+
+        now = [1000.0]
+        box = Outbox(str(tmp_path / "o.sqlite"))
+        sent: list[bus.Message] = []
+        ann = DeliveryHealthAnnouncer(
+            box,
+            ["mail"],
+            host="h",
+            publish=lambda d: sent.append(bus.decode(d)),
+            clock=lambda: now[0],
+        )
+        ticks = []
+        for step in (0, 5, 10):
+            now[0] = 1000.0 + step
+            ticks.append(ann.tick())
+        box.record(Alert("crash", "h", key="k"), due=0)
+        box.make_message([1], Alert("crash", "h", key="k"), ["mail"])
+        now[0] += 5
+        ticks.append(ann.tick())
+        now[0] += 61
+        ticks.append(ann.tick())
+        assert ticks == [True, False, False, True, True]
+        assert sent[-1] == bus.DeliveryHealth("h", {"mail": 1}, {"mail": 0})
+
+    def test_pending_and_failures_per_sink_survive_pruning(self, tmp_path):
+        """Two failed attempts count 2; pruning after delivery keeps the count."""
+        box = Outbox(str(tmp_path / "o.sqlite"))
+        box.record(Alert("crash", "h", key="k"), due=0)
+        mid = box.make_message([1], Alert("crash", "h", key="k"), ["mail", "file"])
+        box.failed(mid, "mail", "down", retry_at=5.0)
+        box.failed(mid, "mail", "down", retry_at=9.0)
+        assert box.delivery_health(["mail", "file"]) == {"mail": (1, 2), "file": (1, 0)}
+        box.delivered(mid, "mail")
+        box.delivered(mid, "file")
+        box.prune(0)
+        assert box.delivery_health(["mail", "file"]) == {"mail": (0, 2), "file": (0, 0)}
