@@ -37,7 +37,7 @@ from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailab
 from listeners.notify.alert import Alert
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
-from listeners.notify.outbox import Courier, Outbox
+from listeners.notify.outbox import Courier, Outbox, OutboxHealth
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
 
@@ -723,12 +723,27 @@ def main(argv: list[str] | None = None) -> int:
         sinks = build_sinks(config)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        outbox = Outbox(config.outbox)
-    except (OSError, Exception) as exc:  # sqlite3.Error, permissions
-        parser.error(f"cannot open the outbox {config.outbox}: {exc}")
     rpc = Supervisor(connection)
     worker = Worker("crashmail-rpc")
+
+    def announce(health: OutboxHealth) -> None:
+        # Called on the event loop or a courier thread: the RPC itself runs on the worker.
+        msg = bus.OutboxTrouble(
+            config.host, health.failing, health.error, health.spooled, health.dropped
+        )
+
+        def send() -> None:
+            try:
+                rpc.send_remote_comm(bus.CRASHMAIL_TYPE, bus.encode(msg))
+            except SupervisorError as exc:
+                log.warning("crashmail.announce_failed", error=str(exc))
+
+        worker.submit(send)
+
+    try:
+        outbox = Outbox(config.outbox, on_health=announce)
+    except (OSError, Exception) as exc:  # sqlite3.Error, permissions
+        parser.error(f"cannot open the outbox {config.outbox}: {exc}")
     courier = Courier(
         outbox,
         sinks,
@@ -784,6 +799,13 @@ def main(argv: list[str] | None = None) -> int:
             waker.stop()
         courier.stop()
         worker.close(2.0)
+        if outbox.spooled:
+            log.error(
+                "crashmail.spool_lost",
+                incidents=outbox.spooled,
+                error=outbox.failing,
+                hint="the outbox could not be written before crashmail stopped",
+            )
         outbox.close()
 
 

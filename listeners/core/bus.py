@@ -1,8 +1,9 @@
 """Messages the listeners exchange over supervisord's REMOTE_COMMUNICATION events.
 
 memmon publishes with ``supervisor.sendRemoteCommEvent(MEMMON_TYPE, encode(msg))``; crashmail
-and the exporter receive the event and ``decode`` it. This module is the one definition of
-that JSON schema (version 1).
+and the exporter receive the event and ``decode`` it. crashmail publishes ``OutboxTrouble``
+under CRASHMAIL_TYPE when its outbox stops (or starts again) taking writes. This module is the
+one definition of that JSON schema (version 1).
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = [
+    "CRASHMAIL_TYPE",
     "MEMMON_TYPE",
     "MemoryLimits",
     "MemoryRestart",
     "Message",
+    "OutboxTrouble",
     "RestartsExhausted",
     "decode",
     "encode",
 ]
 
 MEMMON_TYPE = "listeners.memmon"
+CRASHMAIL_TYPE = "listeners.crashmail"
 SCHEMA_VERSION = 1
 
 
@@ -63,11 +67,27 @@ class RestartsExhausted:
     limit_bytes: int
 
 
-Message = MemoryLimits | MemoryRestart | RestartsExhausted
-_KINDS: dict[str, type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted]] = {
+@dataclass(frozen=True)
+class OutboxTrouble:
+    """crashmail's outbox cannot be written (``failing``) or can again; ``spooled`` incidents
+    wait in memory, ``dropped`` were lost because that spool was full. Sent on each change."""
+
+    host: str
+    failing: bool
+    error: str
+    spooled: int
+    dropped: int = 0
+
+
+Message = MemoryLimits | MemoryRestart | RestartsExhausted | OutboxTrouble
+_KINDS: dict[
+    str,
+    type[MemoryLimits] | type[MemoryRestart] | type[RestartsExhausted] | type[OutboxTrouble],
+] = {
     "memory_limits": MemoryLimits,
     "memory_restart": MemoryRestart,
     "restarts_exhausted": RestartsExhausted,
+    "outbox_trouble": OutboxTrouble,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -97,9 +117,11 @@ def decode(text: str) -> Message:
     if missing:
         raise ValueError(f"bus message {body['kind']} lacks {', '.join(missing)}")
     kwargs = {n: body[n] for n in names if n in body}
-    for key in ("pid", "measured_bytes", "limit_bytes", "restarts"):
+    for key in ("pid", "measured_bytes", "limit_bytes", "restarts", "spooled", "dropped"):
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
             raise ValueError(f"bus message field {key} must be an integer")
+    if "failing" in kwargs and not isinstance(kwargs["failing"], bool):
+        raise ValueError("bus message field failing must be true or false")
     if "limits" in kwargs:
         limits = kwargs["limits"]
         if not isinstance(limits, dict) or not all(

@@ -11,6 +11,12 @@ Three tables in one SQLite file (WAL):
 
 The connection is per thread (sqlite3 objects must not cross threads); WAL lets the event loop
 write incidents while the courier reads and delivers.
+
+When an incident cannot be committed (disk full, database locked by another process, I/O
+error) it waits in a bounded memory spool that the courier's flush thread writes out as soon as
+the file takes writes again; the event loop never waits on SQLite for more than
+``RECORD_TIMEOUT``. A row that cannot be read back (damaged JSON, unknown kind) is moved to
+``quarantine`` so it never stops the rows after it.
 """
 
 from __future__ import annotations
@@ -20,14 +26,24 @@ import random
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from listeners.core.log import get_logger
 from listeners.notify.alert import Alert
-from listeners.notify.sinks import Sink, SinkError
+from listeners.notify.sinks import Sink, SinkError, redact
 
-__all__ = ["Courier", "Incident", "Outbox", "backoff_delay"]
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "RECORD_TIMEOUT",
+    "SPOOL_LIMIT",
+    "Courier",
+    "Incident",
+    "Outbox",
+    "OutboxHealth",
+    "backoff_delay",
+]
 
 log = get_logger("listeners.notify.outbox")
 
@@ -59,7 +75,32 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (message_id, sink)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, state, next_attempt);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    row_id INTEGER,
+    key TEXT,
+    body TEXT,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
+
+#: Longest the event loop waits for SQLite's lock when it commits an incident (seconds).
+RECORD_TIMEOUT = 0.5
+#: Incidents kept in memory while the outbox cannot be written; beyond, they are counted as lost
+#: and reported by an ``events_lost`` alert once the outbox works again.
+SPOOL_LIMIT = 10000
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    """What ``on_health`` is told when committing starts failing or works again."""
+
+    failing: bool
+    error: str
+    spooled: int
+    dropped: int
 
 
 @dataclass(frozen=True)
@@ -82,10 +123,26 @@ def backoff_delay(
 class Outbox:
     """SQLite storage of incidents, messages and per-sink deliveries."""
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_health: Callable[[OutboxHealth], None] = lambda h: None,
+        record_timeout: float = RECORD_TIMEOUT,
+        spool_limit: int = SPOOL_LIMIT,
+    ) -> None:
         self.path = path
         self.clock = clock
+        self.on_health = on_health
+        self.record_timeout = record_timeout
+        self.spool_limit = spool_limit
         self._local = threading.local()
+        self._spool: deque[tuple[Alert, float, str]] = deque()
+        self._spool_lock = threading.Lock()
+        self._dropped = 0
+        self._dropped_host = ""
+        self.failing: str | None = None
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         db = self._db()
@@ -102,34 +159,190 @@ class Outbox:
             self._local.db = db
         return db
 
+    def _record_db(self) -> sqlite3.Connection:
+        """The event loop's own connection: it waits at most ``record_timeout`` for a lock."""
+        db: sqlite3.Connection | None = getattr(self._local, "rec", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=self.record_timeout, isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout={int(self.record_timeout * 1000)}")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.rec = db
+        return db
+
     def close(self) -> None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        for attr in ("db", "rec"):
+            db: sqlite3.Connection | None = getattr(self._local, attr, None)
+            if db is not None:
+                db.close()
+                setattr(self._local, attr, None)
 
     # ---------------------------------------------------------------- incidents
 
     def record(self, alert: Alert, *, due: float, batch: str | None = None) -> bool:
-        """Commit one incident; False when its key was recorded before (a redelivery)."""
-        cur = self._db().execute(
-            "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (alert.key, batch or alert.key, alert.to_json(), self.clock(), due),
-        )
+        """Commit one incident; False when its key was recorded before (a redelivery).
+
+        Never raises for a storage problem and never waits longer than ``record_timeout``: an
+        incident that cannot be committed goes to the memory spool (see ``drain_spool``).
+        """
+        with self._spool_lock:
+            if self._spool:
+                # Keep the order: while the spool has rows, new ones queue behind them.
+                return self._to_spool(alert, due, batch or alert.key, self.failing or "")
+        try:
+            cur = self._record_db().execute(
+                "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (alert.key, batch or alert.key, alert.to_json(), self.clock(), due),
+            )
+        except sqlite3.Error as exc:
+            with self._spool_lock:
+                return self._to_spool(alert, due, batch or alert.key, str(exc))
         return cur.rowcount == 1
+
+    def _to_spool(self, alert: Alert, due: float, batch: str, error: str) -> bool:
+        """Under ``_spool_lock``: keep an incident that the file did not take."""
+        if any(a.key == alert.key for a, _, _ in self._spool):
+            return False
+        if len(self._spool) >= self.spool_limit:
+            self._dropped += 1
+            self._dropped_host = alert.host
+            log.error(
+                "outbox.spool_full",
+                key=alert.key,
+                kind=alert.kind,
+                process=alert.process,
+                dropped=self._dropped,
+                limit=self.spool_limit,
+            )
+        else:
+            self._spool.append((alert, due, batch))
+            log.error(
+                "outbox.commit_failed",
+                path=self.path,
+                error=error,
+                key=alert.key,
+                kind=alert.kind,
+                process=alert.process,
+                spooled=len(self._spool),
+                hint="kept in memory and written when the outbox takes writes again;"
+                " free disk space or stop what holds the database lock",
+            )
+        if self.failing is None:
+            self.failing = error or "commit failed"
+            self._announce(OutboxHealth(True, self.failing, len(self._spool), self._dropped))
+        return True
+
+    def _announce(self, health: OutboxHealth) -> None:
+        try:
+            self.on_health(health)
+        except Exception:
+            log.exception("outbox.health_callback_failed")
+
+    @property
+    def spooled(self) -> int:
+        """Incidents waiting in memory for the outbox to take writes again."""
+        with self._spool_lock:
+            return len(self._spool)
+
+    def drain_spool(self) -> int:
+        """Write spooled incidents to the file (courier thread); returns how many were written."""
+        with self._spool_lock:
+            items = list(self._spool)
+            dropped, host = self._dropped, self._dropped_host
+        if not items and not dropped:
+            return 0
+        rows = [(a.key, b, a.to_json(), self.clock(), d) for a, d, b in items]
+        if dropped:
+            lost = Alert(
+                kind="events_lost",
+                host=host,
+                time=self.clock(),
+                count=dropped,
+                message=f"{dropped} alerts were lost: the outbox {self.path} could not be written"
+                f" and the memory spool of {self.spool_limit} incidents was full.",
+            )
+            rows.append((lost.key, lost.key, lost.to_json(), self.clock(), self.clock()))
+        db = self._record_db()  # short lock wait: this is retried twice a second anyway
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.warning("outbox.spool_still_failing", error=str(exc), spooled=len(items))
+            return 0
+        with self._spool_lock:
+            for _ in items:
+                self._spool.popleft()
+            self._dropped -= dropped
+            left = len(self._spool)
+            recovered = not self._spool and not self._dropped
+            if recovered:
+                self.failing = None
+        log.warning("outbox.spool_written", written=len(items), lost=dropped, left=left)
+        if recovered:
+            self._announce(OutboxHealth(False, "", 0, 0))
+        return len(items)
 
     def known(self, key: str) -> bool:
         row = self._db().execute("SELECT 1 FROM incidents WHERE key = ?", (key,)).fetchone()
         return row is not None
 
     def due_incidents(self, now: float) -> list[Incident]:
+        """Due incidents, oldest first; a row that cannot be read is quarantined, not returned."""
         rows = self._db().execute(
-            "SELECT id, batch, body FROM incidents WHERE message_id IS NULL AND due <= ?"
+            "SELECT id, key, batch, body FROM incidents WHERE message_id IS NULL AND due <= ?"
             " ORDER BY id",
             (now,),
         )
-        return [Incident(i, b, Alert.from_json(body)) for i, b, body in rows]
+        out: list[Incident] = []
+        for i, key, b, body in rows.fetchall():
+            try:
+                out.append(Incident(int(i), str(b), Alert.from_json(body)))
+            except Exception as exc:  # any damage: bad JSON, unknown kind, wrong field types
+                self._quarantine("incidents", int(i), key, body, exc)
+        return out
+
+    def _quarantine(
+        self, source: str, row_id: int, key: object, body: object, exc: Exception
+    ) -> None:
+        """Move a damaged row aside so the rows after it are still delivered."""
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO quarantine (source, row_id, key, body, error, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (source, row_id, None if key is None else str(key), str(body), error, self.clock()),
+            )
+            if source == "incidents":
+                db.execute("DELETE FROM incidents WHERE id = ?", (row_id,))
+            else:
+                db.execute(
+                    "UPDATE deliveries SET state = 'quarantined', last_error = ?"
+                    " WHERE message_id = ?",
+                    (error, row_id),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.error(
+            "outbox.row_quarantined",
+            table=source,
+            row=row_id,
+            key=key,
+            error=error,
+            hint="the row is kept in the quarantine table; the others are delivered",
+        )
 
     def next_due(self) -> float | None:
         row = (
@@ -177,24 +390,45 @@ class Outbox:
     def pending(self, sink: str, now: float, limit: int = 50) -> list[tuple[int, Alert, int]]:
         """(message id, alert, attempts so far) due for ``sink``, oldest first."""
         rows = self._db().execute(
-            "SELECT d.message_id, m.body, d.attempts FROM deliveries d"
+            "SELECT d.message_id, m.key, m.body, d.attempts FROM deliveries d"
             " JOIN messages m ON m.id = d.message_id"
             " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt <= ?"
             " ORDER BY d.message_id LIMIT ?",
             (sink, now, limit),
         )
-        return [(int(i), Alert.from_json(body), int(a)) for i, body, a in rows]
+        out: list[tuple[int, Alert, int]] = []
+        for i, key, body, a in rows.fetchall():
+            try:
+                out.append((int(i), Alert.from_json(body), int(a)))
+            except Exception as exc:  # any damage: bad JSON, unknown kind, wrong field types
+                self._quarantine("messages", int(i), key, body, exc)
+        return out
 
     def next_attempt(self, sink: str) -> float | None:
+        """When ``sink`` has its next due delivery; only deliveries that have a message count."""
         row = (
             self._db()
             .execute(
-                "SELECT MIN(next_attempt) FROM deliveries WHERE sink = ? AND state = 'pending'",
+                "SELECT MIN(d.next_attempt) FROM deliveries d"
+                " JOIN messages m ON m.id = d.message_id"
+                " WHERE d.sink = ? AND d.state = 'pending'",
                 (sink,),
             )
             .fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
+
+    def drop_orphans(self, sink: str) -> int:
+        """Mark pending deliveries whose message row is gone as ``orphaned``; returns how many."""
+        cur = self._db().execute(
+            "UPDATE deliveries SET state = 'orphaned', last_error = 'message row missing'"
+            " WHERE sink = ? AND state = 'pending'"
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.message_id)",
+            (sink,),
+        )
+        if cur.rowcount:
+            log.error("outbox.orphaned_deliveries", sink=sink, count=cur.rowcount)
+        return int(cur.rowcount)
 
     def delivered(self, message_id: int, sink: str) -> None:
         self._db().execute(
@@ -203,14 +437,23 @@ class Outbox:
             (self.clock(), message_id, sink),
         )
 
-    def failed(self, message_id: int, sink: str, error: str, retry_at: float | None) -> None:
-        """Record a failed attempt; ``retry_at`` None gives the delivery up (state expired)."""
+    def failed(
+        self,
+        message_id: int,
+        sink: str,
+        error: str,
+        retry_at: float | None,
+        *,
+        give_up_as: str = "expired",
+    ) -> None:
+        """Record a failed attempt; ``retry_at`` None gives the delivery up (``give_up_as``:
+        ``expired`` after the retry window, ``failed`` for a permanent error)."""
         self._db().execute(
             "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
             " next_attempt = COALESCE(?, next_attempt),"
-            " state = CASE WHEN ? IS NULL THEN 'expired' ELSE state END"
+            " state = CASE WHEN ? IS NULL THEN ? ELSE state END"
             " WHERE message_id = ? AND sink = ?",
-            (error[:500], retry_at, retry_at, message_id, sink),
+            (error[:500], retry_at, retry_at, give_up_as, message_id, sink),
         )
 
     def created(self, message_id: int) -> float:
@@ -262,6 +505,10 @@ class Outbox:
         return out
 
 
+#: Seconds a sink call may take in all (connect, send, the whole reply) unless the sink says.
+DEFAULT_DEADLINE = 60.0
+
+
 class Courier:
     """Threads that turn due incidents into messages and deliver them, one thread per sink.
 
@@ -281,10 +528,12 @@ class Courier:
         retry_max: float = 300.0,
         retry_for: float = 86400.0,
         keep: int = 10000,
+        deadline: float = DEFAULT_DEADLINE,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.outbox = outbox
+        self.deadline = deadline
         self.sinks = list(sinks)
         self.fold = fold
         self.enrich = enrich
@@ -298,6 +547,9 @@ class Courier:
         self._flush_wake = threading.Event()
         self._sink_wake = {s.name: threading.Event() for s in self.sinks}
         self._threads: list[threading.Thread] = []
+        # A send cut off by its deadline keeps running in its thread; no second one starts for
+        # the same sink until it ends, so a receiver that trickles cannot pile threads up.
+        self._hung: dict[str, threading.Thread] = {}
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._flusher, name="outbox-flush", daemon=True)]
@@ -359,49 +611,114 @@ class Courier:
     def _flusher(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.outbox.drain_spool():
+                    self._flush_wake.set()
                 self.flush_once()
                 nd = self.outbox.next_due()
             except Exception:
                 log.exception("outbox.flush_failed")
                 nd = self.clock() + 1.0
             wait = 1.0 if nd is None else min(1.0, max(0.0, nd - self.clock()))
+            if self.outbox.failing is not None:
+                wait = min(wait, 0.5)
             self._flush_wake.wait(wait)
             self._flush_wake.clear()
+        try:
+            self.outbox.drain_spool()  # a last chance for what waits in memory
+        except Exception:
+            log.exception("outbox.flush_failed")
         self.outbox.close()
 
     # ---------------------------------------------------------------- delivering
 
+    def send_within_deadline(self, sink: Sink, alert: Alert) -> None:
+        """``sink.send(alert)`` with a total deadline; SinkError when it is not done in time.
+
+        A socket timeout only bounds each read: a receiver that answers one byte at a time
+        never trips it. The call runs in its own thread and is abandoned at the deadline.
+        """
+        deadline = float(getattr(sink, "deadline", None) or self.deadline)
+        hung = self._hung.get(sink.name)
+        if hung is not None:
+            if hung.is_alive():
+                raise SinkError(
+                    f"sink {sink.name}: the previous attempt is still hanging past its"
+                    f" {deadline:g}s deadline"
+                )
+            del self._hung[sink.name]
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                sink.send(alert)
+            except BaseException as exc:  # handed to the courier thread below
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        t = threading.Thread(target=call, name=f"send-{sink.name}", daemon=True)
+        t.start()
+        t.join(deadline)
+        if t.is_alive():
+            self._hung[sink.name] = t
+            raise SinkError(
+                f"sink {sink.name}: no complete answer within the {deadline:g}s deadline"
+                " (the receiver is too slow or trickles its reply)"
+            )
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+
     def deliver_once(self, sink: Sink) -> bool:
         """Try every due delivery of ``sink``; False when the sink failed (stop for now)."""
         now = self.clock()
-        for message_id, alert, attempts in self.outbox.pending(sink.name, now):
+        pending = self.outbox.pending(sink.name, now)
+        if not pending:
+            self.outbox.drop_orphans(sink.name)
+        for message_id, alert, attempts in pending:
             if self._stop.is_set():
                 return True
             try:
-                sink.send(alert)
+                self.send_within_deadline(sink, alert)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
-                expired = self.clock() - self.outbox.created(message_id) > self.retry_for
-                retry_at = (
-                    None
-                    if expired
-                    else self.clock()
-                    + backoff_delay(attempts, self.retry_base, self.retry_max, self.rng)
-                )
-                self.outbox.failed(message_id, sink.name, reason, retry_at)
-                log.warning(
-                    "outbox.delivery_failed",
-                    sink=sink.name,
-                    key=alert.key,
-                    attempts=attempts + 1,
-                    error=reason,
-                    retry_in=None if retry_at is None else round(retry_at - self.clock(), 2),
-                    gave_up=retry_at is None,
-                )
+                self._failed(sink, message_id, alert, attempts, exc)
                 return False
             self.outbox.delivered(message_id, sink.name)
             log.info("outbox.delivered", sink=sink.name, key=alert.key, kind=alert.kind)
         return True
+
+    def _failed(
+        self, sink: Sink, message_id: int, alert: Alert, attempts: int, exc: Exception
+    ) -> None:
+        reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
+        reason = redact(reason)
+        permanent = isinstance(exc, SinkError) and exc.permanent
+        asked = exc.retry_after if isinstance(exc, SinkError) else None
+        expired = self.clock() - self.outbox.created(message_id) > self.retry_for
+        retry_at: float | None = None
+        if not (permanent or expired):
+            delay = backoff_delay(attempts, self.retry_base, self.retry_max, self.rng)
+            if asked is not None:
+                delay = max(delay, asked)
+            retry_at = self.clock() + delay
+        self.outbox.failed(
+            message_id,
+            sink.name,
+            reason,
+            retry_at,
+            give_up_as="failed" if permanent else "expired",
+        )
+        fields = {
+            "sink": sink.name,
+            "key": alert.key,
+            "attempts": attempts + 1,
+            "error": reason,
+            "retry_in": None if retry_at is None else round(retry_at - self.clock(), 2),
+            "gave_up": retry_at is None,
+        }
+        if permanent:
+            log.error("outbox.delivery_failed_permanently", **fields)
+        else:
+            log.warning("outbox.delivery_failed", **fields)
 
     def _deliverer(self, sink: Sink) -> None:
         wake = self._sink_wake[sink.name]
