@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from listeners import crashmail
 from listeners.notify.alert import Alert, render_text, subject
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.sinks import FileSink
@@ -146,3 +147,22 @@ class TestPlainSmtpAuth:
     def test_tls_or_an_explicit_tls_none_or_no_user_is_accepted(self, value):
         """With TLS, with tls=none said outright, or without a user, the sink parses."""
         assert parse_sink(value, env={}).kind == "smtp"
+
+
+class TestAtStart:
+    def test_crashmail_refuses_plain_smtp_auth_with_one_line_and_exit_2(self, capsys):
+        """The refusal happens when crashmail starts: exit 2, one error line, no traceback."""
+        with pytest.raises(SystemExit) as done:
+            crashmail.main(["--sink", "smtp://alerts@127.0.0.1:25?to=ops@example.com"])
+        err = capsys.readouterr().err
+        assert (done.value.code, "in the clear" in err, "Traceback" in err) == (2, True, False)
+
+    def test_crashmail_s_error_for_a_bad_env_sink_does_not_print_the_value(
+        self, capsys, monkeypatch
+    ):
+        """--sink env:HOOK with a broken URL: the error names HOOK, not the token it holds."""
+        monkeypatch.setenv("HOOK", "slack+https://hooks.slack.com/services/T/B/TOKEN123#x=1")
+        with pytest.raises(SystemExit):
+            crashmail.main(["--sink", "env:HOOK"])
+        err = capsys.readouterr().err
+        assert ("HOOK" in err, "TOKEN123" in err) == (True, False)
