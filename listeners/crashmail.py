@@ -37,7 +37,7 @@ from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailab
 from listeners.notify.alert import Alert
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
-from listeners.notify.outbox import Courier, Outbox, OutboxHealth
+from listeners.notify.outbox import Courier, Outbox, health_announcer
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
 
@@ -726,20 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     rpc = Supervisor(connection)
     worker = Worker("crashmail-rpc")
 
-    def announce(health: OutboxHealth) -> None:
-        # Called on the event loop or a courier thread: the RPC itself runs on the worker.
-        msg = bus.OutboxTrouble(
-            config.host, health.failing, health.error, health.spooled, health.dropped
-        )
-
-        def send() -> None:
-            try:
-                rpc.send_remote_comm(bus.CRASHMAIL_TYPE, bus.encode(msg))
-            except SupervisorError as exc:
-                log.warning("crashmail.announce_failed", error=str(exc))
-
-        worker.submit(send)
-
+    announce = health_announcer(config.host, rpc.send_remote_comm, worker.submit)
     try:
         outbox = Outbox(config.outbox, on_health=announce)
     except (OSError, Exception) as exc:  # sqlite3.Error, permissions

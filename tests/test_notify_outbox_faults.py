@@ -10,7 +10,7 @@ import pytest
 
 from listeners.core import bus
 from listeners.notify.alert import Alert
-from listeners.notify.outbox import Courier, Outbox, OutboxHealth
+from listeners.notify.outbox import Courier, Outbox, OutboxHealth, health_announcer
 from listeners.notify.sinks import (
     RETRY_AFTER_CAP,
     SinkError,
@@ -123,6 +123,31 @@ class TestCommitFailures:
         alerts = [i.alert for i in box.due_incidents(10**12)]
         assert [a.key for a in alerts[:2]] == ["k0", "k1"]
         assert (alerts[2].kind, alerts[2].count) == ("events_lost", 3)
+
+    def test_trouble_is_published_on_the_bus_through_the_given_worker(self, tmp_path):
+        """A locked outbox makes one listeners.crashmail outbox_trouble message, via submit."""
+        sent: list[tuple[str, str]] = []
+        queued: list[object] = []
+
+        def submit(fn):
+            queued.append(fn)
+            fn()
+
+        path = str(tmp_path / "o.sqlite")
+        announce = health_announcer("h", lambda t, d: sent.append((t, d)), submit)
+        box = Outbox(path, on_health=announce, record_timeout=0.05)
+        lock = Locked(path)
+        try:
+            box.record(crash("a", "k1"), due=0)
+        finally:
+            lock.release()
+        msg = bus.decode(sent[0][1])
+        assert (len(queued), sent[0][0], msg.failing, msg.spooled) == (
+            1,
+            bus.CRASHMAIL_TYPE,
+            True,
+            1,
+        )
 
     def test_the_trouble_message_round_trips_on_the_bus(self):
         """OutboxTrouble is part of the one bus schema: encode then decode gives it back."""

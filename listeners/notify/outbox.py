@@ -21,15 +21,17 @@ the file takes writes again; the event loop never waits on SQLite for more than
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from listeners.core import bus
 from listeners.core.log import get_logger
 from listeners.notify.alert import Alert
 from listeners.notify.sinks import Sink, SinkError, redact
@@ -43,6 +45,7 @@ __all__ = [
     "Outbox",
     "OutboxHealth",
     "backoff_delay",
+    "health_announcer",
 ]
 
 log = get_logger("listeners.notify.outbox")
@@ -112,6 +115,29 @@ class Incident:
     alert: Alert
 
 
+def health_announcer(
+    host: str,
+    send: Callable[[str, str], None],
+    submit: Callable[[Callable[[], None]], None],
+) -> Callable[[OutboxHealth], None]:
+    """An ``on_health`` that publishes ``bus.OutboxTrouble`` with ``send(type, data)``
+    (sendRemoteCommEvent), run through ``submit`` so neither the event loop nor a courier
+    thread waits on supervisord."""
+
+    def announce(health: OutboxHealth) -> None:
+        msg = bus.OutboxTrouble(host, health.failing, health.error, health.spooled, health.dropped)
+
+        def publish() -> None:
+            try:
+                send(bus.CRASHMAIL_TYPE, bus.encode(msg))
+            except Exception as exc:  # SupervisorError mostly; never kill the worker
+                log.warning("outbox.announce_failed", error=str(exc))
+
+        submit(publish)
+
+    return announce
+
+
 def backoff_delay(
     attempts: int, base: float, cap: float, rng: Callable[[], float] = random.random
 ) -> float:
@@ -140,6 +166,10 @@ class Outbox:
         self._local = threading.local()
         self._spool: deque[tuple[Alert, float, str]] = deque()
         self._spool_lock = threading.Lock()
+        # One writer at a time inside this process, the event loop first: SQLite's own busy
+        # handler polls, and a courier committing message after message would starve the loop.
+        self._write_lock = threading.Lock()
+        self._loop_waiting = 0
         self._dropped = 0
         self._dropped_host = ""
         self.failing: str | None = None
@@ -176,6 +206,14 @@ class Outbox:
                 db.close()
                 setattr(self._local, attr, None)
 
+    @contextlib.contextmanager
+    def _courier_write(self) -> Iterator[None]:
+        """Hold the in-process write lock for a courier thread; give way to a waiting loop."""
+        while self._loop_waiting:
+            time.sleep(0.001)
+        with self._write_lock:
+            yield
+
     # ---------------------------------------------------------------- incidents
 
     def record(self, alert: Alert, *, due: float, batch: str | None = None) -> bool:
@@ -188,6 +226,16 @@ class Outbox:
             if self._spool:
                 # Keep the order: while the spool has rows, new ones queue behind them.
                 return self._to_spool(alert, due, batch or alert.key, self.failing or "")
+        self._loop_waiting += 1
+        try:
+            got = self._write_lock.acquire(timeout=self.record_timeout)
+        finally:
+            self._loop_waiting -= 1
+        if not got:
+            with self._spool_lock:
+                return self._to_spool(
+                    alert, due, batch or alert.key, "the outbox is busy (a write is stuck)"
+                )
         try:
             cur = self._record_db().execute(
                 "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
@@ -197,6 +245,8 @@ class Outbox:
         except sqlite3.Error as exc:
             with self._spool_lock:
                 return self._to_spool(alert, due, batch or alert.key, str(exc))
+        finally:
+            self._write_lock.release()
         return cur.rowcount == 1
 
     def _to_spool(self, alert: Alert, due: float, batch: str, error: str) -> bool:
@@ -264,17 +314,8 @@ class Outbox:
             rows.append((lost.key, lost.key, lost.to_json(), self.clock(), self.clock()))
         db = self._record_db()  # short lock wait: this is retried twice a second anyway
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            with self._courier_write():
+                self._insert_all(db, rows)
         except sqlite3.Error as exc:
             log.warning("outbox.spool_still_failing", error=str(exc), spooled=len(items))
             return 0
@@ -290,6 +331,20 @@ class Outbox:
         if recovered:
             self._announce(OutboxHealth(False, "", 0, 0))
         return len(items)
+
+    @staticmethod
+    def _insert_all(db: sqlite3.Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def known(self, key: str) -> bool:
         row = self._db().execute("SELECT 1 FROM incidents WHERE key = ?", (key,)).fetchone()
@@ -314,35 +369,43 @@ class Outbox:
         self, source: str, row_id: int, key: object, body: object, exc: Exception
     ) -> None:
         """Move a damaged row aside so the rows after it are still delivered."""
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "INSERT INTO quarantine (source, row_id, key, body, error, at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (source, row_id, None if key is None else str(key), str(body), error, self.clock()),
-            )
-            if source == "incidents":
-                db.execute("DELETE FROM incidents WHERE id = ?", (row_id,))
-            else:
+        with self._courier_write():
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
                 db.execute(
-                    "UPDATE deliveries SET state = 'quarantined', last_error = ?"
-                    " WHERE message_id = ?",
-                    (error, row_id),
+                    "INSERT INTO quarantine (source, row_id, key, body, error, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        source,
+                        row_id,
+                        None if key is None else str(key),
+                        str(body),
+                        error,
+                        self.clock(),
+                    ),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        log.error(
-            "outbox.row_quarantined",
-            table=source,
-            row=row_id,
-            key=key,
-            error=error,
-            hint="the row is kept in the quarantine table; the others are delivered",
-        )
+                if source == "incidents":
+                    db.execute("DELETE FROM incidents WHERE id = ?", (row_id,))
+                else:
+                    db.execute(
+                        "UPDATE deliveries SET state = 'quarantined', last_error = ?"
+                        " WHERE message_id = ?",
+                        (error, row_id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            log.error(
+                "outbox.row_quarantined",
+                table=source,
+                row=row_id,
+                key=key,
+                error=error,
+                hint="the row is kept in the quarantine table; the others are delivered",
+            )
 
     def next_due(self) -> float | None:
         row = (
@@ -361,31 +424,32 @@ class Outbox:
 
     def make_message(self, incident_ids: Sequence[int], alert: Alert, sinks: Iterable[str]) -> int:
         """Turn incidents into one message with a pending delivery per sink, atomically."""
-        db = self._db()
-        now = self.clock()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "INSERT OR IGNORE INTO messages (key, body, created) VALUES (?, ?, ?)",
-                (alert.key, alert.to_json(), now),
-            )
-            (message_id,) = db.execute(
-                "SELECT id FROM messages WHERE key = ?", (alert.key,)
-            ).fetchone()
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (message_id, sink, next_attempt)"
-                " VALUES (?, ?, ?)",
-                [(message_id, sink, now) for sink in sinks],
-            )
-            db.executemany(
-                "UPDATE incidents SET message_id = ? WHERE id = ?",
-                [(message_id, i) for i in incident_ids],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return int(message_id)
+        with self._courier_write():
+            db = self._db()
+            now = self.clock()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR IGNORE INTO messages (key, body, created) VALUES (?, ?, ?)",
+                    (alert.key, alert.to_json(), now),
+                )
+                (message_id,) = db.execute(
+                    "SELECT id FROM messages WHERE key = ?", (alert.key,)
+                ).fetchone()
+                db.executemany(
+                    "INSERT OR IGNORE INTO deliveries (message_id, sink, next_attempt)"
+                    " VALUES (?, ?, ?)",
+                    [(message_id, sink, now) for sink in sinks],
+                )
+                db.executemany(
+                    "UPDATE incidents SET message_id = ? WHERE id = ?",
+                    [(message_id, i) for i in incident_ids],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(message_id)
 
     def pending(self, sink: str, now: float, limit: int = 50) -> list[tuple[int, Alert, int]]:
         """(message id, alert, attempts so far) due for ``sink``, oldest first."""
@@ -420,22 +484,24 @@ class Outbox:
 
     def drop_orphans(self, sink: str) -> int:
         """Mark pending deliveries whose message row is gone as ``orphaned``; returns how many."""
-        cur = self._db().execute(
-            "UPDATE deliveries SET state = 'orphaned', last_error = 'message row missing'"
-            " WHERE sink = ? AND state = 'pending'"
-            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.message_id)",
-            (sink,),
-        )
-        if cur.rowcount:
-            log.error("outbox.orphaned_deliveries", sink=sink, count=cur.rowcount)
-        return int(cur.rowcount)
+        with self._courier_write():
+            cur = self._db().execute(
+                "UPDATE deliveries SET state = 'orphaned', last_error = 'message row missing'"
+                " WHERE sink = ? AND state = 'pending'"
+                " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.message_id)",
+                (sink,),
+            )
+            if cur.rowcount:
+                log.error("outbox.orphaned_deliveries", sink=sink, count=cur.rowcount)
+            return int(cur.rowcount)
 
     def delivered(self, message_id: int, sink: str) -> None:
-        self._db().execute(
-            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, attempts = attempts + 1"
-            " WHERE message_id = ? AND sink = ?",
-            (self.clock(), message_id, sink),
-        )
+        with self._courier_write():
+            self._db().execute(
+                "UPDATE deliveries SET state = 'delivered', delivered_at = ?,"
+                " attempts = attempts + 1 WHERE message_id = ? AND sink = ?",
+                (self.clock(), message_id, sink),
+            )
 
     def failed(
         self,
@@ -448,13 +514,14 @@ class Outbox:
     ) -> None:
         """Record a failed attempt; ``retry_at`` None gives the delivery up (``give_up_as``:
         ``expired`` after the retry window, ``failed`` for a permanent error)."""
-        self._db().execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
-            " next_attempt = COALESCE(?, next_attempt),"
-            " state = CASE WHEN ? IS NULL THEN ? ELSE state END"
-            " WHERE message_id = ? AND sink = ?",
-            (error[:500], retry_at, retry_at, give_up_as, message_id, sink),
-        )
+        with self._courier_write():
+            self._db().execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
+                " next_attempt = COALESCE(?, next_attempt),"
+                " state = CASE WHEN ? IS NULL THEN ? ELSE state END"
+                " WHERE message_id = ? AND sink = ?",
+                (error[:500], retry_at, retry_at, give_up_as, message_id, sink),
+            )
 
     def created(self, message_id: int) -> float:
         row = (
@@ -468,29 +535,30 @@ class Outbox:
 
     def prune(self, keep: int) -> int:
         """Delete the oldest messages beyond ``keep`` whose deliveries are all finished."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            done = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM messages WHERE NOT EXISTS (SELECT 1 FROM deliveries d"
-                    " WHERE d.message_id = messages.id AND d.state = 'pending')"
-                    " ORDER BY id DESC LIMIT -1 OFFSET ?",
-                    (keep,),
-                )
-            ]
-            for chunk in range(0, len(done), 500):
-                ids = done[chunk : chunk + 500]
-                marks = ",".join("?" * len(ids))
-                db.execute(f"DELETE FROM deliveries WHERE message_id IN ({marks})", ids)  # noqa: S608 - only ? marks
-                db.execute(f"DELETE FROM incidents WHERE message_id IN ({marks})", ids)  # noqa: S608
-                db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)  # noqa: S608
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return len(done)
+        with self._courier_write():
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                done = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM messages WHERE NOT EXISTS (SELECT 1 FROM deliveries d"
+                        " WHERE d.message_id = messages.id AND d.state = 'pending')"
+                        " ORDER BY id DESC LIMIT -1 OFFSET ?",
+                        (keep,),
+                    )
+                ]
+                for chunk in range(0, len(done), 500):
+                    ids = done[chunk : chunk + 500]
+                    marks = ",".join("?" * len(ids))
+                    db.execute(f"DELETE FROM deliveries WHERE message_id IN ({marks})", ids)  # noqa: S608 - only ? marks
+                    db.execute(f"DELETE FROM incidents WHERE message_id IN ({marks})", ids)  # noqa: S608
+                    db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)  # noqa: S608
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return len(done)
 
     def counts(self) -> dict[str, int]:
         db = self._db()
