@@ -28,6 +28,7 @@ from listeners.core.cli import (
     add_logging_args,
     arg_type,
     connection_from_args,
+    default_state_dir,
     hostname,
 )
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
@@ -39,11 +40,12 @@ from listeners.core.units import parse_duration, parse_rate
 from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
 from listeners.notify.alert import Alert
 from listeners.notify.announced import announced_alert
+from listeners.notify.courier import Courier
 from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
-from listeners.notify.outbox import Courier, Outbox, OutboxOwnerError
+from listeners.notify.outbox import Outbox, OutboxOwnerError, health_announcer
 from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
@@ -74,15 +76,6 @@ DEFAULT_WAKE = "exit"
 DEFAULT_WAKE_INTERVAL = 0.2
 #: Shortest wake interval accepted: below it supervisord's CPU cost grows for little gain.
 MIN_WAKE_INTERVAL = 0.05
-
-
-def default_state_dir(env: dict[str, str] | None = None) -> str:
-    """systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME, else ~/.local/state; our subdir."""
-    env = dict(os.environ) if env is None else env
-    if env.get("STATE_DIRECTORY"):
-        return env["STATE_DIRECTORY"].split(":")[0]
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "supervisor-listeners")
 
 
 # --------------------------------------------------------------------------- config
@@ -746,10 +739,12 @@ def make_waker(
     return Waker(poke, config.wake_interval, name="crashmail-wake")
 
 
-def open_outbox(config: Config, parser: argparse.ArgumentParser) -> Outbox:
+def open_outbox(
+    config: Config, parser: argparse.ArgumentParser, on_health: Callable[[Any], None]
+) -> Outbox:
     """The outbox, claimed for this supervisord; a usage error (exit 2) when it cannot be."""
     try:
-        outbox = Outbox(config.outbox)
+        outbox = Outbox(config.outbox, on_health=on_health)
         outbox.claim(config.identity)
     except OutboxOwnerError as exc:
         parser.error(
@@ -770,9 +765,10 @@ def main(argv: list[str] | None = None) -> int:
         sinks = build_sinks(config)
     except ValueError as exc:
         parser.error(str(exc))
-    outbox = open_outbox(config, parser)
     rpc = Supervisor(connection)
     worker = Worker("crashmail-rpc")
+    announce = health_announcer(config.host, rpc.send_remote_comm, worker.submit)
+    outbox = open_outbox(config, parser, announce)
     courier = Courier(
         outbox,
         sinks,

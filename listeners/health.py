@@ -9,7 +9,6 @@ judging and acting is core.watchdog's; superlance httpok's command line is liste
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -25,15 +24,6 @@ from listeners.core.watchdog import Check, WatchdogConfig, serve, validate
 __all__ = ["build_parser", "load_file", "main", "parse_args"]
 
 ACTIONS = ("restart", "alert")
-
-
-def default_state_dir(env: dict[str, str] | None = None) -> str:
-    """systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME, else ~/.local/state; our subdir."""
-    env = dict(os.environ) if env is None else env
-    if env.get("STATE_DIRECTORY"):
-        return env["STATE_DIRECTORY"].split(":")[0]
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "supervisor-listeners")
 
 
 # --------------------------------------------------------------------------- config
@@ -337,7 +327,7 @@ def parse_args(
         grace=grace,
         max_restarts=max_restarts,
         mass_guard=guard,
-        state_dir=args.state_dir or default_state_dir(),
+        state_dir=args.state_dir or cli.default_state_dir(),
         log_level=args.log_level,
         connection=cli.connection_from_args(parser, args),
     )

@@ -497,7 +497,7 @@ class TestHangingSink:
         """With the sink blocked mid-send, all 256 events are acknowledged and committed."""
         import threading
 
-        from listeners.notify.outbox import Courier
+        from listeners.notify.courier import Courier
 
         release = threading.Event()
         entered = threading.Event()

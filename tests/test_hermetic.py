@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from listeners.crashmail import default_state_dir
+from listeners.core.cli import default_state_dir
 from tests.conftest import REAL_HOME
 
 

@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from listeners.notify.alert import Alert
-from listeners.notify.outbox import Courier, Outbox, backoff_delay
+from listeners.notify.courier import Courier, backoff_delay
+from listeners.notify.outbox import Outbox
 from listeners.notify.sinks import SinkError
 from tests.fakes import FakeClock
 

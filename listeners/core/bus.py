@@ -24,6 +24,7 @@ __all__ = [
     "MemoryLimits",
     "MemoryRestart",
     "Message",
+    "OutboxTrouble",
     "ProcessesUnreadable",
     "RestartsHeld",
     "RestartsExhausted",
@@ -78,6 +79,18 @@ class RestartsExhausted:
     window_seconds: float
     measured_bytes: int
     limit_bytes: int
+
+
+@dataclass(frozen=True)
+class OutboxTrouble:
+    """crashmail's outbox cannot be written (``failing``) or can again; ``spooled`` incidents
+    wait in memory, ``dropped`` were lost because that spool was full. Sent on each change."""
+
+    host: str
+    failing: bool
+    error: str
+    spooled: int
+    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,7 @@ Message = (
     | HealthStatus
     | ActionPerformed
     | DeliveryHealth
+    | OutboxTrouble
 )
 _KINDS: dict[str, type[Message]] = {
     "memory_limits": MemoryLimits,
@@ -217,6 +231,7 @@ _KINDS: dict[str, type[Message]] = {
     "processes_unreadable": ProcessesUnreadable,
     "action_performed": ActionPerformed,
     "delivery_health": DeliveryHealth,
+    "outbox_trouble": OutboxTrouble,
 }
 _INTEGERS = (
     "pid",
@@ -227,6 +242,8 @@ _INTEGERS = (
     "judged",
     "median_bytes",
     "failures",
+    "spooled",
+    "dropped",
 )
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -268,6 +285,8 @@ def _check_fields(cls: type[Message], kwargs: dict[str, Any]) -> None:
     for key in ("action", "user", "source", "group", "name"):
         if cls is ActionPerformed and key in kwargs and not isinstance(kwargs[key], str):
             raise ValueError(f"bus message field {key} must be a string")
+    if "failing" in kwargs and not isinstance(kwargs["failing"], bool):
+        raise ValueError("bus message field failing must be true or false")
     if cls is DeliveryHealth:
         for key in ("pending", "failures"):
             value = kwargs.get(key)

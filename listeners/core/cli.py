@@ -27,6 +27,15 @@ T = TypeVar("T")
 DEFAULT_SENDMAIL = "/usr/sbin/sendmail -t -i"
 
 
+def default_state_dir(env: Mapping[str, str] | None = None) -> str:
+    """systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME, else ~/.local/state; our subdir."""
+    env = dict(os.environ) if env is None else env
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "supervisor-listeners")
+
+
 def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[str], T]:
     """Wrap a parser that raises ValueError so argparse prints its message as is."""
 

@@ -6,12 +6,13 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 __all__ = [
     "KINDS",
     "Alert",
+    "clean_alert",
     "clean_text",
     "collapse_repeats",
     "duration_words",
@@ -52,13 +53,18 @@ _TITLES = {
     "summary": "had repeated alerts",
     "resolved": "is stable again",
 }
-# C0/C1 controls except tab and newline: terminal escapes from process output stop here.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0/C1 controls except tab and newline: terminal escapes from process output stop here. Also
+# the bidi marks, embeddings, overrides and isolates (U+200E/F, U+202A-E, U+2066-9, U+061C),
+# which can make a subject read backwards ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# ANSI escape sequences (CSI such as colours "ESC[31m", OSC such as titles "ESC]0;..BEL"):
+# removed whole, so a coloured stderr line reads as its text.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
 
 
 def clean_text(text: str) -> str:
-    """Untrusted text (process output) without control characters."""
-    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
+    """Untrusted text (process output) without escape sequences and control characters."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", _ANSI.sub("", text))
 
 
 def duration_words(seconds: float) -> str:
@@ -149,6 +155,20 @@ class Alert:
         body = json.loads(text)
         body["processes"] = tuple(body.get("processes") or ())
         return cls(**body)
+
+
+def clean_alert(alert: Alert) -> Alert:
+    """The alert with control, escape and bidi characters taken out of its free-text fields
+    (for sinks that pass the fields on as they are: the JSON file and generic webhooks)."""
+    return replace(
+        alert,
+        host=clean_text(alert.host),
+        group=clean_text(alert.group),
+        name=clean_text(alert.name),
+        message=clean_text(alert.message),
+        stderr_tail=None if alert.stderr_tail is None else clean_text(alert.stderr_tail),
+        processes=tuple(clean_text(p) for p in alert.processes),
+    )
 
 
 def subject(alert: Alert, prefix: str = "") -> str:

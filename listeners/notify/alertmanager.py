@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from listeners.notify.alert import Alert, clean_text, render_text
-from listeners.notify.sinks import SinkError
+from listeners.notify.sinks import SinkError, http_status_error
 
 __all__ = ["ALERTNAMES", "AlertmanagerSink", "am_alerts"]
 
@@ -148,6 +148,8 @@ class AlertmanagerSink:
     hold: float = 3600.0
     state_hold: float = 7 * 86400.0
     name: str = "alertmanager"
+    #: Most seconds one attempt may take in all (None: the courier's default).
+    deadline: float | None = None
 
     def send(self, alert: Alert) -> None:
         body = am_alerts(alert, now=time.time(), hold=self.hold, state_hold=self.state_hold)
@@ -159,6 +161,10 @@ class AlertmanagerSink:
         except requests.RequestException as exc:
             raise SinkError(f"alertmanager {self.name} unreachable: {type(exc).__name__}") from None
         if resp.status_code >= 300:
-            raise SinkError(
-                f"alertmanager {self.name} answered HTTP {resp.status_code}: {resp.text[:200]}"
+            raise http_status_error(
+                f"alertmanager {self.name}",
+                resp.status_code,
+                resp.reason or "",
+                resp.headers,
+                resp.text[:200],
             )

@@ -5,15 +5,19 @@ Runs on a courier thread, never on the event loop: each call is one or two XML-R
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from typing import Any, Protocol
 
 from listeners.core.exits import classify
+from listeners.core.log import get_logger
 from listeners.core.supervisor import SupervisorError
-from listeners.notify.alert import Alert, collapse_repeats
+from listeners.notify.alert import Alert, clean_text, collapse_repeats
 
-__all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "exit_from_log"]
+log = get_logger("listeners.notify.enrich")
+
+__all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "exit_from_log", "read_tail_file"]
 
 
 class EnrichRPC(Protocol):
@@ -62,8 +66,46 @@ def enrich_alert(alert: Alert, rpc: EnrichRPC, tail_lines: int = 20) -> Alert:
 def _read_log(rpc: EnrichRPC, size: int) -> str:
     try:
         return str(rpc.call("supervisor.readLog", -size, 0))
-    except SupervisorError:
+    except Exception:  # SupervisorError, or a reply the XML parser rejects
         return ""
+
+
+def read_tail_file(path: str, size: int = 8192) -> str | None:
+    """The last ``size`` bytes of a log file, decoded leniently; None when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+            fh.seek(max(0, end - size))
+            data = fh.read(size)
+    except OSError:
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def _stderr_tail(rpc: EnrichRPC, full: str, info: dict[str, Any], size: int = 8192) -> str | None:
+    """The stderr tail over RPC; when supervisord's reply cannot be parsed, from the log file.
+
+    supervisord puts the log bytes into its XML reply as they are, so one ANSI colour code
+    (ESC is not allowed in XML 1.0) makes the whole reply unreadable; the path of the file is
+    in getProcessInfo's ``stderr_logfile`` and the file is on this host.
+    """
+    try:
+        text: str | None = rpc.tail_stderr(full, size)
+    except SupervisorError:
+        raise
+    except Exception as exc:  # xml.parsers.expat.ExpatError and friends
+        path = str(info.get("stderr_logfile") or "")
+        text = read_tail_file(path, size) if path else None
+        log.warning(
+            "crashmail.tail_unparsable",
+            process=full,
+            error=f"{type(exc).__name__}: {exc}",
+            fallback="log file" if text is not None else "none",
+        )
+        if text is None:
+            return f"(stderr tail unavailable: supervisord's reply was not valid XML: {exc})"
+    return text
 
 
 def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
@@ -95,8 +137,8 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
         message = (message + "\n" if message else "") + f"spawnerr: {details['spawnerr']}"
     text: str | None = None
     try:
-        text = rpc.tail_stderr(full, 8192)
-        tail = NO_LOG if text is None else _tail(text, tail_lines)
+        text = _stderr_tail(rpc, full, info)
+        tail = NO_LOG if text is None else _tail(clean_text(text.replace("\r\n", "\n")), tail_lines)
     except SupervisorError as exc:
         tail = f"(stderr tail unavailable: {exc})"
     reason = classify(

@@ -11,23 +11,38 @@ Three tables in one SQLite file (WAL):
 
 The connection is per thread (sqlite3 objects must not cross threads); WAL lets the event loop
 write incidents while the courier reads and delivers.
+
+When an incident cannot be committed (disk full, database locked by another process, I/O
+error) it waits in a bounded memory spool that the courier's flush thread writes out as soon as
+the file takes writes again; the event loop never waits on SQLite for more than
+``RECORD_TIMEOUT``. A row that cannot be read back (damaged JSON, unknown kind) is moved to
+``quarantine`` so it never stops the rows after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from listeners.core import bus
 from listeners.core.log import get_logger
 from listeners.notify.alert import Alert
-from listeners.notify.sinks import Sink, SinkError
 
-__all__ = ["Courier", "Incident", "Outbox", "OutboxOwnerError", "backoff_delay"]
+__all__ = [
+    "RECORD_TIMEOUT",
+    "SPOOL_LIMIT",
+    "Incident",
+    "Outbox",
+    "OutboxHealth",
+    "OutboxOwnerError",
+    "health_announcer",
+]
 
 log = get_logger("listeners.notify.outbox")
 
@@ -59,6 +74,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (message_id, sink)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, state, next_attempt);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    row_id INTEGER,
+    key TEXT,
+    body TEXT,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 # Added later, so an outbox made by an older crashmail gains them on open (IF NOT EXISTS):
@@ -86,6 +110,22 @@ BEGIN
 END;
 """
 
+#: Longest the event loop waits for SQLite's lock when it commits an incident (seconds).
+RECORD_TIMEOUT = 0.5
+#: Incidents kept in memory while the outbox cannot be written; beyond, they are counted as lost
+#: and reported by an ``events_lost`` alert once the outbox works again.
+SPOOL_LIMIT = 10000
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    """What ``on_health`` is told when committing starts failing or works again."""
+
+    failing: bool
+    error: str
+    spooled: int
+    dropped: int
+
 
 @dataclass(frozen=True)
 class Incident:
@@ -96,12 +136,27 @@ class Incident:
     alert: Alert
 
 
-def backoff_delay(
-    attempts: int, base: float, cap: float, rng: Callable[[], float] = random.random
-) -> float:
-    """Jittered exponential backoff: between half and all of ``min(cap, base * 2**attempts)``."""
-    ceiling = min(cap, base * 2.0 ** min(attempts, 30))
-    return float(ceiling * (0.5 + 0.5 * rng()))
+def health_announcer(
+    host: str,
+    send: Callable[[str, str], None],
+    submit: Callable[[Callable[[], None]], None],
+) -> Callable[[OutboxHealth], None]:
+    """An ``on_health`` that publishes ``bus.OutboxTrouble`` with ``send(type, data)``
+    (sendRemoteCommEvent), run through ``submit`` so neither the event loop nor a courier
+    thread waits on supervisord."""
+
+    def announce(health: OutboxHealth) -> None:
+        msg = bus.OutboxTrouble(host, health.failing, health.error, health.spooled, health.dropped)
+
+        def publish() -> None:
+            try:
+                send(bus.CRASHMAIL_TYPE, bus.encode(msg))
+            except Exception as exc:  # SupervisorError mostly; never kill the worker
+                log.warning("outbox.announce_failed", error=str(exc))
+
+        submit(publish)
+
+    return announce
 
 
 class OutboxOwnerError(Exception):
@@ -111,10 +166,30 @@ class OutboxOwnerError(Exception):
 class Outbox:
     """SQLite storage of incidents, messages and per-sink deliveries."""
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_health: Callable[[OutboxHealth], None] = lambda h: None,
+        record_timeout: float = RECORD_TIMEOUT,
+        spool_limit: int = SPOOL_LIMIT,
+    ) -> None:
         self.path = path
         self.clock = clock
+        self.on_health = on_health
+        self.record_timeout = record_timeout
+        self.spool_limit = spool_limit
         self._local = threading.local()
+        self._spool: deque[tuple[Alert, float, str]] = deque()
+        self._spool_lock = threading.Lock()
+        # One writer at a time inside this process, the event loop first: SQLite's own busy
+        # handler polls, and a courier committing message after message would starve the loop.
+        self._write_lock = threading.Lock()
+        self._loop_waiting = 0
+        self._dropped = 0
+        self._dropped_host = ""
+        self.failing: str | None = None
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         db = self._db()
@@ -132,30 +207,230 @@ class Outbox:
             self._local.db = db
         return db
 
+    def _record_db(self) -> sqlite3.Connection:
+        """The event loop's own connection: it waits at most ``record_timeout`` for a lock."""
+        db: sqlite3.Connection | None = getattr(self._local, "rec", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=self.record_timeout, isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout={int(self.record_timeout * 1000)}")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.rec = db
+        return db
+
     def close(self) -> None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        if self.spooled:
+            log.error(
+                "crashmail.spool_lost",
+                incidents=self.spooled,
+                error=self.failing,
+                hint="the outbox could not be written before crashmail stopped",
+            )
+        for attr in ("db", "rec"):
+            db: sqlite3.Connection | None = getattr(self._local, attr, None)
+            if db is not None:
+                db.close()
+                setattr(self._local, attr, None)
+
+    @contextlib.contextmanager
+    def _courier_write(self) -> Iterator[None]:
+        """Hold the in-process write lock for a courier thread; give way to a waiting loop."""
+        while self._loop_waiting:
+            time.sleep(0.001)
+        with self._write_lock:
+            yield
 
     # ---------------------------------------------------------------- incidents
 
     def record(self, alert: Alert, *, due: float, batch: str | None = None) -> bool:
-        """Commit one incident; False when its key was recorded before (a redelivery)."""
-        cur = self._db().execute(
-            "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (alert.key, batch or alert.key, alert.to_json(), self.clock(), due),
-        )
+        """Commit one incident; False when its key was recorded before (a redelivery).
+
+        Never raises for a storage problem and never waits longer than ``record_timeout``: an
+        incident that cannot be committed goes to the memory spool (see ``drain_spool``).
+        """
+        with self._spool_lock:
+            if self._spool:
+                # Keep the order: while the spool has rows, new ones queue behind them.
+                return self._to_spool(alert, due, batch or alert.key, self.failing or "")
+        self._loop_waiting += 1
+        try:
+            got = self._write_lock.acquire(timeout=self.record_timeout)
+        finally:
+            self._loop_waiting -= 1
+        if not got:
+            with self._spool_lock:
+                return self._to_spool(
+                    alert, due, batch or alert.key, "the outbox is busy (a write is stuck)"
+                )
+        try:
+            cur = self._record_db().execute(
+                "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (alert.key, batch or alert.key, alert.to_json(), self.clock(), due),
+            )
+        except sqlite3.Error as exc:
+            with self._spool_lock:
+                return self._to_spool(alert, due, batch or alert.key, str(exc))
+        finally:
+            self._write_lock.release()
         return cur.rowcount == 1
 
+    def _to_spool(self, alert: Alert, due: float, batch: str, error: str) -> bool:
+        """Under ``_spool_lock``: keep an incident that the file did not take."""
+        if any(a.key == alert.key for a, _, _ in self._spool):
+            return False
+        if len(self._spool) >= self.spool_limit:
+            self._dropped += 1
+            self._dropped_host = alert.host
+            log.error(
+                "outbox.spool_full",
+                key=alert.key,
+                kind=alert.kind,
+                process=alert.process,
+                dropped=self._dropped,
+                limit=self.spool_limit,
+            )
+        else:
+            self._spool.append((alert, due, batch))
+            log.error(
+                "outbox.commit_failed",
+                path=self.path,
+                error=error,
+                key=alert.key,
+                kind=alert.kind,
+                process=alert.process,
+                spooled=len(self._spool),
+                hint="kept in memory and written when the outbox takes writes again;"
+                " free disk space or stop what holds the database lock",
+            )
+        if self.failing is None:
+            self.failing = error or "commit failed"
+            self._announce(OutboxHealth(True, self.failing, len(self._spool), self._dropped))
+        return True
+
+    def _announce(self, health: OutboxHealth) -> None:
+        try:
+            self.on_health(health)
+        except Exception:
+            log.exception("outbox.health_callback_failed")
+
+    @property
+    def spooled(self) -> int:
+        """Incidents waiting in memory for the outbox to take writes again."""
+        with self._spool_lock:
+            return len(self._spool)
+
+    def drain_spool(self) -> int:
+        """Write spooled incidents to the file (courier thread); returns how many were written."""
+        with self._spool_lock:
+            items = list(self._spool)
+            dropped, host = self._dropped, self._dropped_host
+        if not items and not dropped:
+            return 0
+        rows = [(a.key, b, a.to_json(), self.clock(), d) for a, d, b in items]
+        if dropped:
+            lost = Alert(
+                kind="events_lost",
+                host=host,
+                time=self.clock(),
+                count=dropped,
+                message=f"{dropped} alerts were lost: the outbox {self.path} could not be written"
+                f" and the memory spool of {self.spool_limit} incidents was full.",
+            )
+            rows.append((lost.key, lost.key, lost.to_json(), self.clock(), self.clock()))
+        db = self._record_db()  # short lock wait: this is retried twice a second anyway
+        try:
+            with self._courier_write():
+                self._insert_all(db, rows)
+        except sqlite3.Error as exc:
+            log.warning("outbox.spool_still_failing", error=str(exc), spooled=len(items))
+            return 0
+        with self._spool_lock:
+            for _ in items:
+                self._spool.popleft()
+            self._dropped -= dropped
+            left = len(self._spool)
+            recovered = not self._spool and not self._dropped
+            if recovered:
+                self.failing = None
+        log.warning("outbox.spool_written", written=len(items), lost=dropped, left=left)
+        if recovered:
+            self._announce(OutboxHealth(False, "", 0, 0))
+        return len(items)
+
+    @staticmethod
+    def _insert_all(db: sqlite3.Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def known(self, key: str) -> bool:
+        row = self._db().execute("SELECT 1 FROM incidents WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
     def due_incidents(self, now: float) -> list[Incident]:
+        """Due incidents, oldest first; a row that cannot be read is quarantined, not returned."""
         rows = self._db().execute(
-            "SELECT id, batch, body FROM incidents WHERE message_id IS NULL AND due <= ?"
+            "SELECT id, key, batch, body FROM incidents WHERE message_id IS NULL AND due <= ?"
             " ORDER BY id",
             (now,),
         )
-        return [Incident(i, b, Alert.from_json(body)) for i, b, body in rows]
+        out: list[Incident] = []
+        for i, key, b, body in rows.fetchall():
+            try:
+                out.append(Incident(int(i), str(b), Alert.from_json(body)))
+            except Exception as exc:  # any damage: bad JSON, unknown kind, wrong field types
+                self._quarantine("incidents", int(i), key, body, exc)
+        return out
+
+    def _quarantine(
+        self, source: str, row_id: int, key: object, body: object, exc: Exception
+    ) -> None:
+        """Move a damaged row aside so the rows after it are still delivered."""
+        with self._courier_write():
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO quarantine (source, row_id, key, body, error, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        source,
+                        row_id,
+                        None if key is None else str(key),
+                        str(body),
+                        error,
+                        self.clock(),
+                    ),
+                )
+                if source == "incidents":
+                    db.execute("DELETE FROM incidents WHERE id = ?", (row_id,))
+                else:
+                    db.execute(
+                        "UPDATE deliveries SET state = 'quarantined', last_error = ?"
+                        " WHERE message_id = ?",
+                        (error, row_id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            log.error(
+                "outbox.row_quarantined",
+                table=source,
+                row=row_id,
+                key=key,
+                error=error,
+                hint="the row is kept in the quarantine table; the others are delivered",
+            )
 
     def next_due(self) -> float | None:
         row = (
@@ -174,70 +449,104 @@ class Outbox:
 
     def make_message(self, incident_ids: Sequence[int], alert: Alert, sinks: Iterable[str]) -> int:
         """Turn incidents into one message with a pending delivery per sink, atomically."""
-        db = self._db()
-        now = self.clock()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "INSERT OR IGNORE INTO messages (key, body, created) VALUES (?, ?, ?)",
-                (alert.key, alert.to_json(), now),
-            )
-            (message_id,) = db.execute(
-                "SELECT id FROM messages WHERE key = ?", (alert.key,)
-            ).fetchone()
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (message_id, sink, next_attempt)"
-                " VALUES (?, ?, ?)",
-                [(message_id, sink, now) for sink in sinks],
-            )
-            db.executemany(
-                "UPDATE incidents SET message_id = ? WHERE id = ?",
-                [(message_id, i) for i in incident_ids],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return int(message_id)
+        with self._courier_write():
+            db = self._db()
+            now = self.clock()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR IGNORE INTO messages (key, body, created) VALUES (?, ?, ?)",
+                    (alert.key, alert.to_json(), now),
+                )
+                (message_id,) = db.execute(
+                    "SELECT id FROM messages WHERE key = ?", (alert.key,)
+                ).fetchone()
+                db.executemany(
+                    "INSERT OR IGNORE INTO deliveries (message_id, sink, next_attempt)"
+                    " VALUES (?, ?, ?)",
+                    [(message_id, sink, now) for sink in sinks],
+                )
+                db.executemany(
+                    "UPDATE incidents SET message_id = ? WHERE id = ?",
+                    [(message_id, i) for i in incident_ids],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(message_id)
 
     def pending(self, sink: str, now: float, limit: int = 50) -> list[tuple[int, Alert, int]]:
         """(message id, alert, attempts so far) due for ``sink``, oldest first."""
         rows = self._db().execute(
-            "SELECT d.message_id, m.body, d.attempts FROM deliveries d"
+            "SELECT d.message_id, m.key, m.body, d.attempts FROM deliveries d"
             " JOIN messages m ON m.id = d.message_id"
             " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt <= ?"
             " ORDER BY d.message_id LIMIT ?",
             (sink, now, limit),
         )
-        return [(int(i), Alert.from_json(body), int(a)) for i, body, a in rows]
+        out: list[tuple[int, Alert, int]] = []
+        for i, key, body, a in rows.fetchall():
+            try:
+                out.append((int(i), Alert.from_json(body), int(a)))
+            except Exception as exc:  # any damage: bad JSON, unknown kind, wrong field types
+                self._quarantine("messages", int(i), key, body, exc)
+        return out
 
     def next_attempt(self, sink: str) -> float | None:
+        """When ``sink`` has its next due delivery; only deliveries that have a message count."""
         row = (
             self._db()
             .execute(
-                "SELECT MIN(next_attempt) FROM deliveries WHERE sink = ? AND state = 'pending'",
+                "SELECT MIN(d.next_attempt) FROM deliveries d"
+                " JOIN messages m ON m.id = d.message_id"
+                " WHERE d.sink = ? AND d.state = 'pending'",
                 (sink,),
             )
             .fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
 
-    def delivered(self, message_id: int, sink: str) -> None:
-        self._db().execute(
-            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, attempts = attempts + 1"
-            " WHERE message_id = ? AND sink = ?",
-            (self.clock(), message_id, sink),
-        )
+    def drop_orphans(self, sink: str) -> int:
+        """Mark pending deliveries whose message row is gone as ``orphaned``; returns how many."""
+        with self._courier_write():
+            cur = self._db().execute(
+                "UPDATE deliveries SET state = 'orphaned', last_error = 'message row missing'"
+                " WHERE sink = ? AND state = 'pending'"
+                " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.message_id)",
+                (sink,),
+            )
+            if cur.rowcount:
+                log.error("outbox.orphaned_deliveries", sink=sink, count=cur.rowcount)
+            return int(cur.rowcount)
 
-    def failed(self, message_id: int, sink: str, error: str, retry_at: float | None) -> None:
-        """Record a failed attempt; ``retry_at`` None gives the delivery up (state expired)."""
-        self._db().execute(
-            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
-            " next_attempt = COALESCE(?, next_attempt),"
-            " state = CASE WHEN ? IS NULL THEN 'expired' ELSE state END"
-            " WHERE message_id = ? AND sink = ?",
-            (error[:500], retry_at, retry_at, message_id, sink),
-        )
+    def delivered(self, message_id: int, sink: str) -> None:
+        with self._courier_write():
+            self._db().execute(
+                "UPDATE deliveries SET state = 'delivered', delivered_at = ?,"
+                " attempts = attempts + 1 WHERE message_id = ? AND sink = ?",
+                (self.clock(), message_id, sink),
+            )
+
+    def failed(
+        self,
+        message_id: int,
+        sink: str,
+        error: str,
+        retry_at: float | None,
+        *,
+        give_up_as: str = "expired",
+    ) -> None:
+        """Record a failed attempt; ``retry_at`` None gives the delivery up (``give_up_as``:
+        ``expired`` after the retry window, ``failed`` for a permanent error)."""
+        with self._courier_write():
+            self._db().execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?,"
+                " next_attempt = COALESCE(?, next_attempt),"
+                " state = CASE WHEN ? IS NULL THEN ? ELSE state END"
+                " WHERE message_id = ? AND sink = ?",
+                (error[:500], retry_at, retry_at, give_up_as, message_id, sink),
+            )
 
     def created(self, message_id: int) -> float:
         row = (
@@ -251,29 +560,30 @@ class Outbox:
 
     def prune(self, keep: int) -> int:
         """Delete the oldest messages beyond ``keep`` whose deliveries are all finished."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            done = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM messages WHERE NOT EXISTS (SELECT 1 FROM deliveries d"
-                    " WHERE d.message_id = messages.id AND d.state = 'pending')"
-                    " ORDER BY id DESC LIMIT -1 OFFSET ?",
-                    (keep,),
-                )
-            ]
-            for chunk in range(0, len(done), 500):
-                ids = done[chunk : chunk + 500]
-                marks = ",".join("?" * len(ids))
-                db.execute(f"DELETE FROM deliveries WHERE message_id IN ({marks})", ids)  # noqa: S608 - only ? marks
-                db.execute(f"DELETE FROM incidents WHERE message_id IN ({marks})", ids)  # noqa: S608
-                db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)  # noqa: S608
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return len(done)
+        with self._courier_write():
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                done = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM messages WHERE NOT EXISTS (SELECT 1 FROM deliveries d"
+                        " WHERE d.message_id = messages.id AND d.state = 'pending')"
+                        " ORDER BY id DESC LIMIT -1 OFFSET ?",
+                        (keep,),
+                    )
+                ]
+                for chunk in range(0, len(done), 500):
+                    ids = done[chunk : chunk + 500]
+                    marks = ",".join("?" * len(ids))
+                    db.execute(f"DELETE FROM deliveries WHERE message_id IN ({marks})", ids)  # noqa: S608 - only ? marks
+                    db.execute(f"DELETE FROM incidents WHERE message_id IN ({marks})", ids)  # noqa: S608
+                    db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)  # noqa: S608
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return len(done)
 
     def counts(self) -> dict[str, int]:
         db = self._db()
@@ -360,161 +670,3 @@ class Outbox:
             if sink in out:
                 out[sink] = (out[sink][0], int(n))
         return out
-
-
-class Courier:
-    """Threads that turn due incidents into messages and deliver them, one thread per sink.
-
-    ``fold(incidents)`` makes one alert from a batch; ``enrich(alert)`` adds what needs RPC (exit
-    status, stderr tail). Both run on the courier's thread, never on the event loop. A sink that
-    hangs holds up only its own thread.
-    """
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        sinks: Sequence[Sink],
-        *,
-        fold: Callable[[list[Alert]], Alert],
-        enrich: Callable[[Alert], Alert] = lambda a: a,
-        retry_base: float = 1.0,
-        retry_max: float = 300.0,
-        retry_for: float = 86400.0,
-        keep: int = 10000,
-        clock: Callable[[], float] = time.time,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.outbox = outbox
-        self.sinks = list(sinks)
-        self.fold = fold
-        self.enrich = enrich
-        self.retry_base = retry_base
-        self.retry_max = retry_max
-        self.retry_for = retry_for
-        self.keep = keep
-        self.clock = clock
-        self.rng = rng
-        self._stop = threading.Event()
-        self._flush_wake = threading.Event()
-        self._sink_wake = {s.name: threading.Event() for s in self.sinks}
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        self._threads = [threading.Thread(target=self._flusher, name="outbox-flush", daemon=True)]
-        self._threads += [
-            threading.Thread(target=self._deliverer, args=(s,), name=f"sink-{s.name}", daemon=True)
-            for s in self.sinks
-        ]
-        for t in self._threads:
-            t.start()
-
-    def wake(self) -> None:
-        """New incidents were committed: look at them now."""
-        self._flush_wake.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._flush_wake.set()
-        for ev in self._sink_wake.values():
-            ev.set()
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-    # ---------------------------------------------------------------- flushing
-
-    def flush_once(self) -> int:
-        """Make messages from every due incident; returns how many messages were made."""
-        due = self.outbox.due_incidents(self.clock())
-        batches: dict[str, list[Incident]] = {}
-        for inc in due:
-            batches.setdefault(inc.batch, []).append(inc)
-        names = [s.name for s in self.sinks]
-        made = 0
-        for incidents in batches.values():
-            alerts = [i.alert for i in incidents]
-            alert = alerts[0] if len(alerts) == 1 else self.fold(alerts)
-            try:
-                alert = self.enrich(alert)
-            except Exception:
-                log.exception("outbox.enrich_failed", key=alert.key)
-            self.outbox.make_message([i.id for i in incidents], alert, names)
-            log.info(
-                "outbox.message_made",
-                key=alert.key,
-                kind=alert.kind,
-                process=alert.process,
-                incidents=len(incidents),
-            )
-            made += 1
-        if made:
-            for ev in self._sink_wake.values():
-                ev.set()
-            try:
-                self.outbox.prune(self.keep)
-            except sqlite3.Error as exc:
-                log.warning("outbox.prune_failed", error=str(exc))
-        return made
-
-    def _flusher(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.flush_once()
-                nd = self.outbox.next_due()
-            except Exception:
-                log.exception("outbox.flush_failed")
-                nd = self.clock() + 1.0
-            wait = 1.0 if nd is None else min(1.0, max(0.0, nd - self.clock()))
-            self._flush_wake.wait(wait)
-            self._flush_wake.clear()
-        self.outbox.close()
-
-    # ---------------------------------------------------------------- delivering
-
-    def deliver_once(self, sink: Sink) -> bool:
-        """Try every due delivery of ``sink``; False when the sink failed (stop for now)."""
-        now = self.clock()
-        for message_id, alert, attempts in self.outbox.pending(sink.name, now):
-            if self._stop.is_set():
-                return True
-            try:
-                sink.send(alert)
-            except Exception as exc:
-                reason = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
-                expired = self.clock() - self.outbox.created(message_id) > self.retry_for
-                retry_at = (
-                    None
-                    if expired
-                    else self.clock()
-                    + backoff_delay(attempts, self.retry_base, self.retry_max, self.rng)
-                )
-                self.outbox.failed(message_id, sink.name, reason, retry_at)
-                log.warning(
-                    "outbox.delivery_failed",
-                    sink=sink.name,
-                    key=alert.key,
-                    attempts=attempts + 1,
-                    error=reason,
-                    retry_in=None if retry_at is None else round(retry_at - self.clock(), 2),
-                    gave_up=retry_at is None,
-                )
-                return False
-            self.outbox.delivered(message_id, sink.name)
-            log.info("outbox.delivered", sink=sink.name, key=alert.key, kind=alert.kind)
-        return True
-
-    def _deliverer(self, sink: Sink) -> None:
-        wake = self._sink_wake[sink.name]
-        while not self._stop.is_set():
-            try:
-                ok = self.deliver_once(sink)
-                nxt = self.outbox.next_attempt(sink.name)
-            except Exception:
-                log.exception("outbox.deliver_loop_failed", sink=sink.name)
-                ok, nxt = False, self.clock() + 1.0
-            if ok and nxt is not None and nxt <= self.clock():
-                continue
-            wait = 5.0 if nxt is None else min(5.0, max(0.01, nxt - self.clock()))
-            wake.wait(wait)
-            wake.clear()
-        self.outbox.close()

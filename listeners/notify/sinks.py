@@ -3,19 +3,101 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
+import time
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 from listeners.core.cli import DEFAULT_SENDMAIL
-from listeners.notify.alert import Alert, file_record, one_line, render_text
+from listeners.notify.alert import Alert, clean_alert, file_record, one_line, render_text
 
-__all__ = ["FileSink", "SendmailSink", "Sink", "SinkError"]
+__all__ = [
+    "RETRY_AFTER_CAP",
+    "FileSink",
+    "SendmailSink",
+    "Sink",
+    "SinkError",
+    "http_status_error",
+    "parse_retry_after",
+    "redact",
+]
+
+#: The longest ``Retry-After`` honoured (seconds): a receiver asking for more is retried after
+#: an hour anyway, so a typo on its side cannot silence alerts for days.
+RETRY_AFTER_CAP = 3600.0
 
 
 class SinkError(Exception):
-    """Delivery failed; the outbox retries later. The message says why."""
+    """Delivery failed; the outbox retries later. The message says why.
+
+    ``retry_after``: the receiver asked for that many seconds of quiet (HTTP ``Retry-After``).
+    ``permanent``: retrying cannot help (HTTP 4xx other than 408/429): the delivery is given up.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+# userinfo of any URL (user:password@), and everything after the host of a URL (Slack and
+# similar hooks carry their token in the path or the query).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+_HTTP_TAIL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+)[/?#]\S*")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with URL credentials and paths, and every string in ``secrets``, hidden."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    return _HTTP_TAIL.sub(lambda m: m.group("head") + "/***", text)
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP-date), capped at
+    RETRY_AFTER_CAP; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), RETRY_AFTER_CAP)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return min(max(0.0, when.timestamp() - now()), RETRY_AFTER_CAP)
+
+
+def http_status_error(
+    what: str, status: int, reason: str, headers: Mapping[str, str], detail: str = ""
+) -> SinkError:
+    """The SinkError for a non-2xx answer: permanent for 4xx but 408/429, Retry-After kept."""
+    suffix = f": {one_line(detail, 200)}" if detail.strip() else ""
+    retry_after = parse_retry_after(headers.get("Retry-After")) if status in (429, 503) else None
+    if 400 <= status < 500 and status not in (408, 429):
+        hint = {
+            401: "the receiver refused the credentials or token",
+            403: "the receiver refused the credentials or token",
+            404: "no such URL on the receiver: check the sink URL",
+            410: "the receiver says this URL is gone: check the sink URL",
+        }.get(status, "the receiver rejected the request")
+        return SinkError(
+            f"{what} answered HTTP {status} {reason}{suffix}; {hint}: a permanent error,"
+            " not retried",
+            permanent=True,
+        )
+    wait = f"; retry after {retry_after:g}s as asked" if retry_after is not None else ""
+    return SinkError(
+        f"{what} answered HTTP {status} {reason}{suffix}{wait}", retry_after=retry_after
+    )
 
 
 class Sink(Protocol):
@@ -31,13 +113,14 @@ class FileSink:
     def __init__(self, path: str, name: str = "file") -> None:
         self.path = path
         self.name = name
+        self.deadline: float | None = None
 
     def send(self, alert: Alert) -> None:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, (file_record(alert) + "\n").encode("utf-8"))
+                os.write(fd, (file_record(clean_alert(alert)) + "\n").encode("utf-8"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -63,6 +146,7 @@ class SendmailSink:
         self.subject_prefix = subject_prefix
         self.timeout = timeout
         self.name = name
+        self.deadline: float | None = None
 
     def message(self, alert: Alert) -> EmailMessage:
         subj, body = render_text(alert, self.subject_prefix)

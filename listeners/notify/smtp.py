@@ -50,6 +50,8 @@ class SmtpSink:
     timeout: float = 30.0
     name: str = "smtp"
     verify: bool = True
+    #: Most seconds one attempt may take in all (None: the courier's default).
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.tls not in TLS_MODES:

@@ -8,9 +8,9 @@ from typing import Any
 
 import requests
 
-from listeners.notify.alert import Alert, render_text
+from listeners.notify.alert import Alert, clean_alert, render_text
 from listeners.notify.escape import slack
-from listeners.notify.sinks import SinkError
+from listeners.notify.sinks import SinkError, http_status_error
 
 __all__ = ["FORMATS", "WebhookSink", "generic_body", "slack_body"]
 
@@ -20,7 +20,7 @@ FORMATS = ("json", "slack")
 def generic_body(alert: Alert, subject_prefix: str = "") -> dict[str, Any]:
     """The alert's fields plus a rendered subject and text (JSON escapes everything itself)."""
     subj, text = render_text(alert, subject_prefix)
-    body: dict[str, Any] = json.loads(alert.to_json())
+    body: dict[str, Any] = json.loads(clean_alert(alert).to_json())
     body.update(subject=subj, text=text, source="crashmail")
     return body
 
@@ -40,6 +40,8 @@ class WebhookSink:
     timeout: float = 10.0
     subject_prefix: str = ""
     name: str = "webhook"
+    #: Most seconds one attempt may take in all (None: the courier's default).
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -62,4 +64,6 @@ class WebhookSink:
             # The URL may hold a secret token (Slack): name the sink, not the URL.
             raise SinkError(f"webhook {self.name} unreachable: {type(exc).__name__}") from None
         if resp.status_code >= 300:
-            raise SinkError(f"webhook {self.name} answered HTTP {resp.status_code}")
+            raise http_status_error(
+                f"webhook {self.name}", resp.status_code, resp.reason or "", resp.headers
+            )

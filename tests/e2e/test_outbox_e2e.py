@@ -1,0 +1,363 @@
+"""crashmail on a bad day, with real parts: its outbox on a full filesystem, a receiver that
+trickles its reply, receivers that ask for quiet or refuse for good, a worker whose stderr is
+coloured. A real supervisord, real workers, real HTTP servers on loopback, a real tmpfs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socketserver
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from listeners.core import bus
+from listeners.notify.alert import Alert
+from listeners.notify.alertmanager import AlertmanagerSink
+from listeners.notify.courier import Courier
+from listeners.notify.outbox import Outbox
+from listeners.notify.webhook import WebhookSink
+from tests.e2e.support import PYTHON, WORKER, Supervisord, wait_for
+
+REPO = Path(__file__).parents[2]
+
+
+def crashmail_conf(args: str) -> str:
+    return textwrap.dedent(f"""
+    [eventlistener:crashmail]
+    command={PYTHON} -m listeners.crashmail {args}
+    events=PROCESS_STATE,REMOTE_COMMUNICATION
+    buffer_size=1024
+    startsecs=1
+    autorestart=true
+    stderr_logfile=%(here)s/crashmail.err
+    environment=PYTHONPATH="{REPO}"
+    """)
+
+
+def alerts_in(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def crashmail_log(sup: Supervisord) -> str:
+    path = sup.dir / "crashmail.err"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root and mount); skipped where it cannot be mounted."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem has no block left."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def workers(n: int) -> str:
+    return "".join(
+        textwrap.dedent(f"""
+        [program:w{i}]
+        command={PYTHON} {WORKER} crash --after 1.2 --code {10 + i}
+        startsecs=1
+        autostart=false
+        autorestart=false
+        """)
+        for i in range(n)
+    )
+
+
+class TestFullDisk:
+    def test_every_crash_made_while_the_outbox_disk_was_full_is_reported_once_there_is_room(
+        self, tiny_disk, supervisord, tmp_path
+    ):
+        """Outbox on a full 1 MiB tmpfs: 6 crashes kept in memory, all delivered after room."""
+        out = tmp_path / "alerts.jsonl"
+        bus_log = tmp_path / "bus.log"
+        sup: Supervisord = supervisord(
+            workers(6)
+            + crashmail_conf(
+                f"--sink file:{out} --outbox {tiny_disk}/outbox.sqlite --coalesce 1s --burst 10"
+            )
+            + textwrap.dedent(f"""
+            [eventlistener:busrec]
+            command={PYTHON} {WORKER} bus-record --out {bus_log}
+            events=REMOTE_COMMUNICATION
+            environment=PYTHONPATH="{REPO}"
+            """)
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING")
+        wait_for((tiny_disk / "outbox.sqlite").exists, 20, what="the outbox file")
+        filler = fill(tiny_disk)
+        for i in range(6):
+            sup.client.start(f"w{i}:w{i}")
+        sup.wait_all("EXITED", [f"w{i}:w{i}" for i in range(6)], timeout=40)
+        wait_for(
+            lambda: crashmail_log(sup).count("outbox.commit_failed") >= 6,
+            20,
+            what="crashmail saying it cannot commit",
+        )
+        assert [a for a in alerts_in(out) if a["kind"] == "crash"] == []
+        filler.unlink()
+        crashes = wait_for(
+            lambda: len(c := [a for a in alerts_in(out) if a["kind"] == "crash"]) >= 6 and c,
+            40,
+            what="the six crashes delivered",
+        )
+        time.sleep(1.5)  # anything duplicated would arrive within the courier's next rounds
+        crashes = [a for a in alerts_in(out) if a["kind"] == "crash"]
+        assert sorted((a["name"], a["exit_status"]) for a in crashes) == [
+            (f"w{i}", 10 + i) for i in range(6)
+        ]
+        troubles = wait_for(
+            lambda: (
+                len(
+                    t := [
+                        ln
+                        for ln in bus_log.read_text().splitlines()
+                        if ln.startswith(bus.CRASHMAIL_TYPE)
+                    ]
+                )
+                >= 2
+                and t
+            ),
+            20,
+            what="outbox_trouble failing then recovered on the bus",
+        )
+        msgs = [bus.decode(t.split(" ", 1)[1]) for t in troubles]
+        assert [getattr(m, "failing", None) for m in msgs[:2]] == [True, False]
+
+
+# --------------------------------------------------------------------------- a trickling receiver
+
+
+class Trickle(socketserver.BaseRequestHandler):
+    """The first ``server.trickle`` requests get their reply one byte every 0.3 s; the rest
+    are answered at once. Every request body is kept."""
+
+    server: Any
+
+    def handle(self) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        while len(body) < length:
+            body += self.request.recv(65536)
+        with self.server.lock:
+            self.server.bodies.append(json.loads(body))
+            slow = self.server.trickle > 0
+            self.server.trickle -= 1
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        if not slow:
+            self.request.sendall(reply)
+            return
+        for byte in reply[:20]:
+            self.request.sendall(bytes([byte]))
+            time.sleep(0.3)
+        with contextlib.suppress(OSError):
+            self.request.sendall(reply[20:])
+
+
+@pytest.fixture
+def trickler() -> Iterator[Any]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    server.bodies = []  # type: ignore[attr-defined]
+    server.trickle = 1  # type: ignore[attr-defined]
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class TestTricklingReceiver:
+    def test_a_reply_trickled_byte_by_byte_is_cut_off_counted_logged_and_retried(
+        self, supervisord, trickler
+    ):
+        """timeout=1s never fires on a byte every 0.3 s; the 2 s deadline does, then a retry."""
+        port = trickler.server_address[1]
+        sup: Supervisord = supervisord(
+            workers(1)
+            + crashmail_conf(
+                f"--sink 'webhook+http://127.0.0.1:{port}/hook#timeout=1s&deadline=2s'"
+                " --outbox %(here)s/outbox.sqlite --retry-max 1s"
+            )
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING")
+        sup.client.start("w0:w0")
+        wait_for(lambda: len(trickler.bodies) >= 2, 60, what="a retry after the deadline")
+        wait_for(lambda: "outbox.delivered" in crashmail_log(sup), 20, what="delivery logged")
+        failed = [ln for ln in crashmail_log(sup).splitlines() if "outbox.delivery_failed" in ln]
+        assert ("deadline" in failed[0], "attempts" in failed[0]) == (True, True)
+        keys = {b["key"] for b in trickler.bodies}
+        assert (len(keys), {b["kind"] for b in trickler.bodies}) == (1, {"crash"})
+
+
+# --------------------------------------------------------------------------- Retry-After, 4xx
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Answers POSTs from ``server.script`` (status, headers) in turn, then 200."""
+
+    server: Any
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        script = self.server.script
+        status, headers = script.pop(0) if script else (200, {})
+        self.server.seen.append(status)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    server.script = []  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def one_crash(tmp_path: Path, clock: Clock) -> Outbox:
+    box = Outbox(str(tmp_path / "o.sqlite"), clock=clock)
+    box.record(Alert(kind="crash", host="h", group="g", name="n", key="k1"), due=0)
+    return box
+
+
+class TestReceiverAnswers:
+    def test_a_429_with_retry_after_seconds_waits_that_long(self, scripted, tmp_path):
+        """Retry-After: 30 on a 429 puts the next attempt 30 s out (retry-max is 1 s)."""
+        scripted.script.append((429, {"Retry-After": "30"}))
+        url = f"http://127.0.0.1:{scripted.server_address[1]}/hook"
+        clock = Clock()
+        box = one_crash(tmp_path, clock)
+        sink = WebhookSink(url, name="hook")
+        courier = Courier(box, [sink], fold=lambda a: a[0], clock=clock, retry_max=1.0)
+        courier.flush_once()
+        assert courier.deliver_once(sink) is False
+        assert box.next_attempt("hook") == pytest.approx(clock.now + 30, abs=0.5)
+        clock.now += 30
+        assert (courier.deliver_once(sink), scripted.seen) == (True, [429, 200])
+
+    def test_a_503_with_an_http_date_retry_after_is_honoured_by_alertmanager(
+        self, scripted, tmp_path
+    ):
+        """Alertmanager sink: 503 with Retry-After as an HTTP-date 120 s ahead waits 120 s."""
+        clock = Clock()
+        scripted.script.append((503, {"Retry-After": formatdate(clock.now + 120, usegmt=True)}))
+        box = one_crash(tmp_path, clock)
+        sink = AlertmanagerSink(f"http://127.0.0.1:{scripted.server_address[1]}", name="am")
+        courier = Courier(box, [sink], fold=lambda a: a[0], clock=clock, retry_max=1.0)
+        courier.flush_once()
+        courier.deliver_once(sink)
+        assert box.next_attempt("am") == pytest.approx(clock.now + 120, abs=1.5)
+
+    def test_a_404_is_given_up_at_once_and_not_retried(self, scripted, tmp_path):
+        """One request, the delivery failed with a reason naming 404, nothing due later."""
+        scripted.script.append((404, {}))
+        clock = Clock()
+        box = one_crash(tmp_path, clock)
+        sink = WebhookSink(f"http://127.0.0.1:{scripted.server_address[1]}/x", name="hook")
+        courier = Courier(box, [sink], fold=lambda a: a[0], clock=clock)
+        courier.flush_once()
+        courier.deliver_once(sink)
+        clock.now += 3600
+        courier.deliver_once(sink)
+        assert (scripted.seen, box.next_attempt("hook"), box.counts().get("deliveries_failed")) == (
+            [404],
+            None,
+            1,
+        )
+
+
+# --------------------------------------------------------------------------- coloured stderr
+
+
+COLOURED = textwrap.dedent(r"""
+[program:php]
+command=/bin/sh -c "printf '\033[31mPHP Fatal error:  boom\033[0m\n' >&2; sleep 1.5; exit 255"
+startsecs=1
+autorestart=false
+stderr_logfile=%(here)s/php.err
+""")
+
+
+class TestColouredStderr:
+    def test_a_worker_printing_colours_still_gets_exit_status_and_tail_in_its_alert(
+        self, supervisord, tmp_path
+    ):
+        """supervisord's XML reply breaks on ESC; the alert still has 255 and the text."""
+        out = tmp_path / "alerts.jsonl"
+        sup: Supervisord = supervisord(
+            COLOURED + crashmail_conf(f"--sink file:{out} --outbox %(here)s/outbox.sqlite")
+        )
+        crash = wait_for(
+            lambda: [a for a in alerts_in(out) if a["kind"] == "crash"], 40, what="crash alert"
+        )[0]
+        assert (crash["exit_status"], "\x1b" in crash["stderr_tail"]) == (255, False)
+        assert "PHP Fatal error:  boom" in crash["stderr_tail"]
+        assert "crashmail.tail_unparsable" in crashmail_log(sup)
+        assert os.path.exists(sup.dir / "php.err")
