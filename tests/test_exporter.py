@@ -580,7 +580,7 @@ class TestWebConfig:
             ("basic_auth_users:\n  prom: plaintext\n", "must be a bcrypt hash"),
             ("tls_server_config:\n  cert_file: c.pem\n", "needs cert_file and key_file"),
             ("tls_server_config:\n  cert_file: c\n  key_file: k\n", "cannot load"),
-            ("nope: 1\n", "unsupported keys ['nope']"),
+            ("nope: 1\n", "unsupported key 'nope'"),
             ("a: [\n", "not valid YAML"),
             ("- 1\n", "must be a mapping"),
         ],

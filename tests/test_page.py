@@ -345,13 +345,14 @@ class TestWebConfigOperators:
     def test_operators_must_be_basic_auth_users(self, tmp_path: Path):
         """operators: names a user without a hash: a clear error naming it."""
         f = tmp_path / "web.yml"
-        f.write_text("basic_auth_users:\n  op: '$2b$04$x'\noperators: [op, ghost]\n")
+        hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+        f.write_text(f"basic_auth_users:\n  op: '{hashed}'\noperators: [op, ghost]\n")
         with pytest.raises(ValueError, match=r"\['ghost'\] are not in basic_auth_users"):
             load_web_config(f)
-        f.write_text("basic_auth_users:\n  op: '$2b$04$x'\noperators: op\n")
+        f.write_text(f"basic_auth_users:\n  op: '{hashed}'\noperators: op\n")
         with pytest.raises(ValueError, match="must be a list"):
             load_web_config(f)
-        f.write_text("basic_auth_users:\n  op: '$2b$04$x'\noperators: [op]\n")
+        f.write_text(f"basic_auth_users:\n  op: '{hashed}'\noperators: [op]\n")
         assert frozenset({"op"}) == load_web_config(f).operators
 
 

@@ -431,3 +431,163 @@ class TestRoundTrip:
             return
         assert h.length >= 0
         assert f"eventname:{h.eventname}" in line
+
+
+TICK = "ver:3.0 server:x serial:1 pool:p poolserial:1 eventname:TICK_5 len:{}\n"
+BIG = "9" * 5000
+
+
+def run_pipe(
+    data: bytes, frame_timeout: float | None = None, signal_after: float | None = None
+) -> tuple[int, str, bool]:
+    """Run the loop on a pipe that stays open; returns (code, output, had to close the pipe).
+
+    The pipe is closed after 10 s in any case, so a loop that would hang ends with EOF and the
+    third value tells the test.
+    """
+    r, w = os.pipe()
+    os.write(w, data)
+    closed = threading.Event()
+
+    def close() -> None:
+        closed.set()
+        os.close(w)
+
+    closer = threading.Timer(10.0, close)
+    closer.start()
+    killer = None
+    if signal_after is not None:
+        killer = threading.Timer(signal_after, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        killer.start()
+    out = io.StringIO()
+    try:
+        with os.fdopen(r, "rb", buffering=0) as stdin:
+            kw = {} if frame_timeout is None else {"frame_timeout": frame_timeout}
+            code = protocol.run(
+                Recorder(), stdin, out, install_signals=signal_after is not None, **kw
+            )
+    finally:
+        closer.cancel()
+        if killer is not None:
+            killer.cancel()
+    if not closed.is_set():
+        os.close(w)
+    return code, out.getvalue(), closed.is_set()
+
+
+class TestEdgeInputs:
+    """Inputs supervisord never sends but a broken pipe can: one error line, never a crash."""
+
+    @pytest.mark.parametrize(
+        ("line", "needle"),
+        [
+            (TICK.format(10**20).strip(), "21-digit len"),
+            (TICK.format(10**18).strip(), "beyond any event supervisord sends"),
+            (TICK.format(6).replace("serial:1 ", f"serial:{BIG} ").strip(), "5000-digit serial"),
+            (TICK.format(6).replace("len:6", "len:-6").strip(), "non-numeric len"),
+            (TICK.format(6).replace("len:6", "len:\u0663").strip(), "non-numeric len"),
+        ],
+    )
+    def test_absurd_header_numbers_are_protocol_errors(self, line, needle):
+        """A huge len, a 5,000-digit serial or a non-ASCII digit: ProtocolError, not ValueError."""
+        with pytest.raises(ProtocolError, match=needle):
+            parse_header(line)
+
+    def test_a_len_of_ten_to_the_twenty_exits_1_without_answering(self):
+        """len:10^20 is a lost stream: exit 1 with READY only (no OverflowError)."""
+        assert (1, "READY\n") == run_stream(TICK.format(10**20) + "when:1")[:2]
+
+    @pytest.mark.parametrize(
+        ("name", "payload"),
+        [
+            ("PROCESS_STATE_RUNNING", f"processname:a groupname:a from_state:STARTING pid:{BIG}"),
+            ("PROCESS_LOG_STDOUT", f"processname:a groupname:a pid:{BIG} channel:stdout\nx"),
+            ("PROCESS_COMMUNICATION_STDOUT", f"processname:a groupname:a pid:{BIG}\nx"),
+            ("TICK_60", f"when:{BIG}"),
+            (f"TICK_{BIG}", "when:1"),
+        ],
+    )
+    def test_a_5000_digit_number_in_a_payload_is_a_bad_payload(self, name, payload):
+        """Such an event is logged and acknowledged (a redelivered one would fail again)."""
+        with pytest.raises(PayloadError, match=r"digit|TICK_"):
+            ev(name, payload)
+        code, out, h = run_stream(format_event(name, payload))
+        assert (0, "READY\nRESULT 2\nOKREADY\n", []) == (code, out, h.events)
+
+    def test_stdout_closed_by_the_reader_exits_1(self):
+        """Writing a frame into a pipe nobody reads (EPIPE) ends the loop with 1, no traceback."""
+        r, w = os.pipe()
+        os.close(r)
+        with os.fdopen(w, "w") as out:
+            code = protocol.run(
+                Recorder(), io.StringIO(format_event("TICK_5", "when:1")), out,
+                install_signals=False,
+            )  # fmt: skip
+        assert 1 == code
+
+    def test_closed_stdio_descriptors_exit_1(self, monkeypatch):
+        """Started with descriptor 1 closed (sys.stdout is None): exit 1 before any frame."""
+        monkeypatch.setattr("sys.stdout", None)
+        assert 1 == protocol.run(Recorder(), install_signals=False)
+
+    def test_a_payload_ending_mid_utf8_does_not_hang(self):
+        """The last character's bytes never come: after frame_timeout the loop exits 1."""
+        code, out, had_to_close = run_pipe(TICK.format(7).encode() + b"when:1\xc3", 0.3)
+        assert (1, "READY\n", False) == (code, out, had_to_close)
+
+    def test_a_stalled_payload_names_the_cut_character(self):
+        """The error says the stream stopped inside a UTF-8 character."""
+        r, w = os.pipe()
+        os.write(w, b"ab\xc3")
+        reader = protocol._Reader(os.fdopen(r, "rb", buffering=0))
+        with pytest.raises(ProtocolError, match="2 of 3 characters and ends inside a UTF-8"):
+            reader.read_chars(3, 0.1)
+        os.close(w)
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            TICK.format(70).encode() + b"when:1",  # inside a payload
+            b"ver:3.0 server:x seri",  # inside a header line
+        ],
+        ids=["payload", "header"],
+    )
+    def test_sigterm_during_a_partial_frame_exits_1_at_once(self, data):
+        """SIGTERM while half a frame is read: exit 1 unanswered, without waiting for the rest."""
+        code, out, had_to_close = run_pipe(data, signal_after=0.3)
+        assert (1, "READY\n", False) == (code, out, had_to_close)
+
+
+frames = st.lists(events(), min_size=1, max_size=6).map(
+    lambda evs: "".join(format_event(n, p, serial=i) for i, (n, p) in enumerate(evs, 1)).encode()
+)
+
+
+class TestBrokenStreams:
+    @settings(max_examples=200, deadline=None)
+    @given(
+        frames,
+        st.lists(
+            st.tuples(
+                st.integers(0, 10_000),
+                st.sampled_from([b"", b"\xc3", b"\xff", b"9" * 30, b"\n", b"len:", b" "]),
+                st.integers(0, 3),
+            ),
+            max_size=4,
+        ),
+        st.integers(0, 10_000),
+    )
+    def test_any_damaged_stream_ends_with_0_or_1_and_only_frames_on_stdout(
+        self, stream, edits, cut
+    ):
+        """Cut, spliced or mangled frames: the loop returns 0 or 1, never raises or hangs."""
+        data = bytearray(stream)
+        for where, insert, drop in edits:
+            at = min(where, len(data))
+            data[at : at + drop] = insert
+        data = data[: min(cut, len(data))] if cut % 2 else data
+        out = io.StringIO()
+        code = protocol.run(Recorder(), io.BytesIO(bytes(data)), out, install_signals=False)
+        assert code in (0, 1)
+        rest = out.getvalue().removeprefix("READY\n")
+        assert "" == rest.replace("RESULT 2\nOKREADY\n", "").replace("RESULT 2\nOK", "")

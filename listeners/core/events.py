@@ -32,6 +32,11 @@ __all__ = [
 
 # A header is ~150 characters; anything this long is a desynchronised stream, not a header.
 MAX_HEADER_CHARS = 8192
+# Far above what supervisord sends (PROCESS_LOG data is capped by capture_maxbytes, 128 KiB in
+# practice): a bigger len is a broken stream, and reading it would exhaust memory first.
+MAX_PAYLOAD_CHARS = 64 * 1024 * 1024
+# Serials, lengths and pids fit in 19 digits; Python's int() refuses over 4,300 with ValueError.
+MAX_DIGITS = 19
 HEADER_KEYS = ("ver", "server", "serial", "pool", "poolserial", "eventname", "len")
 
 
@@ -84,8 +89,27 @@ class Header(NamedTuple):
 
 
 _HEADER_RE = re.compile(
-    r"ver:(\S*) server:(\S*) serial:(\d+) pool:(\S*) poolserial:(\d+) eventname:(\S*) len:(\d+)"
+    r"ver:(\S*) server:(\S*) serial:([0-9]{1,19}) pool:(\S*) poolserial:([0-9]{1,19})"
+    r" eventname:(\S*) len:([0-9]{1,19})"
 )
+
+
+def _header_int(fields: dict[str, str], key: str) -> int:
+    value = fields[key]
+    if not (value.isascii() and value.isdigit()):
+        raise ProtocolError(f"header line has a non-numeric {key}: {value[:40]!r}")
+    if len(value) > MAX_DIGITS:
+        raise ProtocolError(f"header line has a {len(value)}-digit {key}")
+    return int(value)
+
+
+def _checked(header: Header) -> Header:
+    if header.length > MAX_PAYLOAD_CHARS:
+        raise ProtocolError(
+            f"header line has len:{header.length}, beyond any event supervisord sends"
+            f" (at most {MAX_PAYLOAD_CHARS})"
+        )
+    return header
 
 
 def parse_header(line: str) -> Header:
@@ -93,7 +117,9 @@ def parse_header(line: str) -> Header:
     match = _HEADER_RE.fullmatch(line)
     if match is not None:  # the order supervisord writes; anything else takes the long way
         ver, server, serial, pool, poolserial, eventname, length = match.groups()
-        return Header(ver, server, int(serial), pool, int(poolserial), eventname, int(length))
+        return _checked(
+            Header(ver, server, int(serial), pool, int(poolserial), eventname, int(length))
+        )
     try:
         fields = parse_tokens(line)
     except PayloadError as exc:
@@ -101,20 +127,17 @@ def parse_header(line: str) -> Header:
     missing = [key for key in HEADER_KEYS if key not in fields]
     if missing:
         raise ProtocolError(f"header line lacks {', '.join(missing)}")
-    try:
-        serial, poolserial, length = (int(fields[k]) for k in ("serial", "poolserial", "len"))
-    except ValueError:
-        raise ProtocolError("header line has a non-numeric serial, poolserial or len") from None
-    if length < 0 or serial < 0 or poolserial < 0:
-        raise ProtocolError("header line has a negative serial, poolserial or len")
-    return Header(
-        ver=fields["ver"],
-        server=fields["server"],
-        serial=serial,
-        pool=fields["pool"],
-        poolserial=poolserial,
-        eventname=fields["eventname"],
-        length=length,
+    serial, poolserial, length = (_header_int(fields, k) for k in ("serial", "poolserial", "len"))
+    return _checked(
+        Header(
+            ver=fields["ver"],
+            server=fields["server"],
+            serial=serial,
+            pool=fields["pool"],
+            poolserial=poolserial,
+            eventname=fields["eventname"],
+            length=length,
+        )
     )
 
 
@@ -213,13 +236,15 @@ class GenericEvent(Event):
 
 def _int(fields: dict[str, str], key: str, name: str) -> int:
     try:
-        return int(fields[key])
+        value = fields[key]
     except KeyError:
         raise PayloadError(f"{name} payload lacks {key}") from None
-    except ValueError:
-        raise PayloadError(
-            f"{name} payload has a non-numeric {key}: {fields[key][:40]!r}"
-        ) from None
+    digits = value[1:] if value[:1] == "-" else value
+    if not (digits.isascii() and digits.isdigit()):
+        raise PayloadError(f"{name} payload has a non-numeric {key}: {value[:40]!r}")
+    if len(digits) > MAX_DIGITS:
+        raise PayloadError(f"{name} payload has a {len(digits)}-digit {key}")
+    return int(value)
 
 
 def _str(fields: dict[str, str], key: str, name: str) -> str:
@@ -229,10 +254,11 @@ def _str(fields: dict[str, str], key: str, name: str) -> str:
         raise PayloadError(f"{name} payload lacks {key}") from None
 
 
-_LOG_RE = re.compile(r"processname:(\S+) groupname:(\S+) pid:(\d+) channel:(\S+)")
+_LOG_RE = re.compile(r"processname:(\S+) groupname:(\S+) pid:([0-9]{1,19}) channel:(\S+)")
 _STATE_RE = re.compile(
     r"processname:(?P<processname>\S+) groupname:(?P<groupname>\S+) from_state:(?P<from_state>\S+)"
-    r"(?: expected:(?P<expected>[01]))?(?: pid:(?P<pid>\d+))?(?: tries:(?P<tries>\d+))?"
+    r"(?: expected:(?P<expected>[01]))?(?: pid:(?P<pid>[0-9]{1,19}))?"
+    r"(?: tries:(?P<tries>[0-9]{1,19}))?"
 )
 
 
@@ -298,7 +324,7 @@ def parse_event(header: Header, payload: str) -> Event:
         )
     if name.startswith("TICK_"):
         period = name.removeprefix("TICK_")
-        if not period.isdigit():
+        if not (period.isascii() and period.isdigit() and len(period) <= MAX_DIGITS):
             raise PayloadError(f"{name} is not a TICK_<seconds> event")
         return TickEvent(
             header=header,

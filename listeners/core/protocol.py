@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import io
 import os
 import select
@@ -68,6 +69,8 @@ __all__ = [
     "run",
 ]
 
+#: Seconds the rest of a payload may take once its header has arrived.
+FRAME_TIMEOUT = 30.0
 READY = "READY\n"
 OK = "RESULT 2\nOK"
 OK_READY = OK + READY
@@ -79,6 +82,10 @@ log = get_logger("listeners.protocol")
 
 class _Stop(Exception):  # noqa: N818 - control flow, not an error
     """Raised by the signal handler to leave a blocking read."""
+
+
+class _StopMidFrame(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by the signal handler while a frame is half read: exit without answering."""
 
 
 class _Reader:
@@ -153,10 +160,24 @@ class _Reader:
         self._pos = end + 1
         return line
 
-    def read_chars(self, n: int) -> str:
+    def read_chars(
+        self, n: int, timeout: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> str:
+        """``n`` characters; ProtocolError when they do not all arrive within ``timeout``.
+
+        supervisord writes a payload right after its header, so one that stops arriving is a
+        broken stream, never a slow writer.
+        """
+        deadline = None if timeout is None else clock() + timeout
         while (missing := n - (len(self._buf) - self._pos)) > 0:
             # each missing character is at least one byte: ask for all of them at once
-            self._fill(None, max(4096, missing))
+            # (up to 1 MiB: os.read allocates what it is asked for before it reads)
+            remaining = None if deadline is None else max(0.0, deadline - clock())
+            if not self._fill(remaining, min(max(4096, missing), 1 << 20)):
+                partial = (
+                    " and ends inside a UTF-8 character" if self._decoder.getstate()[0] else ""
+                )
+                raise ProtocolError(f"payload stalled at {n - missing} of {n} characters{partial}")
         start = self._pos
         self._pos = start + n
         return self._buf[start : self._pos]
@@ -169,6 +190,9 @@ def _guarded_stdio() -> Iterator[tuple[IO[bytes], IO[str]]]:
     After this, a stray print(), a library warning or a C extension writing to fd 1 lands in
     the listener's stderr log instead of corrupting the protocol stream.
     """
+    # a closed descriptor 0 or 1 leaves sys.stdin / sys.stdout as None
+    if sys.stdin is None or sys.stdout is None:
+        raise OSError(errno.EBADF, "stdin or stdout is closed: run me as a supervisord listener")
     sys.stdout.flush()
     private = os.dup(1)
     os.dup2(2, 1)
@@ -230,14 +254,18 @@ class _Loop:
         out: IO[str],
         clock: Callable[[], float],
         stats: LoopStats,
+        frame_timeout: float | None = FRAME_TIMEOUT,
     ) -> None:
         self.handler = handler
+        self.frame_timeout = frame_timeout
         self.reader = reader
         self.out = out
         self.clock = clock
         self.stats = stats
         self.busy = False
+        self.in_payload = False
         self.stop_requested = False
+        self.signal_name = ""
         self.last_poolserial: int | None = None
         # Frames go straight to the descriptor when there is one: no buffer to forget to flush.
         self._out_fd: int | None = None
@@ -249,8 +277,13 @@ class _Loop:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested = True
-        log.info("protocol.stop_requested", signal=signal.Signals(signum).name)
-        if not self.busy and not self.reader.buffered:
+        self.signal_name = signal.Signals(signum).name
+        if self.in_payload or (not self.busy and self.reader.buffered):
+            # a half-read frame cannot be answered: leave it unacknowledged, supervisord
+            # redelivers it to the next listener process
+            raise _StopMidFrame
+        log.info("protocol.stop_requested", signal=self.signal_name)
+        if not self.busy:
             raise _Stop
 
     def _write(self, text: str) -> None:
@@ -349,13 +382,16 @@ class _Loop:
             except ProtocolError as exc:
                 log.error("protocol.bad_header", error=str(exc), raw=repr(line[:200]))
                 return 1
+            self.in_payload = True
             try:
-                payload = self.reader.read_chars(header.length)
+                payload = self.reader.read_chars(header.length, self.frame_timeout, self.clock)
             except EOFError:
                 log.error(
                     "protocol.truncated_payload", serial=header.serial, expected=header.length
                 )
                 return 1
+            finally:
+                self.in_payload = False
             self._dispatch(header, payload)
             if self.stop_requested:
                 self._write(OK)
@@ -378,20 +414,26 @@ def run(
     clock: Callable[[], float] = time.monotonic,
     stats: LoopStats | None = None,
     install_signals: bool = True,
+    frame_timeout: float | None = FRAME_TIMEOUT,
 ) -> int:
     """Serve events to ``handler`` until stdin closes or a signal asks us to stop.
 
     Returns the exit code: 0 for a clean stop, 1 when the stream was lost (supervisord then
     restarts the listener and redelivers the event it was handling). With no streams given,
-    uses the process's stdin and a guarded stdout.
+    uses the process's stdin and a guarded stdout. A payload that stops arriving for
+    ``frame_timeout`` seconds is a lost stream.
     """
     loop_stats = stats if stats is not None else LoopStats()
     with contextlib.ExitStack() as stack:
         if stdin is None or stdout is None:
-            real_in, real_out = stack.enter_context(_guarded_stdio())
+            try:
+                real_in, real_out = stack.enter_context(_guarded_stdio())
+            except OSError as exc:
+                log.error("protocol.stream_failed", error=str(exc))
+                return 1
             stdin = real_in if stdin is None else stdin
             stdout = real_out if stdout is None else stdout
-        loop = _Loop(handler, _Reader(stdin), stdout, clock, loop_stats)
+        loop = _Loop(handler, _Reader(stdin), stdout, clock, loop_stats, frame_timeout)
         previous: dict[int, Any] = {}
         if install_signals:
             for signum in _Loop._signals:
@@ -400,8 +442,19 @@ def run(
             return loop.run()
         except _Stop:
             return 0
+        except _StopMidFrame:
+            log.error(
+                "protocol.stopped_mid_frame",
+                signal=loop.signal_name,
+                hint="the half-read event is not acknowledged; supervisord redelivers it",
+            )
+            return 1
         except ProtocolError as exc:
             log.error("protocol.stream_lost", error=str(exc))
+            return 1
+        except OSError as exc:
+            # stdout closed (EPIPE) or stdin unreadable: nothing more can be answered
+            log.error("protocol.stream_failed", error=f"{type(exc).__name__}: {exc}")
             return 1
         finally:
             for signum, old in previous.items():

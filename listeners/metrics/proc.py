@@ -23,14 +23,23 @@ class ProcReader:
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
 
     @staticmethod
-    def _read(path: str) -> bytes | None:
+    def _read(path: str, whole: bool = False) -> bytes | None:
+        """The file's first 4 KiB, or all of it with ``whole``; None when it cannot be read."""
         # os.open/os.read: a Python file object costs more than the read itself here.
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             return None
         try:
-            return os.read(fd, 4096)
+            data = os.read(fd, 4096)
+            if not whole or not data:
+                return data
+            # A children list over 4 KiB (~600 pids) spans several reads, and seq_file stops a
+            # read short of the size asked at a record boundary: read until end of file.
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
         except OSError:
             return None
         finally:
@@ -63,7 +72,7 @@ class ProcReader:
                 return []
         kids: list[int] = []
         for tid in tids:
-            data = self._read(f"{base}/{tid}/children")
+            data = self._read(f"{base}/{tid}/children", whole=True)
             if data:
                 kids.extend(int(k) for k in data.split())
         return kids

@@ -1,23 +1,30 @@
 """The exporter's HTTP side: /metrics, /healthz, the status page, TLS and basic auth.
 
-A thread per connection with a socket timeout, a cap on connections and on request size:
-a slow or abusive client holds one thread until its timeout, never the other scrapes.
-TLS handshakes run in the connection's thread too, so a client that stalls mid-handshake
-cannot block accept(). The web config file has the exporter-toolkit format that Prometheus
-exporters share (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes).
+A connection goes through two stages, each with its own cap:
+
+1. *reception*: the TLS handshake and the request line plus headers must arrive within
+   ``HEADER_DEADLINE`` seconds in total (not per byte), or the connection is closed. At most
+   ``MAX_PENDING`` connections wait here; when one more arrives, the oldest waiting one is
+   dropped, so clients that trickle bytes (slowloris) can never fill the server.
+2. *service*: only a complete request takes one of ``MAX_CONNECTIONS`` slots; when all are
+   busy it gets 503 at once.
+
+Refusals are logged at most once per ``REFUSAL_LOG_INTERVAL`` with a count of the ones not
+logged. The web config file (``webconfig``) has the exporter-toolkit format that Prometheus
+exporters share.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import contextlib
+import io
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from listeners.core.log import get_logger
@@ -25,119 +32,114 @@ from listeners.metrics import routes
 from listeners.metrics.proc import ProcReader, sample
 from listeners.metrics.render import Renderer
 from listeners.metrics.snapshot import Snapshot, SnapshotSource, Usage
+from listeners.metrics.webconfig import BasicAuth, WebConfig, load_web_config
 
-__all__ = ["WebConfig", "load_web_config", "make_server"]
+__all__ = ["RateLimitedLog", "WebConfig", "load_web_config", "make_server"]
 
 log = get_logger("listeners.exporter.web")
 
 MAX_REQUEST_LINE = 4096
 MAX_HEADER_BYTES = 16384
+# What reception reads at most: a request line, its headers and the blank line.
+MAX_HEAD_BYTES = MAX_REQUEST_LINE + MAX_HEADER_BYTES + 4
 MAX_CONNECTIONS = 64
+MAX_PENDING = 256
+HEADER_DEADLINE = 5.0
 SOCKET_TIMEOUT = 10.0
+REFUSAL_LOG_INTERVAL = 10.0
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
-TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 
 
-@dataclass(frozen=True)
-class WebConfig:
-    tls: ssl.SSLContext | None = None
-    users: dict[str, bytes] = field(default_factory=dict)
-    #: basic_auth_users names allowed to act from the status page; everyone else views.
-    operators: frozenset[str] = frozenset()
+class RateLimitedLog:
+    """One warning per ``interval`` seconds for a repeated event, with how many were skipped."""
+
+    def __init__(
+        self,
+        event: str,
+        interval: float = REFUSAL_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[..., Any] | None = None,
+    ) -> None:
+        self.event = event
+        self.interval = interval
+        self.clock = clock
+        self.emit = emit or log.warning
+        self.suppressed = 0
+        self._next = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self, **fields: Any) -> None:
+        with self._lock:
+            now = self.clock()
+            if now < self._next:
+                self.suppressed += 1
+                return
+            self._next = now + self.interval
+            suppressed, self.suppressed = self.suppressed, 0
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self.emit(self.event, **fields)
 
 
-def load_web_config(path: Path | None) -> WebConfig:
-    """Read an exporter-toolkit web config; ValueError names the file and the problem."""
-    if path is None:
-        return WebConfig()
-    import yaml
+class _Reception:
+    """The connections still sending their request head, oldest first."""
 
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read web config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"web config {path} is not valid YAML: {exc}") from None
-    if raw is None:
-        return WebConfig()
-    if not isinstance(raw, dict):
-        raise ValueError(f"web config {path} must be a mapping")  # noqa: TRY004 - user input
-    unknown = set(raw) - {
-        "tls_server_config",
-        "basic_auth_users",
-        "http_server_config",
-        "operators",
-    }
-    if unknown:
-        raise ValueError(
-            f"web config {path} has unsupported keys {sorted(unknown)}; supported:"
-            " tls_server_config, basic_auth_users, operators"
-        )
-    tls = _tls_context(path, raw.get("tls_server_config"))
-    users_raw = raw.get("basic_auth_users") or {}
-    if not isinstance(users_raw, dict):
-        raise ValueError(  # noqa: TRY004 - user input
-            f"web config {path}: basic_auth_users must map user names to hashes"
-        )
-    users: dict[str, bytes] = {}
-    for user, hashed in users_raw.items():
-        if not isinstance(hashed, str) or not hashed.startswith("$2"):
-            raise ValueError(
-                f"web config {path}: the password of user {user!r} must be a bcrypt hash"
-                " ($2a$/$2b$/$2y$...), e.g. from htpasswd -nBC 10 '' | tr -d ':\\n'"
-            )
-        users[str(user)] = hashed.encode()
-    return WebConfig(tls=tls, users=users, operators=_operators(path, raw.get("operators"), users))
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._waiting: OrderedDict[int, socket.socket] = OrderedDict()
 
-
-def _operators(path: Path, raw: Any, users: dict[str, bytes]) -> frozenset[str]:
-    if raw is None:
-        return frozenset()
-    if not isinstance(raw, list) or not all(isinstance(u, str) for u in raw):
-        raise ValueError(
-            f"web config {path}: operators must be a list of basic_auth_users names,"
-            " e.g. operators: [alice]"
-        )
-    missing = [u for u in raw if u not in users]
-    if missing:
-        raise ValueError(
-            f"web config {path}: operators {missing} are not in basic_auth_users;"
-            " add them there (with a bcrypt hash) or remove them from operators"
-        )
-    return frozenset(raw)
-
-
-def _tls_context(path: Path, conf: Any) -> ssl.SSLContext | None:
-    if not conf:
+    def enter(self, key: int, sock: socket.socket) -> socket.socket | None:
+        """Register ``sock``; returns the oldest one to drop when over the cap."""
+        with self._lock:
+            self._waiting[key] = sock
+            if len(self._waiting) > self.cap:
+                return self._waiting.popitem(last=False)[1]
         return None
-    if not isinstance(conf, dict):
-        raise ValueError(  # noqa: TRY004 - user input
-            f"web config {path}: tls_server_config must be a mapping"
-        )
-    unknown = set(conf) - {"cert_file", "key_file", "min_version"}
-    if unknown:
-        raise ValueError(
-            f"web config {path}: unsupported tls_server_config keys {sorted(unknown)};"
-            " supported: cert_file, key_file, min_version"
-        )
-    if not conf.get("cert_file") or not conf.get("key_file"):
-        raise ValueError(f"web config {path}: tls_server_config needs cert_file and key_file")
-    # exporter-toolkit resolves relative paths against the config file's directory.
-    cert = path.parent / str(conf["cert_file"])
-    key = path.parent / str(conf["key_file"])
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    version = str(conf.get("min_version", "TLS12"))
-    if version not in TLS_VERSIONS:
-        raise ValueError(f"web config {path}: min_version {version!r} is not TLS12 or TLS13")
-    ctx.minimum_version = TLS_VERSIONS[version]
-    try:
-        ctx.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"web config {path}: cannot load {cert} / {key}: {exc}") from None
-    return ctx
+
+    def update(self, key: int, sock: socket.socket) -> bool:
+        """The socket object changed (TLS wrap); False when it was dropped meanwhile."""
+        with self._lock:
+            if key not in self._waiting:
+                return False
+            self._waiting[key] = sock
+            return True
+
+    def leave(self, key: int) -> bool:
+        """True when ``key`` was still waiting (not dropped)."""
+        with self._lock:
+            return self._waiting.pop(key, None) is not None
 
 
-# --------------------------------------------------------------------------- server
+def _drop(sock: socket.socket) -> None:
+    # shutdown wakes the thread blocked in recv on this socket; it then closes it
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _read_head(sock: socket.socket, deadline: float) -> bytes | None:
+    """The request line and headers, or None if they do not all arrive before ``deadline``.
+
+    Stops at the blank line or at ``MAX_HEAD_BYTES`` (the handler then refuses the request).
+    """
+    data = bytearray()
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            end = data.find(b"\n\n")
+        if end >= 0 or len(data) >= MAX_HEAD_BYTES:
+            return bytes(data)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(MAX_HEAD_BYTES - len(data))
+        except (OSError, ssl.SSLError):
+            return None
+        if not chunk:
+            return None
+        data += chunk
 
 
 class _Server(ThreadingHTTPServer):
@@ -162,71 +164,83 @@ class _Server(ThreadingHTTPServer):
         self.site = site or routes.Site(state=state, reader=reader, dashboard_url=dashboard_url)
         self.renderer = Renderer()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.auth_cache: dict[tuple[str, bytes], bool] = {}
+        self.reception = _Reception(MAX_PENDING)
+        self.auth = BasicAuth(web_config.users)
+        self.extra_headers = dict(web_config.headers)
+        self.log_busy = RateLimitedLog("exporter.too_many_connections")
+        self.log_dropped = RateLimitedLog("exporter.slow_client_dropped")
+        self.header_deadline = HEADER_DEADLINE
         super().__init__(address, _Handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            log.warning("exporter.too_many_connections", client=str(client_address[0]))
-            self.shutdown_request(request)
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        client = str(client_address[0])
+        key = id(request)
+        deadline = time.monotonic() + self.header_deadline
+        oldest = self.reception.enter(key, request)
+        if oldest is not None:
+            self.log_dropped(client=client, reason="too many connections still sending headers")
+            _drop(oldest)
+        try:
+            sock = self._receive(request, client, key, deadline)
+            head = None if sock is None else _read_head(sock, deadline)
+        finally:
+            waited = self.reception.leave(key)
+        if sock is None:
             return
         try:
-            super().process_request(request, client_address)
-        except Exception:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
+            if head is None or not waited:
+                log.debug("exporter.incomplete_request", client=client)
+                return
+            if not self.slots.acquire(blocking=False):
+                self.log_busy(client=client)
+                self._busy(sock)
+                return
+            try:
+                sock.settimeout(SOCKET_TIMEOUT)
+                _Handler(sock, client_address, self, head)
+            finally:
+                self.slots.release()
         finally:
-            self.slots.release()
+            if sock is not request:
+                sock.close()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(SOCKET_TIMEOUT)
+    def _receive(
+        self, request: socket.socket, client: str, key: int, deadline: float
+    ) -> socket.socket | None:
         tls = self.web_config.tls
         if tls is None:
-            super().finish_request(request, client_address)
-            return
+            return request
+        # the handshake's reads share one deadline in CPython's ssl module
+        request.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             wrapped = tls.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as exc:
-            log.info("exporter.tls_handshake_failed", client=str(client_address[0]), error=str(exc))
-            return
-        try:
-            super().finish_request(wrapped, client_address)
-        finally:
+            log.info("exporter.tls_handshake_failed", client=client, error=str(exc))
+            return None
+        if not self.reception.update(key, wrapped):
             wrapped.close()
+            return None
+        return wrapped
+
+    @staticmethod
+    def _busy(sock: socket.socket) -> None:
+        body = b"too many scrapes at once, retry shortly\n"
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(
+                b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        except (OSError, ssl.SSLError):
+            pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr; a client that hung up is not news.
         log.info("exporter.request_failed", client=str(client_address[0]), exc_info=True)
 
     def check_auth(self, header: str | None) -> bool:
-        users = self.web_config.users
-        if not users:
-            return True
-        if not header or not header.startswith("Basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        hashed = users.get(user)
-        if hashed is None:
-            return False
-        # bcrypt costs ~50 ms by design; remember passwords already checked (by digest only).
-        key = (user, hashlib.sha256(password.encode()).digest())
-        if self.auth_cache.get(key):
-            return True
-        import bcrypt
-
-        ok = bcrypt.checkpw(password.encode(), hashed)
-        if ok:
-            if len(self.auth_cache) > 1000:
-                self.auth_cache.clear()
-            self.auth_cache[key] = True
-        return ok
+        return self.auth.check(header)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -236,6 +250,18 @@ class _Handler(BaseHTTPRequestHandler):
     # Answer garbage with a real status line, not an HTTP/0.9 headerless body.
     default_request_version = "HTTP/1.0"
     sys_version = ""
+
+    def __init__(
+        self, request: Any, client_address: Any, server: _Server, head: bytes = b""
+    ) -> None:
+        self._head = head
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        # reception already read the request head under its deadline; one request per connection
+        self.rfile.close()
+        self.rfile = io.BytesIO(self._head)
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
@@ -277,11 +303,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         super().send_error(code, message, explain)
 
+    def send_header(self, keyword: str, value: str) -> None:
+        # headers from http_server_config replace the server's own of the same name
+        if keyword.lower() in self._configured:
+            return
+        super().send_header(keyword, value)
+
     def end_headers(self) -> None:
         if getattr(self, "_status", 0) == 405:
             allow = "POST" if self.path.partition("?")[0] == "/action" else "GET, HEAD"
             self.send_header("Allow", allow)
+        for name, value in self.server.extra_headers.items():
+            super().send_header(name, value)
         super().end_headers()
+
+    @property
+    def _configured(self) -> set[str]:
+        return {name.lower() for name in self.server.extra_headers}
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._status = code

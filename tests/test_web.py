@@ -1,0 +1,287 @@
+"""The exporter's web config, basic-auth checker and refusal logging (no sockets here)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import bcrypt
+import pytest
+
+from listeners.metrics.proc import ProcReader
+from listeners.metrics.snapshot import Snapshot
+from listeners.metrics.web import RateLimitedLog, make_server
+from listeners.metrics.webconfig import BasicAuth, WebConfig, load_web_config
+
+GOOD = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class Recorder:
+    """A checkpw that records what it was asked and how many ran at once."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple[bytes, bytes]] = []
+        self.delay = delay
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, password: bytes, hashed: bytes) -> bool:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.calls.append((password, hashed))
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            self.running -= 1
+        return bool(bcrypt.checkpw(password, hashed))
+
+
+class TestWebConfigFile:
+    def test_http_server_config_headers_are_kept(self, tmp_path):
+        """http_server_config.headers become extra response headers; http2 is accepted."""
+        (tmp_path / "web.yml").write_text(
+            "http_server_config:\n  http2: true\n  headers:\n"
+            "    x-frame-options: deny\n    Strict-Transport-Security: max-age=31536000\n"
+        )
+        c = load_web_config(tmp_path / "web.yml")
+        assert (
+            ("X-Frame-Options", "deny"),
+            ("Strict-Transport-Security", "max-age=31536000"),
+        ) == c.headers
+
+    @pytest.mark.parametrize(
+        ("text", "needle"),
+        [
+            (
+                "http_server_config:\n  keep_alive: 1\n",
+                "line 2: unsupported key 'keep_alive' in http_server_config",
+            ),
+            (
+                "http_server_config:\n  headers:\n    Content-Length: '1'\n",
+                "line 3: header 'Content-Length' cannot be set",
+            ),
+            ("http_server_config:\n  http2: maybe\n", "line 2: http2 must be true or false"),
+            ("http_server_config:\n  headers: [a]\n", "headers must map header names"),
+            ("http_server_config: 3\n", "http_server_config must be a mapping"),
+            ("tls_server_config:\n  client_ca_file: x\n", "unsupported key 'client_ca_file'"),
+            ("\n\nweird: 1\n", "line 3: unsupported key 'weird'"),
+        ],
+    )
+    def test_unsupported_or_bad_keys_are_refused_by_name(self, tmp_path, text, needle):
+        """Every key is honoured or refused with its name and line; none is silently ignored."""
+        (tmp_path / "web.yml").write_text(text)
+        with pytest.raises(ValueError, match=r".*") as exc:
+            load_web_config(tmp_path / "web.yml")
+        assert needle in str(exc.value)
+
+    @pytest.mark.parametrize(
+        "hashed",
+        [
+            "$2b$10$short",
+            "$2b$10$" + "a" * 54,
+            "$2x$10$" + "a" * 53,
+            "$2b$99$" + "a" * 53,
+            "$2b$03$" + "a" * 53,
+        ],
+    )
+    def test_a_malformed_bcrypt_hash_is_refused_with_its_line(self, tmp_path, hashed):
+        """A $2... string that is no bcrypt hash stops the start, naming user and line."""
+        (tmp_path / "web.yml").write_text(
+            f"basic_auth_users:\n  ok: '{GOOD.decode()}'\n  prom: '{hashed}'\n"
+        )
+        with pytest.raises(ValueError, match=r".*") as exc:
+            load_web_config(tmp_path / "web.yml")
+        assert "line 3: the password of user 'prom' must be a bcrypt hash" in str(exc.value)
+
+    def test_every_bcrypt_prefix_is_accepted(self, tmp_path):
+        """$2a$, $2b$ and $2y$ hashes (htpasswd writes $2y$) all load."""
+        tail = GOOD.decode()[4:]
+        (tmp_path / "web.yml").write_text(
+            "basic_auth_users:\n" + "".join(f"  u{p}: '$2{p}${tail}'\n" for p in "aby")
+        )
+        assert 3 == len(load_web_config(tmp_path / "web.yml").users)
+
+
+class TestBasicAuth:
+    def test_unknown_user_costs_one_bcrypt_check_like_a_known_one(self):
+        """An unknown user is checked against a dummy hash of the same cost as the real ones."""
+        rec = Recorder()
+        auth = BasicAuth({"prom": GOOD}, checkpw=rec)
+        assert not auth.check(basic("nobody", "s3cret"))
+        assert not auth.check(basic("prom", "wrong"))
+        assert [b"s3cret", b"wrong"] == [pw for pw, _ in rec.calls]
+        dummy, real = rec.calls[0][1], rec.calls[1][1]
+        assert real == GOOD
+        assert (dummy[:7], len(dummy)) == (GOOD[:7], len(GOOD))
+        assert dummy != GOOD
+
+    def test_successful_checks_are_cached_failures_are_not(self):
+        """The right password pays bcrypt once; a wrong one pays it every time."""
+        rec = Recorder()
+        auth = BasicAuth({"prom": GOOD}, checkpw=rec)
+        assert [True, True, True] == [auth.check(basic("prom", "s3cret")) for _ in range(3)]
+        assert [False, False] == [auth.check(basic("prom", "nope")) for _ in range(2)]
+        assert 3 == len(rec.calls)
+
+    def test_bcrypt_checks_run_one_at_a_time(self):
+        """Guessing threads queue on one lock instead of pinning every core."""
+        rec = Recorder(delay=0.02)
+        auth = BasicAuth({"prom": GOOD}, checkpw=rec)
+        threads = [
+            threading.Thread(target=auth.check, args=(basic("prom", f"guess{i}"),))
+            for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert (8, 1) == (len(rec.calls), rec.most)
+
+    @pytest.mark.parametrize(
+        "header", [None, "", "Bearer x", "Basic !!!", "Basic " + base64.b64encode(b"noco").decode()]
+    )
+    def test_malformed_headers_are_refused_without_bcrypt(self, header):
+        """No header, another scheme, bad base64 or no colon: refused before any bcrypt."""
+        rec = Recorder()
+        assert not BasicAuth({"prom": GOOD}, checkpw=rec).check(header)
+        assert [] == rec.calls
+
+    def test_a_hash_bcrypt_rejects_is_a_refusal_not_a_crash(self):
+        """checkpw raising ValueError (a bad hash) answers False."""
+        auth = BasicAuth({"prom": b"$2b$04$broken"}, dummy=GOOD)
+        assert not auth.check(basic("prom", "x"))
+
+    def test_no_users_means_no_auth(self):
+        """Without basic_auth_users every request passes."""
+        assert BasicAuth({}).check(None)
+
+
+class TestRateLimitedLog:
+    def test_one_line_per_interval_with_the_suppressed_count(self):
+        """Within an interval only the first refusal is logged; the next line counts the rest."""
+        now = [100.0]
+        lines: list[dict[str, object]] = []
+        rl = RateLimitedLog(
+            "exporter.too_many_connections",
+            interval=10.0,
+            clock=lambda: now[0],
+            emit=lambda event, **kw: lines.append({"event": event, **kw}),
+        )
+        for _ in range(50):
+            rl(client="127.0.0.1")
+        now[0] += 10.0
+        rl(client="127.0.0.2")
+        assert [
+            {"event": "exporter.too_many_connections", "client": "127.0.0.1"},
+            {"event": "exporter.too_many_connections", "client": "127.0.0.2", "suppressed": 49},
+        ] == lines
+
+
+class StaticState:
+    """A SnapshotSource with supervisord up and no processes."""
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(True, "4.3.0", "test", (), 0, 0, 0)
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[..., Any]]:
+    """Factory: an exporter HTTP server on a free loopback port; stopped at teardown."""
+    made: list[Any] = []
+
+    def start(web_config: WebConfig | None = None) -> Any:
+        srv = make_server(
+            "127.0.0.1",
+            0,
+            state=StaticState(),
+            reader=ProcReader(),
+            web_config=web_config or WebConfig(),
+            dashboard_url="http://127.0.0.1:8080/",
+        )
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        made.append(srv)
+        return srv
+
+    yield start
+    for srv in made:
+        srv.shutdown()
+        srv.server_close()
+
+
+def get(port: int, path: str = "/metrics") -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
+def wait_closed(sock: socket.socket) -> bytes:
+    """What the server sent before closing ``sock`` (bounded by the socket timeout)."""
+    sock.settimeout(20)
+    chunks = []
+    try:
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    except OSError:
+        pass
+    return b"".join(chunks)
+
+
+class TestServer:
+    def test_configured_headers_are_sent_and_replace_the_defaults(self, server):
+        """http_server_config.headers appear on every answer, once, replacing the server's."""
+        srv = server(
+            WebConfig(headers=(("X-Frame-Options", "deny"), ("X-Content-Type-Options", "x")))
+        )
+        resp = get(srv.server_address[1])
+        assert 200 == resp.status
+        assert ["deny"] == resp.headers.get_all("X-Frame-Options")
+        assert ["x"] == resp.headers.get_all("X-Content-Type-Options")
+
+    def test_a_head_that_does_not_arrive_in_time_is_cut_off(self, server):
+        """One deadline for the whole request head, however steadily bytes trickle in."""
+        srv = server()
+        srv.header_deadline = 0.5
+        with socket.create_connection(srv.server_address, timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n")
+            assert b"" == wait_closed(s)
+        assert 200 == get(srv.server_address[1]).status
+
+    def test_when_reception_is_full_the_oldest_waiting_client_is_dropped(self, server):
+        """A new client always gets in: the longest-waiting half-sent request makes room."""
+        srv = server()
+        srv.reception.cap = 3
+        port = srv.server_address[1]
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        try:
+            for s in waiting:
+                s.sendall(b"GET /me")
+                time.sleep(0.05)
+            assert 200 == get(port).status
+            assert b"" == wait_closed(waiting[0])
+        finally:
+            for s in waiting:
+                s.close()
+
+    def test_all_slots_busy_answers_503_at_once(self, server):
+        """A complete request finding every service slot taken gets 503 and Retry-After."""
+        srv = server()
+        srv.slots = threading.BoundedSemaphore(1)
+        assert srv.slots.acquire(blocking=False)
+        resp = get(srv.server_address[1])
+        assert (503, "1") == (resp.status, resp.getheader("Retry-After"))
+        srv.slots.release()
+        assert 200 == get(srv.server_address[1]).status
