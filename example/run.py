@@ -1,5 +1,8 @@
 """Run the example stack in the foreground: `make run` calls this, and so does the image.
 
+`example/run.py healthcheck` is the image's HEALTHCHECK: it asks the exporter at
+$EXPORTER_ADDRESS, whatever address the container was started with.
+
 It makes sure the run directory exists, settles the dashboard password, says where everything
 is, and then becomes supervisord (exec), so signals and the exit status are supervisord's own.
 
@@ -17,6 +20,7 @@ import os
 import secrets
 import shutil
 import sys
+import urllib.request
 from pathlib import Path
 
 STACK = Path(__file__).resolve().parent / "docker" / "supervisord"
@@ -113,7 +117,40 @@ def prepare(stack: Path, environ: dict[str, str]) -> tuple[dict[str, str], str]:
     return env, where
 
 
-def main() -> int:
+def metrics_url(environ: dict[str, str]) -> str:
+    """Where the exporter answers, from $EXPORTER_ADDRESS (a wildcard host means loopback)."""
+    address = environ.get("EXPORTER_ADDRESS") or DEFAULT_ADDRESSES["EXPORTER_ADDRESS"]
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "*", "0.0.0.0"):  # noqa: S104 - a listen address read, not bound
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+
+
+def healthcheck(environ: dict[str, str]) -> int:
+    """0 when the exporter answers and says supervisord_up 1 (the image's HEALTHCHECK)."""
+    url = metrics_url(environ)
+    try:
+        with urllib.request.urlopen(url, timeout=4) as resp:  # noqa: S310 - our own exporter
+            body = resp.read()
+    except OSError as exc:
+        sys.stderr.write(f"unhealthy: {url}: {exc}\n")
+        return 1
+    if b"\nsupervisord_up 1" not in b"\n" + body:
+        sys.stderr.write(f"unhealthy: {url} does not say supervisord_up 1\n")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["healthcheck"]:
+        return healthcheck(dict(os.environ))
+    if args:
+        sys.stderr.write("usage: example/run.py [healthcheck]\n")
+        return 2
     conf = STACK / "supervisord.conf"
     run_dir = STACK / "run"
     supervisord = shutil.which("supervisord")

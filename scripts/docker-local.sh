@@ -65,9 +65,9 @@ stop() {
 
 # rootfs NAME PACKAGES: a cached tarball of a bookworm minbase root with PACKAGES installed.
 rootfs() {
-  local name="$1" packages="$2"
+  local name="$1" packages="$2" version="$3"
   local tarball="$cache/bases/$name.tar"
-  local key="bookworm minbase $packages v1"
+  local key="bookworm minbase $packages $version"
   if [ -f "$tarball" ] && [ "$(cat "$tarball.key" 2>/dev/null)" = "$key" ]; then
     echo "$tarball"; return 0
   fi
@@ -85,8 +85,8 @@ rootfs() {
 }
 
 import_base() {
-  local tag="$1" name="$2" packages="$3" setup="$4"
-  local key="bookworm minbase $packages v1"
+  local tag="$1" name="$2" packages="$3" setup="$4" version="${5:-v1}" env="${6:-}"
+  local key="bookworm minbase $packages $version"
   if docker image inspect "$tag" >/dev/null 2>&1 &&
     [ "$(docker image inspect -f '{{index .Config.Labels "sl.stand-in"}}' "$tag")" = "$key" ]; then
     return 0
@@ -94,7 +94,7 @@ import_base() {
   local tarball="$cache/bases/$name.tar"
   if ! { [ -f "$tarball" ] && [ "$(cat "$tarball.key" 2>/dev/null)" = "$key" ]; }; then
     local root
-    root="$(rootfs "$name" "$packages")"
+    root="$(rootfs "$name" "$packages" "$version")"
     (cd "$root" && eval "$setup")
     tar -C "$root" -cf "$tarball" .
     echo "$key" >"$tarball.key"
@@ -102,7 +102,7 @@ import_base() {
   fi
   say "importing $tag"
   docker import --change "LABEL sl.stand-in=\"$key\"" --change 'CMD ["bash"]' \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+    --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 $env" \
     "$tarball" "$tag" >/dev/null
 }
 
@@ -112,9 +112,13 @@ bases() {
   import_base python:3.11-slim-bookworm python-3.11-slim-bookworm \
     python3,python3-pip,python3-venv \
     'rm -f usr/lib/python3*/EXTERNALLY-MANAGED; ln -sf /usr/bin/pip3 usr/bin/pip; ln -sf /usr/bin/python3 usr/bin/python'
-  # php:8.2-cli-bookworm: PHP and no Python, as there (where php is /usr/local/bin/php)
+  # php:8.2-cli-bookworm: PHP and no Python, as there (where php is /usr/local/bin/php). A
+  # Dockerfile on it installs packages with apt, and Debian's ca-certificates then rewrites the
+  # bundle without the host's proxy CA: keep a copy aside and point pip and Python's ssl at it.
   import_base php:8.2-cli-bookworm php-8.2-cli-bookworm php8.2-cli \
-    'mkdir -p usr/local/bin; ln -sf /usr/bin/php8.2 usr/local/bin/php'
+    'mkdir -p usr/local/bin usr/local/share/host-ca; ln -sf /usr/bin/php8.2 usr/local/bin/php;
+     cp /etc/ssl/certs/ca-certificates.crt usr/local/share/host-ca/ca-certificates.crt' \
+    v2 'PIP_CERT=/usr/local/share/host-ca/ca-certificates.crt SSL_CERT_FILE=/usr/local/share/host-ca/ca-certificates.crt'
 }
 
 build() {

@@ -95,7 +95,34 @@ class TestMain:
         monkeypatch.setenv("SUPERVISOR_DASHBOARD_PASSWORD", "has space")
         monkeypatch.setattr(run, "STACK", tmp_path)
         monkeypatch.setattr(run.shutil, "which", lambda _name: "/bin/false")
-        assert 2 == run.main()
+        assert 2 == run.main([])
         err = capsys.readouterr().err
         assert 1 == len(err.splitlines())
         assert err.startswith("example/run.py: ")
+
+
+class TestHealthcheck:
+    @pytest.mark.parametrize(
+        ("address", "url"),
+        [
+            ("0.0.0.0:9876", "http://127.0.0.1:9876/metrics"),
+            ("127.0.0.1:19000", "http://127.0.0.1:19000/metrics"),
+            (":9100", "http://127.0.0.1:9100/metrics"),
+            ("[::]:9876", "http://[::1]:9876/metrics"),
+            ("10.1.2.3:80", "http://10.1.2.3:80/metrics"),
+        ],
+    )
+    def test_url_follows_exporter_address(self, address, url):
+        """The healthcheck asks $EXPORTER_ADDRESS, a wildcard host meaning loopback."""
+        assert url == run.metrics_url({"EXPORTER_ADDRESS": address})
+
+    def test_default_is_the_shipped_address(self):
+        """Without $EXPORTER_ADDRESS it asks the default 127.0.0.1:9876."""
+        assert "http://127.0.0.1:9876/metrics" == run.metrics_url({})
+
+    def test_nothing_listening_is_unhealthy(self, capsys):
+        """A closed port gives 1 and one line on stderr."""
+        from tests.e2e.support import free_port
+
+        assert 1 == run.healthcheck({"EXPORTER_ADDRESS": f"127.0.0.1:{free_port()}"})
+        assert 1 == len(capsys.readouterr().err.splitlines())
