@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real (Prometheus, Alertmanager, promtool,
-# node_exporter for the benchmark, Chromium for the status page, msmtp as a real sendmail),
+# node_exporter for the benchmark, Chromium for the status page, msmtp as a real sendmail,
+# docker.io and debootstrap to build and run the image),
 # if any is missing.
 # Uses sudo when not root. Stops the services the packages start: tests run their own.
 set -euo pipefail
@@ -10,6 +11,9 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 command -v chromium >/dev/null || need+=(chromium)
 command -v msmtp >/dev/null || need+=(msmtp)
+# the image's e2e test (scripts/docker-local.sh): a private dockerd and the stand-in base roots
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 [ "${#need[@]}" -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
