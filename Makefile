@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STACK := example/docker/supervisord
 
-.PHONY: run test lint unit e2e bench venv system-deps clean
+.PHONY: run test lint unit e2e bench venv system-deps clean image
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ bench: venv
 	$(BIN)/python bench/crashmail.py
 	$(BIN)/python bench/crashmail_logs.py
 	$(BIN)/python bench/exporter.py
+
+# the example image, on a private dockerd with stand-in bases (as root; docs/docker.md)
+image:
+	scripts/docker-local.sh build
 
 clean:
 	rm -rf $(VENV) $(STACK)/run .pytest_cache .mypy_cache .ruff_cache

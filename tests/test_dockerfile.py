@@ -1,4 +1,4 @@
-"""The Dockerfile cannot be built here (no Docker engine): lint it and check what it copies."""
+"""The Dockerfile as text: hadolint, its COPY sources (tests/e2e/test_docker_e2e.py builds it)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,15 +31,19 @@ def _run_py() -> Any:
 
 DEFAULT_ADDRESSES: dict[str, str] = _run_py().DEFAULT_ADDRESSES
 STACK = REPO / "example" / "docker" / "supervisord"
-PASSWORD = "e2e-dashboard-password"  # noqa: S105 - a throwaway for a loopback test stack
+#: A throwaway for a loopback test stack, unique so that a search of /proc finds only ours.
+PASSWORD = f"e2e-dashboard-{secrets.token_hex(8)}"
 
 
 class ExampleStack:
-    """The example directory copied to a short temp dir and run with supervisord -n."""
+    """The example copied to a short temp dir and started as `make run` does: example/run.py."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sl-ex-", dir="/tmp"))
-        self.dir = self.root / "supervisord"
+        self.run_py = self.root / "example" / "run.py"
+        self.dir = self.root / "example" / "docker" / "supervisord"
+        self.run_py.parent.mkdir(parents=True)
+        shutil.copy2(REPO / "example" / "run.py", self.run_py)
         # as shipped: nothing a local `make run` left in run/ comes along
         shutil.copytree(
             STACK,
@@ -52,6 +57,7 @@ class ExampleStack:
         self.env = {
             **os.environ,
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            # run.py hands it to supervisord in a 0600 conf include, not in the environment
             "SUPERVISOR_DASHBOARD_PASSWORD": PASSWORD,
             # free ports, not the shipped 8080/9876: the suite passes beside a running `make run`
             "SUPERVISOR_DASHBOARD_ADDRESS": f"127.0.0.1:{free_port()}",
@@ -64,11 +70,12 @@ class ExampleStack:
 
     def start(self) -> ExampleStack:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)],
+            [sys.executable, str(self.run_py)],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        # run.py execs supervisord: self.proc is supervisord itself
         wait_for(lambda: self.client.state() == "RUNNING", 30, what="example supervisord")
         return self
 
