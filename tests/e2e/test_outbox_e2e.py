@@ -151,6 +151,8 @@ class TestFullDisk:
                         ln
                         for ln in bus_log.read_text().splitlines()
                         if ln.startswith(bus.CRASHMAIL_TYPE)
+                        # the same type also carries crashmail's delivery health
+                        and isinstance(bus.decode(ln.split(" ", 1)[1]), bus.OutboxTrouble)
                     ]
                 )
                 >= 2
