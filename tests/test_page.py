@@ -468,3 +468,14 @@ class TestTaskActions:
         viewer = render_status_page(MIXED, USAGES, "http://x/", NOW, Viewer("v"), tasks=tasks)
         assert 'data-task="reports"' in viewer
         assert "<form" not in viewer
+
+
+class TestSourcesFromOtherListeners:
+    def test_undelivered_alerts_come_from_crashmails_delivery_health(self):
+        """The header counts crashmail's pending deliveries over all sinks; unknown is None."""
+        from listeners.metrics.api import rows, summary
+
+        base = Snapshot(True, "4.3", "x", (), 0, 0, 0)
+        assert summary(base, rows(base, {}))["alerts_undelivered"] is None
+        told = base._replace(alert_sinks=(("file", 2, 0), ("smtp", 3, 7)))
+        assert 5 == summary(told, rows(told, {}))["alerts_undelivered"]

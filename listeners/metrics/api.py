@@ -92,7 +92,8 @@ def rows(snap: Snapshot, usages: dict[str, Usage]) -> list[Row]:
 def summary(snap: Snapshot, table: list[Row]) -> dict[str, int | None]:
     """The header counts; a count whose source is not running here is None."""
     any_health = any(r.hung is not None for r in table)
-    undelivered = getattr(snap, "alerts_undelivered", None)
+    # crashmail's delivery health (pending per sink); None until crashmail has announced it
+    undelivered = sum(pending for _, pending, _ in snap.alert_sinks) if snap.alert_sinks else None
     return {
         "fatal": sum(r.view.state == "FATAL" for r in table),
         "crash_looping": sum(r.view.crash_looping for r in table),

@@ -1,0 +1,29 @@
+"""Alerts for what other listeners announce on the bus (notify/announced.py)."""
+
+from __future__ import annotations
+
+from listeners.core import bus
+from listeners.notify.announced import announced_alert
+
+
+class TestAnnounced:
+    def test_an_action_from_the_status_page_becomes_an_alert_naming_the_user(self):
+        """'restarted from the status page by op' reaches crashmail as an action alert."""
+        msg = bus.ActionPerformed(host="h", group="g", name="w", action="restart", user="op")
+        made = announced_alert(msg)
+        assert made is not None
+        assert ("action", "g", "w") == (made.kind, made.group, made.name)
+        assert "restart from the status page by op" == made.fields["message"]
+
+    def test_health_grace_is_not_alert_worthy_but_a_restart_is(self):
+        """A hung process in its grace gives no alert; one health restarted does."""
+        grace = bus.ProcessHung("h", "g", "w", 5, "probe", "HTTP 500", "grace")
+        acted = bus.ProcessHung("h", "g", "w", 5, "probe", "HTTP 500", "restart")
+        assert announced_alert(grace) is None
+        made = announced_alert(acted)
+        assert made is not None
+        assert "hung" == made.kind
+
+    def test_memory_limits_are_not_alerts(self):
+        """memmon's limits announcement is for the exporter only."""
+        assert announced_alert(bus.MemoryLimits(host="h", limits={"g:w": 1})) is None
