@@ -177,7 +177,7 @@ class TestScenario:
     def test_promtool_accepts_a_real_scrape(self, scenario):
         """promtool check metrics reports no problem on what the exporter serves."""
         _, port = scenario
-        wait_for(lambda: value(port, "supervisord_process_fatal_total", **L("fatal")) == 1, 20)
+        wait_for(lambda: value(port, "supervisord_process_fatal_total", **L("fatal")) == 1, 60)
         result = subprocess.run(
             ["promtool", "check", "metrics"],
             input=fetch(port).encode(),
