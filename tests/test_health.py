@@ -356,6 +356,8 @@ class TestWatchdogBackoff:
         fake.processes["web:w"]["statename"] = "STARTING"
         dog.handle(state_event("STARTING", "w", "web", tries=0))
         assert ["web:w"] == restarts(fake)
+        dog.handle(state_event("STOPPING", "w", "web"))
+        dog.handle(state_event("STOPPED", "w", "web"))
         clock.now += 9
         dog.round()
         assert [] == [a for m, a in fake.calls if m == "start"]
@@ -366,6 +368,41 @@ class TestWatchdogBackoff:
         assert ["web:w"] == restarts(fake)
         backoffs = [m for m in published(fake) if isinstance(m, bus.Backoff)]
         assert [10.0] == [m.delay_seconds for m in backoffs]
+
+    def test_a_stop_still_under_way_when_the_hold_ends_is_waited_for(self):
+        """Held, stopped, still STOPPING when the delay is over: started once it is STOPPED.
+
+        supervisord loses a SIGTERM that reaches the respawned child before its exec: the
+        worker runs on in STOPPING until it exits by itself. A start then would be a no-op
+        ("already running") and leave the worker STOPPED for good.
+        """
+        clock = Clock()
+        check = Check("*", backoff=Schedule(2, 60, 100), hold_crashes=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w")])
+        dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
+        dog.handle(state_event("STARTING", "w", "web", tries=0))
+        assert ["web:w"] == restarts(fake)
+        clock.now += 2.5
+        dog.round()  # the hold is over, but the STOPPING event has not even come yet
+        dog.handle(state_event("STOPPING", "w", "web"))
+        clock.now += 1
+        dog.round()
+        assert [] == [a for m, a in fake.calls if m == "start"]
+        dog.handle(state_event("STOPPED", "w", "web"))
+        assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
+        dog.handle(state_event("STARTING", "w", "web", tries=0))  # ours: not stopped again
+        assert ["web:w"] == restarts(fake)
+
+    def test_a_process_started_by_hand_during_the_hold_is_left_alone(self):
+        """The hold ends while the process runs (an operator started it): no second start."""
+        clock = Clock()
+        check = Check("*", backoff=Schedule(2, 60, 100), hold_crashes=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w", state="EXITED")])
+        dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
+        dog.handle(state_event("RUNNING", "w", "web", pid=101))
+        clock.now += 3
+        dog.round()
+        assert [] == [a for m, a in fake.calls if m == "start"]
 
     def test_fatal_is_revived(self):
         """With revive_fatal, a FATAL process is started again after the backoff."""

@@ -45,6 +45,9 @@ __all__ = ["Check", "HttpokOptions", "Watchdog", "WatchdogConfig", "serve", "val
 
 log = get_logger("listeners.health")
 
+#: States of a process that is down: a held process is started from one of these.
+DOWN_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
+
 #: Placeholders a probe's URL, address or command may use, filled per process.
 PLACEHOLDERS = {"group": "g", "name": "n_00", "process_num": 0}
 _NUM_RE = re.compile(r"(\d+)$")
@@ -208,6 +211,10 @@ class Watchdog(protocol.Handler):
         self.watches: dict[str, _Watch] = {}
         self._next_probe: dict[str, float] = {}
         self._starting_by_us: set[str] = set()
+        #: Held processes health has asked supervisord to stop, until they are down.
+        self._stopping_by_us: set[str] = set()
+        #: Holds that ended while health's stop was still under way: started once it is down.
+        self._start_when_down: set[str] = set()
         self._seen_state = False
         self._last_status = 0.0
         self._lock = threading.RLock()
@@ -305,11 +312,20 @@ class Watchdog(protocol.Handler):
                     self.book.running(key, now)
                 return
             watch.running_since = None
+            if state in DOWN_STATES:
+                self._stopping_by_us.discard(key)
+            if key in self._start_when_down and state in DOWN_STATES:
+                # the hold ended while our stop was still under way (a SIGTERM that reached
+                # the child before its exec is lost: it ran on until it exited by itself)
+                self._start_when_down.discard(key)
+                self._begin_start(key)
+                return
             if state == "STARTING":
                 ours = key in self._starting_by_us
                 self._starting_by_us.discard(key)
                 if check.backoff and not ours and self.book.held(key, now):
                     # supervisord's autorestart respawned it at once: hold it until its turn
+                    self._stopping_by_us.add(key)
                     self.rpc.submit(self._stop_held, key)
                 return
             if not check.backoff:
@@ -344,6 +360,7 @@ class Watchdog(protocol.Handler):
         if state == "BACKOFF":
             # stopping a BACKOFF process makes it STOPPED at once: supervisord's quick retry
             # would not wait for the delay
+            self._stopping_by_us.add(watch.key)
             self.rpc.submit(self._stop_held, watch.key)
 
     def on_timer(self) -> None:
@@ -365,10 +382,16 @@ class Watchdog(protocol.Handler):
         with self._lock:
             for key in self.book.due(now):
                 self._last_status = 0.0
-                if key in self.watches:
-                    self._starting_by_us.add(key)
-                    log.info("health.backoff_over", process=key)
-                    self.rpc.submit(self._start_held, key)
+                watch = self.watches.get(key)
+                if watch is None:
+                    continue
+                log.info("health.backoff_over", process=key)
+                if key in self._stopping_by_us and watch.state not in DOWN_STATES:
+                    # health's stop is still under way: start it once it is down
+                    self._start_when_down.add(key)
+                elif watch.state in DOWN_STATES:
+                    self._begin_start(key)
+                # else it is up already: someone started it during the hold
             for watch in self.watches.values():
                 if watch.check.backoff and watch.state == "RUNNING":
                     self.book.stable(watch.key, now, watch.check.backoff)
@@ -571,7 +594,14 @@ class Watchdog(protocol.Handler):
         except SupervisorError as exc:
             log.debug("health.hold_stop_failed", process=key, error=str(exc))
 
+    def _begin_start(self, key: str) -> None:
+        """Start a held process whose turn has come (called under the lock)."""
+        self._starting_by_us.add(key)
+        self.rpc.submit(self._start_held, key)
+
     def _start_held(self, key: str) -> None:
+        # a STOPPING process is not started (supervisord logs "already running" and answers
+        # True): health never starts one before its own stop is seen through (round())
         try:
             self.client.start(key, wait=False)
         except SupervisorError as exc:

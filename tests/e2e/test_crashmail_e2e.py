@@ -186,12 +186,15 @@ class TestOutboxSurvives:
         def failed_deliveries() -> int:
             if not outbox.exists():
                 return 0
-            with sqlite3.connect(outbox) as db:
-                return int(
-                    db.execute(
-                        "SELECT COUNT(*) FROM deliveries WHERE state='pending' AND attempts > 0"
-                    ).fetchone()[0]
-                )
+            try:
+                with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True) as db:
+                    return int(
+                        db.execute(
+                            "SELECT COUNT(*) FROM deliveries WHERE state='pending' AND attempts > 0"
+                        ).fetchone()[0]
+                    )
+            except sqlite3.OperationalError:
+                return 0  # crashmail has created the file but not yet its tables
 
         wait_for(lambda: failed_deliveries() >= 3, 30, what="3 failed deliveries")
         pid = sup.info("crashmail:crashmail")["pid"]
