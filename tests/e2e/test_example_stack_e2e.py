@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import configparser
+import datetime
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.example_stack import DEFAULT_ADDRESSES, PASSWORD, STACK, ExampleStack
+from tests.e2e.example_stack import DEFAULT_ADDRESSES, PASSWORD, REPO, STACK, ExampleStack
 from tests.e2e.support import BAD_LOG_LINES, wait_for
 
 
@@ -158,6 +160,56 @@ class TestExampleStackListeners:
             what="image_resizer back RUNNING",
         )
         assert info["pid"] != details["pid"]
+
+    def test_the_readme_timeline_of_the_leaking_worker_is_what_the_example_does(self, stack):
+        """README: restarted "just past 16 MiB PSS", then "five restarts in about N s", exhausted.
+
+        The figures are read from README.md, so the README cannot drift from the example.
+        """
+        readme = (REPO / "README.md").read_text()
+        about = re.search(r"after (\w+) restarts in about (\d+) s", readme)
+        assert about is not None, "README no longer states the leaking workers' timeline"
+        restarts_said = {"four": 4, "five": 5, "six": 6}[about.group(1)]
+        seconds_said = int(about.group(2))
+        assert "just past 16 MiB PSS" in readme
+
+        def decisions() -> list[dict[str, object]]:
+            path = stack.run_dir / "memmon.log"
+            lines = path.read_text().splitlines() if path.exists() else []
+            return [
+                d
+                for d in (json.loads(ln) for ln in lines if ln.startswith("{"))
+                if d.get("event") == "memmon.decision"
+                and d.get("process") == "image_resizer:image_resizer_0"
+            ]
+
+        def exhausted() -> list[dict[str, object]]:
+            found = decisions()
+            return found if any(d["action"] == "restarts_exhausted" for d in found) else []
+
+        found = wait_for(exhausted, 4 * seconds_said, what="memmon giving up on image_resizer")
+        restarts = [d for d in found if d["action"] == "restart"]
+        assert restarts_said == len(restarts)
+        for decision in restarts:
+            assert 16 * 1024 * 1024 < int(decision["measured"]) < 24 * 1024 * 1024  # type: ignore[call-overload]
+        gave_up = next(d for d in found if d["action"] == "restarts_exhausted")
+        spawned = [
+            datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            for line in stack.log_text().splitlines()
+            if "spawned: 'image_resizer_0'" in line
+        ]
+        # memmon logs UTC ISO times, supervisord local times: compare as local wall clocks
+        end = datetime.datetime.fromisoformat(str(gave_up["timestamp"]).replace("Z", "+00:00"))
+        took = end.astimezone().replace(tzinfo=None) - spawned[0]
+        first = datetime.datetime.fromisoformat(
+            str(restarts[0]["timestamp"]).replace("Z", "+00:00")
+        )
+        # the first restart waits out memmon's --grace 5s (example/.../listeners.d/memmon.conf)
+        assert (first.astimezone().replace(tzinfo=None) - spawned[0]).total_seconds() >= 5
+        took_s = took.total_seconds()
+        print(f"README says about {seconds_said} s; this run took {took_s:.0f} s")
+        # "about": within a third either way (a loaded host only stretches it)
+        assert seconds_said * 2 / 3 <= took_s <= seconds_said * 4 / 3 + 15
 
     def test_crash_looping_worker_is_reported_once_as_a_loop(self, stack):
         """webhook_sender's crashes produce a crash alert and one crash_loop alert."""
