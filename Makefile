@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/python bench/crashmail.py
 	$(BIN)/python bench/crashmail_logs.py
 	$(BIN)/python bench/exporter.py
+	$(BIN)/python bench/listeners_memory.py
 
 # the example image, on a private dockerd with stand-in bases (as root; docs/docker.md)
 image:

@@ -1,50 +1,105 @@
-"""Logging set-up shared by every listener: structlog, to stderr only.
+"""Logging shared by every listener: structured lines, to stderr only.
 
 stdout belongs to the supervisord protocol (see protocol.py), so nothing here may touch it.
 JSON lines when stderr is not a terminal (supervisord's log files, journald), a readable
-console format when a person runs a command by hand.
+console format when a person runs a command by hand. Each call names an event and its fields:
+``log.warning("memmon.decision", process="g:a", measured=17_000_000)`` gives
+``{"process": "g:a", "measured": 17000000, "event": "memmon.decision", "level": "warning",
+"timestamp": "2026-...Z"}``.
+
+This is a small module of its own rather than structlog: structlog imports asyncio, which
+cost every listener about 8 MiB of PSS (docs/benchmarks.md), for features none of them uses.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
 import threading
+import traceback
 from typing import Any, TextIO
 
-import structlog
+__all__ = ["Logger", "configure", "get_logger"]
 
-__all__ = ["configure", "get_logger"]
-
-_configured = False
 _lock = threading.Lock()
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-class _StderrLogger:
-    """Writes each rendered line to a stream looked up at write time (sys.stderr by default).
+class _Settings:
+    configured = False
+    level = logging.INFO
+    stream: TextIO | None = None  # None: whatever sys.stderr is at write time
+    as_json = True
 
-    Binding sys.stderr once would keep a stream that can be swapped out and closed later (by a
-    test runner, or by a library that replaces it); a closed stream must never crash a listener.
-    """
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream
+_settings = _Settings()
 
-    def msg(self, message: str) -> None:
-        out = self._stream if self._stream is not None else sys.stderr
-        with _lock:
-            try:
-                out.write(message + "\n")
-                out.flush()
-            except (ValueError, OSError):
-                pass
 
-    log = debug = info = warn = warning = error = err = critical = fatal = exception = msg
-    failure = msg
+def _fallback(value: object) -> str:
+    return repr(value)
+
+
+def _render(event: str, level: str, fields: dict[str, Any]) -> str:
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    if _settings.as_json:
+        record = {**fields, "event": event, "level": level, "timestamp": now}
+        return json.dumps(record, default=_fallback, ensure_ascii=False)
+    exception = fields.pop("exception", None)
+    pairs = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items())
+    line = f"{now} [{level:<9}] {event:<30} {pairs}".rstrip()
+    return f"{line}\n{exception}".rstrip() if exception else line
+
+
+def _write(line: str) -> None:
+    """Write one line to the stream of now: a stream swapped out and closed must not crash us."""
+    out = _settings.stream if _settings.stream is not None else sys.stderr
+    with _lock:
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (ValueError, OSError, AttributeError):
+            pass
+
+
+class Logger:
+    """One named logger: ``debug``, ``info``, ``warning``, ``error``, ``exception``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _log(self, level: str, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+        if _LEVELS[level] < _settings.level:
+            return
+        if fields.pop("exc_info", False) or exc:
+            fields["exception"] = traceback.format_exc().rstrip()
+        _write(_render(event, level, fields))
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log("warning", event, fields)
+
+    warn = warning
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._log("critical", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the traceback of the exception being handled."""
+        self._log("error", event, fields, exc=True)
 
 
 class _CurrentStderrHandler(logging.StreamHandler[TextIO]):
-    """A stdlib handler that, like _StderrLogger, writes to whatever sys.stderr is now."""
+    """A stdlib handler that writes to whatever sys.stderr is now."""
 
     @property
     def stream(self) -> TextIO:
@@ -55,46 +110,24 @@ class _CurrentStderrHandler(logging.StreamHandler[TextIO]):
         pass
 
 
-def _factory(stream: TextIO | None) -> Any:
-    def make(*_args: Any) -> _StderrLogger:
-        return _StderrLogger(stream)
-
-    return make
-
-
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Route structlog and stdlib logging to ``stream`` (stderr by default)."""
-    global _configured  # noqa: PLW0603 - logging is process-wide by nature
+    """Send every listener's log lines, and stdlib logging's, to ``stream`` (stderr by default)."""
     out = stream if stream is not None else sys.stderr
-    as_json = (not out.isatty()) if json is None else json
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        numeric = logging.INFO
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_factory(stream),
-        cache_logger_on_first_use=False,
-    )
-    # Libraries that use the stdlib (urllib3, asyncio) must not reach stdout either.
+    try:
+        tty = out.isatty()
+    except (ValueError, AttributeError):
+        tty = False
+    _settings.as_json = (not tty) if json is None else json
+    _settings.level = _LEVELS.get(level.lower(), logging.INFO)
+    _settings.stream = stream
+    # Libraries that use the stdlib (urllib3, http.client) must not reach stdout either.
     handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
-    logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING), force=True)
-    _configured = True
+    logging.basicConfig(handlers=[handler], level=max(_settings.level, logging.WARNING), force=True)
+    _settings.configured = True
 
 
-def get_logger(name: str) -> Any:
-    """A structlog logger; configures stderr logging on first use if nobody did."""
-    if not _configured:
+def get_logger(name: str) -> Logger:
+    """A logger; stderr logging is configured on first use if nobody did."""
+    if not _settings.configured:
         configure()
-    return structlog.get_logger(name)
+    return Logger(name)

@@ -28,10 +28,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from listeners.core.cli import DEFAULT_SENDMAIL
 from listeners.core.units import parse_duration
-from listeners.notify.alertmanager import AlertmanagerSink
 from listeners.notify.sinks import FileSink, SendmailSink, Sink, redact
-from listeners.notify.smtp import SmtpSink
-from listeners.notify.webhook import WebhookSink
+
+# The SMTP, webhook and Alertmanager sinks are imported when a sink of theirs is configured:
+# requests, ssl and smtplib cost crashmail several MiB it need not carry (docs/benchmarks.md).
 
 __all__ = ["SINK_FORMS", "SinkSpec", "build_sink", "parse_sink"]
 
@@ -263,6 +263,8 @@ def _build(spec: SinkSpec, prefix: str, timeout: float | None, env: Mapping[str,
     if spec.kind == "file":
         return FileSink(spec.target, name=spec.name)
     if spec.kind == "smtp":
+        from listeners.notify.smtp import SmtpSink
+
         return SmtpSink(
             host=spec.target,
             port=int(o["port"]),
@@ -286,6 +288,8 @@ def _build(spec: SinkSpec, prefix: str, timeout: float | None, env: Mapping[str,
             name=spec.name,
         )
     if spec.kind == "webhook":
+        from listeners.notify.webhook import WebhookSink
+
         return WebhookSink(
             spec.target,
             format=o.get("format", "json"),
@@ -294,6 +298,8 @@ def _build(spec: SinkSpec, prefix: str, timeout: float | None, env: Mapping[str,
             name=spec.name,
         )
     if spec.kind == "alertmanager":
+        from listeners.notify.alertmanager import AlertmanagerSink
+
         return AlertmanagerSink(
             spec.target,
             timeout=timeout or 10.0,
