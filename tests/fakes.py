@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -77,7 +78,11 @@ class FakeSupervisor:
         processes: dict[str, dict[str, Any]] | list[dict[str, Any]] | None = None,
         *,
         answers: dict[str, Any] | None = None,
+        instant_stop: bool = False,
     ) -> None:
+        #: a stop leaves the process STOPPED at once (no STOPPING in between), as seen by a
+        #: caller that polls process_info after stopProcess
+        self.instant_stop = instant_stop
         self.processes: dict[str, dict[str, Any]] = {}
         if isinstance(processes, list):
             self.infos = processes
@@ -102,6 +107,15 @@ class FakeSupervisor:
 
     def methods(self) -> list[str]:
         return [method for method, _ in self.calls]
+
+    def acts(self) -> list[tuple[str, str]]:
+        """The stops and starts asked for, in order: ``("stop", "g:a")``."""
+        return [(m, str(args[0])) for m, args in self.calls if m in ("stop", "start")]
+
+    def bus(self, kind: str) -> list[dict[str, Any]]:
+        """The messages of one kind published on supervisord's bus, decoded."""
+        sent = [json.loads(args[1]) for m, args in self.calls if m == "send_remote_comm"]
+        return [d for d in sent if d.get("kind") == kind]
 
     def _record(self, method: str, *args: Any) -> None:
         self.calls.append((method, args))
@@ -137,7 +151,7 @@ class FakeSupervisor:
         info = self.processes.get(name)
         if info is None or info["statename"] not in ("RUNNING", "STARTING"):
             return False
-        info["statename"] = "STOPPING"
+        info["statename"] = "STOPPED" if self.instant_stop else "STOPPING"
         return True
 
     def start(self, name: str, *, wait: bool = False) -> bool:

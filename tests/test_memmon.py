@@ -14,7 +14,7 @@ from listeners.core import bus, protocol
 from listeners.core.memory import Reading, Unreadable
 from listeners.core.restart import Restarter
 from listeners.memmon import Config, Memmon, Rule, parse_args, resolve_rule
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeSupervisor
 
 MB = 1024 * 1024
 ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
@@ -215,34 +215,9 @@ class SyncWorker:
         fn(*args)
 
 
-class FakeClient:
-    def __init__(self, infos: list[dict[str, Any]] | None = None) -> None:
-        self.infos = infos or []
-        self.calls: list[tuple[str, Any]] = []
-
-    def all_process_info(self) -> list[dict[str, Any]]:
-        self.calls.append(("all_process_info", None))
-        return self.infos
-
-    def stop(self, name: str, *, wait: bool = False) -> bool:
-        self.calls.append(("stop", name))
-        return True
-
-    def start(self, name: str, *, wait: bool = False) -> bool:
-        self.calls.append(("start", name))
-        return True
-
-    def process_info(self, name: str) -> dict[str, Any]:
-        return {"statename": "STOPPED"}
-
-    def send_remote_comm(self, type_: str, data: str) -> None:
-        self.calls.append(("bus", json.loads(data)))
-
-    def bus(self, kind: str) -> list[dict[str, Any]]:
-        return [d for c, d in self.calls if c == "bus" and d["kind"] == kind]
-
-    def acts(self) -> list[tuple[str, Any]]:
-        return [c for c in self.calls if c[0] in ("stop", "start")]
+def fake_supervisord(infos: list[dict[str, Any]] | None = None) -> FakeSupervisor:
+    """The shared fake as memmon sees supervisord: a stop it polls for is over at once."""
+    return FakeSupervisor(infos or [], instant_stop=True)
 
 
 class FakeMeter:
@@ -278,7 +253,7 @@ def tick() -> protocol.Event:
 
 
 def make(*argv: str, infos=None, pools=(), self_key=None):
-    client = FakeClient(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
+    client = fake_supervisord(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
     meter = FakeMeter()
     rpc = SyncWorker()
     clock = FakeClock()
@@ -330,7 +305,7 @@ class TestDecisions:
         m, client, _, _ = make("-a", "16MB")
         for _ in range(5):
             m.handle(tick())
-        assert 1 == sum(1 for c, _ in client.calls if c == "all_process_info")
+        assert 1 == client.methods().count("all_process_info")
         assert 1 == len(client.bus("memory_limits"))
 
     def test_samples_need_consecutive_checks(self):
@@ -437,7 +412,7 @@ class TestDecisions:
 
     def test_reconcile_on_tick_without_state_events(self):
         """With no PROCESS_STATE subscription, a check 60 s later reconciles first."""
-        client = FakeClient([info("web", "web_0", 100)])
+        client = fake_supervisord([info("web", "web_0", 100)])
         clock = FakeClock()
         m = Memmon(
             cfg("-a", "16MB"),
@@ -452,10 +427,10 @@ class TestDecisions:
         )
         m.start(client.all_process_info())
         m.handle(tick())
-        assert 1 == sum(1 for c, _ in client.calls if c == "all_process_info")
+        assert 1 == client.methods().count("all_process_info")
         clock.now += 61
         m.handle(tick())
-        assert 2 == sum(1 for c, _ in client.calls if c == "all_process_info")
+        assert 2 == client.methods().count("all_process_info")
 
     def test_email_and_file_notices(self, tmp_path):
         """-m sends through sendmail, --alert-file appends a JSON line; uptime gates both."""
