@@ -381,13 +381,16 @@ def demo_snapshot(n: int = 50) -> tuple[Snapshot, dict[str, Usage]]:
             i % 3,
             i % 5 == 0,
             exits=(("expected", 2), ("php_memory_limit", i)) if i % 2 else (),
+            memory_unreadable=i % 4 in (1, 2),
         )
         for i in range(n)
     ]
     procs.append(NASTY)
     procs.append(ProcessView("odd", "odd", "WEIRD", None, None, None, 0, 0, 0, None, 0, False))
     usages = {f"w:w_{i}": Usage(8_000_000 + i, i * 0.25) for i in range(0, n, 2)}
-    return Snapshot(True, "4.3.0", 'id "x"', tuple(procs), 7, 2, 1), usages
+    unreadable = tuple(f"w:w_{i}" for i in range(n) if i % 4 in (1, 2))
+    snap = Snapshot(True, "4.3.0", 'id "x"', tuple(procs), 7, 2, 1, memmon_unreadable=unreadable)
+    return snap, usages
 
 
 class TestRenderer:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import select
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -285,3 +288,259 @@ class TestServer:
         assert (503, "1") == (resp.status, resp.getheader("Retry-After"))
         srv.slots.release()
         assert 200 == get(srv.server_address[1]).status
+
+
+SECURITY = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def raw_answer(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        return wait_closed(s)
+
+
+def head_of(answer: bytes) -> dict[str, list[str]]:
+    """The header fields of a raw HTTP answer, by lower-cased name."""
+    fields: dict[str, list[str]] = {}
+    for line in answer.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return fields
+
+
+class BlockingState:
+    """A SnapshotSource whose snapshot() waits for ``release``: a scrape that holds its slot."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def snapshot(self) -> Snapshot:
+        self.entered.release()
+        self.release.wait(60)
+        return Snapshot(True, "4.3.0", "test", (), 0, 0, 0)
+
+
+class TestSecurityHeaders:
+    @pytest.mark.parametrize("path", ["/metrics", "/healthz", "/", "/api/status", "/nope"])
+    def test_every_answer_carries_the_security_headers_once(self, server, path):
+        """nosniff, the CSP, Referrer-Policy and no-store on pages, metrics, JSON and 404."""
+        srv = server()
+        resp = get(srv.server_address[1], path)
+        for name, want in SECURITY.items():
+            assert [want] == resp.headers.get_all(name), name
+        (csp,) = resp.headers.get_all("Content-Security-Policy")
+        assert "script-src 'self'" in csp
+
+    @pytest.mark.parametrize(
+        ("request_bytes", "status"),
+        [
+            (b"BREW /metrics HTTP/1.0\r\n\r\n", b"405"),
+            (b"GET /metrics HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello", b"413"),
+            (b"\x16\x03\x01garbage\r\n\r\n", b"400"),
+            (b"GET /" + b"a" * 5000 + b" HTTP/1.0\r\n\r\n", b"414"),
+        ],
+    )
+    def test_refusals_of_http_server_carry_them_too(self, server, request_bytes, status):
+        """http.server's own error answers (405, 413, 400, 414) get nosniff and the CSP."""
+        srv = server()
+        answer = raw_answer(srv.server_address[1], request_bytes)
+        assert answer.startswith(b"HTTP/1.0 " + status)
+        fields = head_of(answer)
+        assert ["nosniff"] == fields["x-content-type-options"]
+        assert 1 == len(fields["content-security-policy"])
+
+    def test_static_files_keep_their_own_cache_header(self, server):
+        """The script may be cached (max-age), everything else is no-store: one header each."""
+        srv = server()
+        resp = get(srv.server_address[1], "/static/status.js")
+        assert ["max-age=300"] == resp.headers.get_all("Cache-Control")
+        assert ["nosniff"] == resp.headers.get_all("X-Content-Type-Options")
+
+    def test_a_401_carries_configured_and_default_headers(self, server):
+        """Without credentials the 401 still has HSTS from the web config and nosniff."""
+        hsts = "max-age=31536000"
+        srv = server(
+            WebConfig(
+                users=(("prom", GOOD.decode()),),
+                headers=(("Strict-Transport-Security", hsts),),
+            )
+        )
+        resp = get(srv.server_address[1])
+        assert 401 == resp.status
+        assert [hsts] == resp.headers.get_all("Strict-Transport-Security")
+        assert ["nosniff"] == resp.headers.get_all("X-Content-Type-Options")
+
+    def test_the_busy_503_carries_configured_and_default_headers(self, server):
+        """The 503 written straight to the socket has the web config's headers and the defaults,
+        a configured one replacing the default of the same name."""
+        srv = server(
+            WebConfig(
+                headers=(
+                    ("Strict-Transport-Security", "max-age=60"),
+                    ("X-Content-Type-Options", "custom"),
+                )
+            )
+        )
+        srv.slots = threading.BoundedSemaphore(1)
+        assert srv.slots.acquire(blocking=False)
+        try:
+            answer = raw_answer(srv.server_address[1], b"GET /metrics HTTP/1.0\r\n\r\n")
+        finally:
+            srv.slots.release()
+        assert answer.startswith(b"HTTP/1.0 503")
+        fields = head_of(answer)
+        assert ["max-age=60"] == fields["strict-transport-security"]
+        assert ["custom"] == fields["x-content-type-options"]
+        assert ["no-store"] == fields["cache-control"]
+        assert ["1"] == fields["retry-after"]
+
+
+class TestSlotsAndReception:
+    def test_slow_clients_hold_no_service_slot(self, server):
+        """20 half-sent requests with only 2 service slots: a scrape is still answered 200."""
+        srv = server()
+        srv.slots = threading.BoundedSemaphore(2)
+        port = srv.server_address[1]
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        try:
+            for s in slow:
+                s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x")
+            for _ in range(3):
+                assert 200 == get(port).status
+        finally:
+            for s in slow:
+                s.close()
+
+    def test_requests_past_the_busy_slots_get_503_then_service_resumes(self, server):
+        """Two scrapes hold both slots (their snapshot blocks): the third gets 503 at once,
+        logged once per interval; once they finish, scrapes are answered again."""
+        state = BlockingState()
+        srv = make_server(
+            "127.0.0.1",
+            0,
+            state=state,
+            reader=ProcReader(),
+            web_config=WebConfig(),
+            dashboard_url="http://127.0.0.1:8080/",
+        )
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        lines: list[dict[str, Any]] = []
+        srv.log_busy = RateLimitedLog(
+            "exporter.too_many_connections",
+            interval=3600,
+            emit=lambda event, **kw: lines.append({"event": event, **kw}),
+        )
+        srv.slots = threading.BoundedSemaphore(2)
+        port = srv.server_address[1]
+        holders = [threading.Thread(target=get, args=(port,), daemon=True) for _ in range(2)]
+        try:
+            for t in holders:
+                t.start()
+            for _ in holders:
+                assert state.entered.acquire(timeout=60), "a scrape never reached its snapshot"
+            busy = [get(port) for _ in range(3)]
+            assert [(503, "1")] * 3 == [(r.status, r.getheader("Retry-After")) for r in busy]
+            assert [{"event": "exporter.too_many_connections", "client": "127.0.0.1"}] == lines
+            state.release.set()
+            for t in holders:
+                t.join(60)
+            assert 200 == get(port).status
+        finally:
+            state.release.set()
+            srv.shutdown()
+            srv.server_close()
+
+    def test_a_dropped_slow_client_is_closed_unanswered_and_logged(self, server):
+        """Evicted from a full reception, the oldest half-sent request is closed with no answer,
+        the newcomer is served, and the eviction is logged as exporter.slow_client_dropped."""
+        srv = server()
+        lines: list[dict[str, Any]] = []
+        srv.log_dropped = RateLimitedLog(
+            "exporter.slow_client_dropped",
+            interval=3600,
+            emit=lambda event, **kw: lines.append({"event": event, **kw}),
+        )
+        srv.reception.cap = 1
+        port = srv.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            first.sendall(b"GET /metrics HTTP/1.0\r\n")
+            wait_for_waiting(srv, 1)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                second.sendall(b"GET /metrics HTTP/1.0\r\n")
+                assert b"" == wait_closed(first)
+                second.sendall(b"\r\n")
+                assert wait_closed(second).startswith(b"HTTP/1.0 200")
+        assert "exporter.slow_client_dropped" == lines[0]["event"]
+        assert "too many connections still sending headers" == lines[0]["reason"]
+
+
+def wait_for_waiting(srv: Any, count: int) -> None:
+    """Wait (generously) until ``count`` connections sit in the server's reception."""
+    deadline = time.monotonic() + 60
+    while len(srv.reception._waiting) < count:
+        assert time.monotonic() < deadline, "the connection never reached reception"
+        time.sleep(0.01)
+
+
+class TestHeaderDeadline:
+    def test_bytes_trickling_in_do_not_extend_the_deadline(self, server):
+        """One byte every 50 ms keeps arriving, yet the head's single deadline closes it."""
+        srv = server()
+        srv.header_deadline = 0.5
+        with socket.create_connection(srv.server_address, timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\nX-Slow: ")
+            closed = False
+            # 400 bytes at 50 ms would take 20 s: far past the 0.5 s deadline, however loaded
+            for _ in range(400):
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    closed = True
+                    break
+                if _closed_by_server(s):
+                    closed = True
+                    break
+                time.sleep(0.05)
+            assert closed
+        assert 200 == get(srv.server_address[1]).status
+
+    def test_a_client_that_never_starts_tls_is_cut_off(self, server, tmp_path):
+        """With TLS, a connection that sends no handshake at all is closed at the deadline,
+        and a real HTTPS scrape is answered meanwhile."""
+        subprocess.run(CERT_CMD, cwd=tmp_path, check=True, capture_output=True)
+        (tmp_path / "web.yml").write_text(
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+        )
+        srv = server(load_web_config(tmp_path / "web.yml"))
+        srv.header_deadline = 0.5
+        port = srv.server_address[1]
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+            conn.request("GET", "/healthz")
+            assert 200 == conn.getresponse().status
+            conn.close()
+            assert b"" == wait_closed(silent)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    ready, _, _ = select.select([sock], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return sock.recv(4096) == b""
+    except OSError:
+        return True
+
+
+CERT_CMD = [
+    "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem",
+]  # fmt: skip

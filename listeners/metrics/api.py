@@ -153,6 +153,9 @@ def status_document(snap: Snapshot, usages: dict[str, Usage], now: float) -> dic
             "identification": snap.identification,
         },
         "counts": summary(snap, table),
+        "memmon_unreadable": (
+            None if snap.memmon_unreadable is None else list(snap.memmon_unreadable)
+        ),
         "processes": [_process(r, now) for r in table],
     }
 

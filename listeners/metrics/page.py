@@ -25,11 +25,14 @@ __all__ = [
     "process_path",
     "render_process_page",
     "render_status_page",
+    "unreadable_warning",
 ]
 
 #: What a process row offers an operator, in button order.
 ACTIONS = ("restart", "stop", "start")
 REFRESH_SECONDS = 5
+#: How many of memmon's unreadable processes the warning names before "and N more".
+UNREADABLE_NAMED = 10
 
 e = html.escape
 
@@ -168,6 +171,22 @@ def render_tasks(tasks: list[tuple[str, bool]], viewer: Viewer) -> str:
     return "<h2>tasks</h2><table id=tasks><tbody>" + "".join(items) + "</tbody></table>"
 
 
+def unreadable_warning(names: tuple[str, ...] | None) -> str:
+    """memmon's blind spot in words (plain text, not escaped); empty when it reads them all.
+
+    status.js builds the same sentence from /api/status's ``memmon_unreadable``.
+    """
+    if not names:
+        return ""
+    shown = ", ".join(names[:UNREADABLE_NAMED])
+    more = f" and {len(names) - UNREADABLE_NAMED} more" if len(names) > UNREADABLE_NAMED else ""
+    noun = "process" if len(names) == 1 else "processes"
+    return (
+        f"memmon cannot read {len(names)} {noun}: {shown}{more}"
+        " (run memmon as the workers' user or root)"
+    )
+
+
 def render_counts(counts: dict[str, int | None]) -> str:
     items = []
     for key, label in COUNTS:
@@ -221,6 +240,8 @@ def render_status_page(
         f' &middot; <a href="{e(dashboard_url)}">supervisord dashboard</a>'
         f" &middot; <span id=role>{role}</span></p>" + render_counts(summary(snap, table))
     )
+    warning = unreadable_warning(snap.memmon_unreadable)
+    body += f"<p id=unreadable class=warn{'' if warning else ' hidden'}>{e(warning)}</p>"
     heads = "".join(f"<th>{h}</th>" for h in HEADINGS) + ("<th></th>" if viewer.operator else "")
     grid = (
         f"<table id=procs><thead><tr>{heads}</tr></thead><tbody>"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from listeners.core.state import STATES
-from listeners.metrics.snapshot import Snapshot, Usage
+from listeners.metrics.snapshot import ProcessView, Snapshot, Usage
 
 __all__ = ["FAMILIES", "Renderer", "collector", "escape_label"]
 
@@ -66,6 +66,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter",
         "Restarts memmon performed because the process exceeded its ceiling.",
     ),
+    "supervisord_process_memory_unreadable": (
+        "gauge",
+        "1 when memmon may not read the process's memory (so does not judge it), 0 when it can.",
+    ),
     "supervisord_process_crash_looping": (
         "gauge",
         "1 while the process is in a crash loop (the rule crashmail alerts on), else 0.",
@@ -101,6 +105,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "supervisor_listeners_alert_delivery_failures_total": (
         "counter",
         "Failed attempts to deliver an alert to the sink (from crashmail over the bus).",
+    ),
+    "supervisor_listeners_memmon_unreadable_processes": (
+        "gauge",
+        "Processes memmon may not read the memory of, so does not judge (from memmon over the"
+        " bus).",
     ),
     "supervisord_exporter_scrape_duration_seconds": (
         "gauge",
@@ -226,6 +235,11 @@ class Renderer:
             )
             self._family(
                 out,
+                "supervisord_process_memory_unreadable",
+                ((lb, int(p.memory_unreadable)) for lb, p in pairs if _memmon_judges(p)),
+            )
+            self._family(
+                out,
                 "supervisord_process_crash_looping",
                 ((lb, int(p.crash_looping)) for lb, p in pairs),
             )
@@ -251,6 +265,11 @@ class Renderer:
             "supervisor_listeners_alert_delivery_failures_total",
             ((lb, f) for lb, _, f in sinks),
         )
+        if snap.memmon_unreadable is not None:
+            out.append(_HEADERS["supervisor_listeners_memmon_unreadable_processes"])
+            out.append(
+                f"supervisor_listeners_memmon_unreadable_processes {len(snap.memmon_unreadable)}\n"
+            )
         out.append(_HEADERS["supervisord_exporter_scrape_duration_seconds"])
         out.append(f"supervisord_exporter_scrape_duration_seconds {self.clock() - t0:.6f}\n")
         return "".join(out)
@@ -261,6 +280,11 @@ class Renderer:
         if lines:
             out.append(_HEADERS[name])
             out.extend(lines)
+
+
+def _memmon_judges(p: ProcessView) -> bool:
+    """memmon watches the process (it announced a ceiling) or said it cannot read it."""
+    return p.memory_limit is not None or p.memory_unreadable
 
 
 # --------------------------------------------------------------------------- client_python
@@ -316,6 +340,9 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                         "supervisord_process_memory_limit_bytes": p.memory_limit,
                         "supervisord_process_memory_restarts_total": p.memory_restarts,
                         "supervisord_process_crash_looping": int(p.crash_looping),
+                        "supervisord_process_memory_unreadable": (
+                            int(p.memory_unreadable) if _memmon_judges(p) else None
+                        ),
                         "supervisord_process_probe_success": p.probe_success,
                         "supervisord_process_heartbeat_age_seconds": p.heartbeat_age,
                         "supervisord_process_backoff_seconds": p.backoff_seconds,
@@ -344,6 +371,10 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                     failures.add_metric([sink], failed)
                 yield pending
                 yield failures
+            if snap.memmon_unreadable is not None:
+                blind = family("supervisor_listeners_memmon_unreadable_processes", [])
+                blind.add_metric([], len(snap.memmon_unreadable))
+                yield blind
             dur = family("supervisord_exporter_scrape_duration_seconds", [])
             dur.add_metric([], time.perf_counter() - t0)
             yield dur

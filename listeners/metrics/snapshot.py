@@ -40,6 +40,8 @@ class ProcessView(NamedTuple):
     exits: tuple[tuple[str, int], ...] = ()
     exit_reason: str | None = None
     exit_reason_text: str | None = None
+    #: memmon announced it may not read this process's memory (so it does not judge it).
+    memory_unreadable: bool = False
 
     @property
     def full_name(self) -> str:
@@ -58,6 +60,9 @@ class Snapshot(NamedTuple):
     reconcile_errors: int
     #: crashmail's deliveries per sink, from its bus announcements: (sink, pending, failures).
     alert_sinks: tuple[tuple[str, int, int], ...] = ()
+    #: ``group:name`` memmon may not read, as it last announced; None until memmon announced
+    #: anything (then it runs here, and an empty tuple says it reads every process).
+    memmon_unreadable: tuple[str, ...] | None = None
 
 
 class Usage(NamedTuple):

@@ -42,6 +42,8 @@ class ExporterState:
         self.exits: dict[str, dict[str, int]] = {}
         self.last_exit: dict[str, ExitReason] = {}
         self.alert_sinks: dict[str, tuple[int, int]] = {}
+        #: memmon's last word on what it may not read (None: memmon never announced anything)
+        self.memmon_unreadable: tuple[str, ...] | None = None
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -99,11 +101,19 @@ class ExporterState:
                     self.loops.forget(name)
                     self.planned_exits.pop(name, None)
                     self.gave_up.discard(name)
+                if self.memmon_unreadable:
+                    left = set(self.memmon_unreadable) - set(gone)
+                    self.memmon_unreadable = tuple(sorted(left))
                 self.history.forget(gone)
 
     def apply_bus(self, message: bus.Message) -> None:
         with self.lock:
-            if isinstance(message, bus.MemoryLimits):
+            if isinstance(message, _FROM_MEMMON) and self.memmon_unreadable is None:
+                self.memmon_unreadable = ()  # memmon runs; it names what it cannot read
+            if isinstance(message, bus.ProcessesUnreadable):
+                # each announcement replaces the last one; an empty list says all are read
+                self.memmon_unreadable = tuple(sorted(set(message.processes)))
+            elif isinstance(message, bus.MemoryLimits):
                 self.limits = dict(message.limits)
             elif isinstance(message, bus.MemoryRestart) and not message.dry_run:
                 key = f"{message.group}:{message.name}"
@@ -184,6 +194,7 @@ class ExporterState:
             self.loops.check()
             looping = self.loops.looping()
             limits, mem_restarts = self.limits, self.memory_restarts
+            unreadable = frozenset(self.memmon_unreadable or ())
             views = []
             for r in self.table:
                 key = r.full_name
@@ -209,6 +220,7 @@ class ExporterState:
                         tuple(sorted(self.exits.get(key, {}).items())),
                         reason,
                         reason_text,
+                        key in unreadable,
                     )
                 )
             procs = tuple(views)
@@ -221,7 +233,18 @@ class ExporterState:
                 self.lost_events,
                 self.reconcile_errors,
                 tuple((n, p, f) for n, (p, f) in sorted(self.alert_sinks.items())),
+                self.memmon_unreadable,
             )
+
+
+#: The messages only memmon sends: any of them says memmon runs on this supervisord.
+_FROM_MEMMON = (
+    bus.MemoryLimits,
+    bus.MemoryRestart,
+    bus.RestartsExhausted,
+    bus.RestartsHeld,
+    bus.ProcessesUnreadable,
+)
 
 
 def _health_of(

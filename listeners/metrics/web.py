@@ -48,6 +48,14 @@ HEADER_DEADLINE = 5.0
 SOCKET_TIMEOUT = 10.0
 REFUSAL_LOG_INTERVAL = 10.0
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
+#: Sent on every answer, errors and 503 included, unless the answer (or the web config's
+#: ``http_server_config.headers``) sets the header itself.
+DEFAULT_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", routes.CSP),
+    ("Referrer-Policy", "same-origin"),
+    ("Cache-Control", "no-store"),
+)
 
 
 class RateLimitedLog:
@@ -222,15 +230,19 @@ class _Server(ThreadingHTTPServer):
             return None
         return wrapped
 
-    @staticmethod
-    def _busy(sock: socket.socket) -> None:
+    def _busy(self, sock: socket.socket) -> None:
         body = b"too many scrapes at once, retry shortly\n"
+        configured = {k.lower() for k in self.extra_headers}
+        headers = [*self.extra_headers.items()]
+        headers += [(k, v) for k, v in DEFAULT_HEADERS if k.lower() not in configured]
+        # the configured values were checked at load (no CR/LF): safe to write as they are
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1", "replace")
         try:
             sock.settimeout(1.0)
             sock.sendall(
                 b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
-                b"Content-Type: text/plain; charset=utf-8\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"Content-Type: text/plain; charset=utf-8\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body)
             )
         except (OSError, ssl.SSLError):
             pass
@@ -258,6 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().__init__(request, client_address, server)
 
     def setup(self) -> None:
+        self._sent: set[str] = set()
         super().setup()
         # reception already read the request head under its deadline; one request per connection
         self.rfile.close()
@@ -307,12 +320,17 @@ class _Handler(BaseHTTPRequestHandler):
         # headers from http_server_config replace the server's own of the same name
         if keyword.lower() in self._configured:
             return
+        self._sent.add(keyword.lower())
         super().send_header(keyword, value)
 
     def end_headers(self) -> None:
         if getattr(self, "_status", 0) == 405:
             allow = "POST" if self.path.partition("?")[0] == "/action" else "GET, HEAD"
             self.send_header("Allow", allow)
+        # error answers of http.server (400, 405, 413...) get them too, not only our own
+        for name, value in DEFAULT_HEADERS:
+            if name.lower() not in self._sent:
+                self.send_header(name, value)
         for name, value in self.server.extra_headers.items():
             super().send_header(name, value)
         super().end_headers()
@@ -383,11 +401,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", routes.CSP)
-        self.send_header("Referrer-Policy", "same-origin")
-        if not any(k == "Cache-Control" for k, _ in headers):
-            self.send_header("Cache-Control", "no-store")
         for key, val in headers:
             self.send_header(key, val)
         self.end_headers()

@@ -135,7 +135,25 @@
     return tr;
   }
 
+  // The same sentence as page.py's unreadable_warning.
+  const UNREADABLE_NAMED = 10;
+  function unreadableWarning(names) {
+    if (!names || !names.length) return "";
+    let shown = names.slice(0, UNREADABLE_NAMED).join(", ");
+    if (names.length > UNREADABLE_NAMED) {
+      shown += " and " + (names.length - UNREADABLE_NAMED) + " more";
+    }
+    const noun = names.length === 1 ? "process" : "processes";
+    return "memmon cannot read " + names.length + " " + noun + ": " + shown +
+      " (run memmon as the workers' user or root)";
+  }
+
   function draw(doc) {
+    const warn = document.getElementById("unreadable");
+    if (warn) {
+      warn.textContent = unreadableWarning(doc.memmon_unreadable);
+      warn.hidden = !warn.textContent;
+    }
     for (const li of document.querySelectorAll("li[data-count]")) {
       const v = doc.counts[li.dataset.count];
       li.querySelector("b").textContent = v === null || v === undefined ? "\u2013" : String(v);
