@@ -361,6 +361,7 @@ class Memmon(protocol.Handler):
         self.budget = RestartBudget(*config.max_unavailable, config.restart_window, clock=clock)
         self.guard = MassGuard()  # holds groups most of which are over at once
         self.unreadable: set[str] = set()  # group:name memmon may not read
+        self._unreadable_said = False  # the first check publishes its set, empty or not
         self._pools_warned = False
         self._lock = threading.RLock()
         self._check_queued = False
@@ -499,8 +500,11 @@ class Memmon(protocol.Handler):
             k for k, r in readings.items() if isinstance(r, Unreadable) and r.reason == "denied"
         }
         with self._lock:
-            if denied == self.unreadable:
+            # the first check always speaks: an exporter may still show what an earlier run of
+            # memmon could not read (an empty list clears it)
+            if denied == self.unreadable and self._unreadable_said:
                 return
+            self._unreadable_said = True
             new = sorted(denied - self.unreadable)
             self.unreadable = denied
         if new:

@@ -554,6 +554,13 @@ class TestUnreadableAndPruning:
         m.handle(tick())
         assert [] == client.bus("processes_unreadable")[-1]["processes"]
 
+    def test_the_first_check_announces_its_set_even_when_empty(self):
+        """A memmon that can read everything says so once, clearing an earlier run's list."""
+        m, client, _, _ = make("-a", "16MB")
+        m.handle(tick())
+        m.handle(tick())
+        assert [[]] == [msg["processes"] for msg in client.bus("processes_unreadable")]
+
     def test_a_removed_group_leaves_nothing_behind(self):
         """PROCESS_GROUP_REMOVED drops the group's watches, held state and budget."""
         m, _, meter, _ = make("-a", "16MB", infos=php_group())
