@@ -412,9 +412,11 @@ class CrashMail(protocol.Handler):
         dropped = drop_group(group, self._watched, self._covered, self._fatal)
         dropped += self.detector.forget_group(group) + self.flood.forget_group(group)
         dropped += self.logwatch.forget(group) + self.backoffs.forget_group(group)
+        dropped += len(self.table.forget_group(group))
         for note in self.incidents.removed(group):
             self._record(note, hold=0.0)
         self._seen.pop(group, None)
+        self._pids_changed()
         log.info("crashmail.group_forgotten", group=group, why=why, entries=dropped)
 
     def _pids_changed(self) -> None:
@@ -476,11 +478,8 @@ class CrashMail(protocol.Handler):
                 event.groupname, event.processname
             ):
                 self.logwatch.feed_event(event, self.clock())
-        elif isinstance(event, protocol.ProcessGroupEvent):
-            self.table.apply_group(event)
-            if not event.added:
-                self.forget_group(event.groupname, "PROCESS_GROUP_REMOVED")
-            self._pids_changed()
+        elif isinstance(event, protocol.ProcessGroupEvent) and not event.added:
+            self.forget_group(event.groupname, "PROCESS_GROUP_REMOVED")
 
     def _state(self, ev: protocol.ProcessStateEvent) -> None:
         name = ev.full_name

@@ -150,6 +150,7 @@ class TestReconcilePrunes:
         h.cm.on_timer()
         assert (["kept:kept_w"], 1) == (h.cm.incidents.processes(), len(h.cm.backoffs))
         assert "gone" not in h.cm._seen
+        assert {"kept"} == {r.group for r in h.cm.table}
 
     def test_a_group_heard_of_after_the_question_is_kept(self, tmp_path):
         """A group added while the snapshot was on its way is not pruned by it."""
