@@ -37,14 +37,24 @@ from listeners.core.log import configure, get_logger
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
-from listeners.core.wake import DeathWatch, Waker, connect_poke, pidfd_unavailable, raise_fd_limit
+from listeners.core.wake import (
+    DeathWatch,
+    Waker,
+    connect_poke,
+    parse_wake_interval,
+    pidfd_unavailable,
+    raise_fd_limit,
+)
 from listeners.notify.alert import Alert
 from listeners.notify.announced import announced_alert
+from listeners.notify.backoffs import BackoffMemory
 from listeners.notify.courier import Courier
 from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
+from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group, group_of
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
+from listeners.notify.lost import lost_message
 from listeners.notify.outbox import Outbox, OutboxOwnerError, health_announcer
 from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
 from listeners.notify.sinks import Sink
@@ -74,11 +84,6 @@ WAKE_MODES = ("exit", "interval", "off")
 DEFAULT_WAKE = "exit"
 #: Seconds between two wakes in the interval mode (also the fallback of ``exit``); 0 = never.
 DEFAULT_WAKE_INTERVAL = 0.2
-#: Shortest wake interval accepted: below it supervisord's CPU cost grows for little gain.
-MIN_WAKE_INTERVAL = 0.05
-
-
-# --------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
@@ -125,19 +130,6 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"invalid count {text!r}: expected a whole number of at least 1")
     return int(text)
-
-
-def parse_wake_interval(text: str) -> float:
-    """``0`` (off), ``200ms``, ``0.2``, ``0.2s``; at least MIN_WAKE_INTERVAL unless off."""
-    stripped = text.strip()
-    forms = "0 (off), or a duration of at least 50ms such as 200ms, 0.2 or 0.2s"
-    try:
-        value = parse_duration(stripped)
-    except ValueError:
-        raise ValueError(f"invalid wake interval {text!r}: expected {forms}") from None
-    if value != 0 and value < MIN_WAKE_INTERVAL:
-        raise ValueError(f"invalid wake interval {text!r}: expected {forms}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,9 +339,6 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     )
 
 
-# --------------------------------------------------------------------------- the listener
-
-
 class CrashMail(protocol.Handler):
     timer_interval = 0.5
 
@@ -366,6 +355,7 @@ class CrashMail(protocol.Handler):
         me: str | None = None,
         oom: OomWatch | None = None,
         publish: Callable[[str], None] | None = None,
+        backoffs: BackoffMemory | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -401,14 +391,33 @@ class CrashMail(protocol.Handler):
         self.alerts_recorded = 0
         self.logwatch = LogWatch(config.patterns, storm=config.pattern_storm)
         self.oom = oom if oom is not None else OomWatch(lambda: None)
-
-    # ---------------------------------------------------------------- helpers
+        self.backoffs = BackoffMemory(stable=config.loop[1]) if backoffs is None else backoffs
+        # when each group was last heard of (0: an incident from the outbox), for the prune
+        self._seen = dict.fromkeys(map(group_of, self.incidents.processes()), 0.0)
+        self._asked = self._pruned_at = clock()
 
     def start(self) -> None:
         """Ask for the first snapshot (seeds the table; alerts on nothing)."""
         if self._reconcile is not None:
-            self._reconcile_running = True
-            self._reconcile(lambda infos: self._results.put(("seed", infos)))
+            self._ask("seed")
+
+    def _ask(self, why: str) -> None:
+        """One getAllProcessInfo off the loop (seed, lost or prune); ``_drain`` takes it."""
+        if self._reconcile is not None:
+            self._reconcile_running, self._asked = True, self.clock()
+            self._reconcile(lambda infos: self._results.put((why, infos)))
+
+    def forget_group(self, group: str, why: str) -> None:
+        """Drop all kept of a group supervisord no longer has; an open incident ends in a note."""
+        dropped = drop_group(group, self._watched, self._covered, self._fatal)
+        dropped += self.detector.forget_group(group) + self.flood.forget_group(group)
+        dropped += self.logwatch.forget(group) + self.backoffs.forget_group(group)
+        dropped += len(self.table.forget_group(group))
+        for note in self.incidents.removed(group):
+            self._record(note, hold=0.0)
+        self._seen.pop(group, None)
+        self._pids_changed()
+        log.info("crashmail.group_forgotten", group=group, why=why, entries=dropped)
 
     def _pids_changed(self) -> None:
         """Hand the wake thread the pids to watch: those of the processes this instance watches."""
@@ -431,6 +440,7 @@ class CrashMail(protocol.Handler):
             due, batch = self.flood.schedule(alert, self.clock())
         else:
             due, batch = self.clock() + hold, alert.key
+        due = self.backoffs.due(alert, due)  # health's hold is said in it: wait for it
         if self.outbox.record(alert, due=due, batch=batch):
             self.alerts_recorded += 1
             log.info(
@@ -455,10 +465,10 @@ class CrashMail(protocol.Handler):
             **kw,
         )
 
-    # ---------------------------------------------------------------- events
-
     def handle(self, event: protocol.Event) -> None:
         self._drain()
+        if group := getattr(event, "groupname", ""):
+            self._seen[group] = self.clock()  # a group heard of now is not pruned unheard
         if isinstance(event, protocol.ProcessStateEvent):
             self._state(event)
         elif isinstance(event, protocol.RemoteCommunicationEvent) and event.type in _BUS_TYPES:
@@ -468,9 +478,8 @@ class CrashMail(protocol.Handler):
                 event.groupname, event.processname
             ):
                 self.logwatch.feed_event(event, self.clock())
-        elif isinstance(event, protocol.ProcessGroupEvent):
-            self.table.apply_group(event)
-            self._pids_changed()
+        elif isinstance(event, protocol.ProcessGroupEvent) and not event.added:
+            self.forget_group(event.groupname, "PROCESS_GROUP_REMOVED")
 
     def _state(self, ev: protocol.ProcessStateEvent) -> None:
         name = ev.full_name
@@ -482,6 +491,7 @@ class CrashMail(protocol.Handler):
         if record is not None and record.pid != old_pid:
             self._pids_changed()
         state = ev.state
+        self.backoffs.observe(name, state, self.clock())
         covered = self._covered.get(name)
         if state in ("STARTING", "RUNNING", "STOPPED"):
             self._covered.pop(name, None)
@@ -574,13 +584,15 @@ class CrashMail(protocol.Handler):
         except ValueError as exc:
             log.warning("crashmail.bad_bus_message", error=str(exc), serial=ev.serial)
             return
+        if group := getattr(msg, "group", ""):
+            self._seen[group] = self.clock()
+        if isinstance(msg, bus.Backoff) and self.config.watches(msg.group, msg.name):
+            self.backoffs.heard(msg)  # no alert of its own: said in the process's alerts
         made = announced_alert(msg)
         if made is None or (made.name and not self.config.watches(made.group, made.name)):
             return
         key = self._key(ev.serial, made.tag)
         self._record(self._alert(made.kind, made.group, made.name, key=key, **made.fields))
-
-    # ---------------------------------------------------------------- lost events
 
     def on_events_lost(self, count: int, event: protocol.Event) -> None:
         if not self.lost_pending:
@@ -604,15 +616,14 @@ class CrashMail(protocol.Handler):
                 self.detector.forget(alert.process)
             self._record(alert, hold=0.0)
         now = self.clock()
-        if (
-            self._reconcile_at is not None
-            and now >= self._reconcile_at
-            and not self._reconcile_running
-            and self._reconcile is not None
-        ):
+        self.backoffs.prune(now)
+        if self._reconcile_running:
+            return
+        if self._reconcile_at is not None and now >= self._reconcile_at:
             self._reconcile_at = None
-            self._reconcile_running = True
-            self._reconcile(lambda infos: self._results.put(("lost", infos)))
+            self._ask("lost")
+        elif now - self._pruned_at >= PRUNE_EVERY:
+            self._ask("prune")
 
     def _drain(self) -> None:
         while True:
@@ -623,8 +634,11 @@ class CrashMail(protocol.Handler):
             self._reconcile_running = False
             if why == "seed":
                 self._seed(infos)
-            else:
+            elif why == "lost":
                 self.reconciled(infos)
+            self._pruned_at = self.clock()
+            for group in absent_groups(self._seen, infos, self._asked):
+                self.forget_group(group, "absent from supervisord at a reconcile")
 
     def _seed(self, infos: list[dict[str, Any]]) -> None:
         known = {r.full_name for r in self.table}
@@ -693,24 +707,10 @@ class CrashMail(protocol.Handler):
                     "events_lost",
                     key=self.lost_key or self._key("lost", self.clock()),
                     count=lost,
-                    message=f"{lost} events were lost: supervisord's event buffer for this"
-                    " listener overflowed. Raise buffer_size in its [eventlistener:x] section"
-                    " (4 x the number of processes, see docs/crashmail.md)."
-                    f" The reconcile found {len(found)}"
-                    " process(es) in BACKOFF/FATAL/EXITED that no event reported"
-                    + (": " + ", ".join(found) if found else ".")
-                    + (
-                        f" {len(restarted)} process(es) restarted unseen (exit status lost): "
-                        + ", ".join(restarted)
-                        if restarted
-                        else ""
-                    ),
+                    message=lost_message(lost, found, restarted),
                     processes=tuple(found + restarted),
                 )
             )
-
-
-# --------------------------------------------------------------------------- main
 
 
 def build_sinks(config: Config, env: dict[str, str] | None = None) -> list[Sink]:
@@ -769,11 +769,12 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker("crashmail-rpc")
     announce = health_announcer(config.host, rpc.send_remote_comm, worker.submit)
     outbox = open_outbox(config, parser, announce)
+    backoffs = BackoffMemory(stable=config.loop[1])
     courier = Courier(
         outbox,
         sinks,
         fold=fold,
-        enrich=lambda a: enrich_alert(a, rpc, config.tail_lines),
+        enrich=lambda a: backoffs.attach(enrich_alert(a, rpc, config.tail_lines)),
         retry_max=config.retry_max,
         retry_for=config.retry_for,
         keep=config.keep,
@@ -812,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         me=self_name(),
         oom=OomWatch(lambda: read_oom_kills(paths)),
         publish=publish,
+        backoffs=backoffs,
     )
     log.info(
         "crashmail.started",

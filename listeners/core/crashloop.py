@@ -74,6 +74,13 @@ class CrashLoopDetector:
     def forget(self, name: str) -> None:
         self._tracks.pop(name, None)
 
+    def forget_group(self, group: str) -> int:
+        """The group was removed from supervisord: its processes' tracks go; returns how many."""
+        gone = [n for n in self._tracks if n.partition(":")[0] == group]
+        for name in gone:
+            del self._tracks[name]
+        return len(gone)
+
     def _prune(self, track: _Track, now: float) -> None:
         while track.exits and now - track.exits[0] > self.window:
             track.exits.popleft()

@@ -139,11 +139,13 @@ class ProcessTable:
 
     def apply_group(self, event: ProcessGroupEvent) -> list[str]:
         """A removed group's processes go away (returned); an added group waits for events."""
-        gone: list[str] = []
-        if not event.added:
-            gone = [k for k, r in self._records.items() if r.group == event.groupname]
-            for key in gone:
-                del self._records[key]
+        return [] if event.added else self.forget_group(event.groupname)
+
+    def forget_group(self, group: str) -> list[str]:
+        """The group's processes go (returned): it was removed, or a reconcile missed it."""
+        gone = [k for k, r in self._records.items() if r.group == group]
+        for key in gone:
+            del self._records[key]
         return gone
 
     def set_exit_status(self, name: str, status: int) -> None:

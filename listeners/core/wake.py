@@ -30,14 +30,17 @@ from urllib.parse import urlsplit
 
 from listeners.core.log import get_logger
 from listeners.core.supervisor import Supervisor, SupervisorError
+from listeners.core.units import parse_duration
 
 __all__ = [
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_PIDFDS",
     "DEFAULT_REPOKE",
+    "MIN_WAKE_INTERVAL",
     "DeathWatch",
     "Waker",
     "connect_poke",
+    "parse_wake_interval",
     "pidfd_unavailable",
     "raise_fd_limit",
     "rpc_poke",
@@ -51,6 +54,23 @@ DEFAULT_MAX_BACKOFF = 30.0
 DEFAULT_REPOKE = 0.05
 #: Most processes a DeathWatch holds a pidfd for; more are left to supervisord's 1 s poll.
 DEFAULT_MAX_PIDFDS = 4096
+
+
+#: Shortest wake interval accepted: below it supervisord's CPU cost grows for little gain.
+MIN_WAKE_INTERVAL = 0.05
+
+
+def parse_wake_interval(text: str) -> float:
+    """``0`` (off), ``200ms``, ``0.2``, ``0.2s``; at least MIN_WAKE_INTERVAL unless off."""
+    stripped = text.strip()
+    forms = "0 (off), or a duration of at least 50ms such as 200ms, 0.2 or 0.2s"
+    try:
+        value = parse_duration(stripped)
+    except ValueError:
+        raise ValueError(f"invalid wake interval {text!r}: expected {forms}") from None
+    if value != 0 and value < MIN_WAKE_INTERVAL:
+        raise ValueError(f"invalid wake interval {text!r}: expected {forms}")
+    return value
 
 
 def connect_poke(url: str, timeout: float = 2.0) -> Callable[[], None]:

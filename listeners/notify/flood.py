@@ -33,6 +33,13 @@ class FloodControl:
         if open_:
             self._batch = max(open_, key=lambda bd: bd[1])
 
+    def forget_group(self, group: str) -> int:
+        """The group was removed from supervisord: when its processes last alerted goes."""
+        gone = [k for k in self._last if k[0].partition(":")[0] == group and ":" in k[0]]
+        for key in gone:
+            del self._last[key]
+        return len(gone)
+
     def schedule(self, alert: Alert, now: float) -> tuple[float, str]:
         """(due time, batch key) for ``alert``."""
         kind = f"resolved:{alert.resolves}" if alert.kind == "resolved" else alert.kind

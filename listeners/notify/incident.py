@@ -83,6 +83,10 @@ class IncidentBook:
     def __contains__(self, process: object) -> bool:
         return process in self._open
 
+    def processes(self) -> list[str]:
+        """``group:name`` of every open incident."""
+        return list(self._open)
+
     def _save(self, inc: LoopIncident) -> None:
         self.outbox.save_loop(inc.process, json.dumps(asdict(inc), sort_keys=True))
 
@@ -229,6 +233,33 @@ class IncidentBook:
                         details={"reminder": inc.reminders},
                     )
                 )
+        return out
+
+    def removed(self, group: str) -> list[Alert]:
+        """The group left supervisord: its incidents close, each with one note saying so.
+
+        The note is a ``resolved`` alert (``details.note`` = ``removed``) so that Alertmanager's
+        alert ends, but its words say removed, not stable: nothing was fixed.
+        """
+        out: list[Alert] = []
+        for process, inc in list(self._open.items()):
+            if inc.group != group:
+                continue
+            del self._open[process]
+            self.outbox.close_loop(process)
+            out.append(
+                self._alert(
+                    inc,
+                    "resolved",
+                    _key(inc.key, "removed"),
+                    f"removed from supervisord while crash looping ({inc.exits} exits or failed"
+                    f" starts in {duration_words(self.clock() - inc.opened)}). The incident is"
+                    " closed without being fixed: if the group comes back, its crashes are a new"
+                    " incident.",
+                    resolves="crash_loop",
+                    details={"note": "removed", "started": inc.opened},
+                )
+            )
         return out
 
     def seed_running(self, running: set[str]) -> None:

@@ -302,10 +302,22 @@ class LogWatch:
             self._pending = [m for m in self._pending if m.ready > now]
         return ready
 
-    def forget(self, group: str) -> None:
-        """A group was removed: its streams go."""
-        for key in [k for k in self._streams if k[0].partition(":")[0] == group]:
+    def forget(self, group: str) -> int:
+        """A group was removed: its streams, dead pids and waiting matches go; returns how many."""
+
+        def of(process: str) -> bool:
+            return process.partition(":")[0] == group
+
+        streams = [k for k in self._streams if of(k[0])]
+        dead = [k for k in self._dead if of(k[0])]
+        for key in streams:
             del self._streams[key]
+        for pid in dead:
+            del self._dead[pid]
+        kept = [m for m in self._pending if m.group != group]
+        dropped = len(self._pending) - len(kept)
+        self._pending = kept
+        return len(streams) + len(dead) + dropped
 
 
 def pattern_alert(m: Match, *, host: str, key: str, time: float) -> Alert:

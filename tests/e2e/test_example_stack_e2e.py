@@ -235,6 +235,11 @@ class TestExampleStackListeners:
         assert 1 == len(loop_alerts())
         notes = [a for a in alerts(stack) if "stopped on purpose" in str(a["message"])]
         assert len(notes) <= 1
+        # health holds it between tries: the loop alert says when it starts next
+        (loop,) = loop_alerts()
+        assert "next start in" in str(loop["message"])
+        assert isinstance(loop["details"], dict)
+        assert "next_start" in loop["details"]
 
     def test_expected_exits_and_listeners_never_alert(self, stack):
         """queue_consumer exits 0 on purpose and the listeners run clean: no alert names them."""
