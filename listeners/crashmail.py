@@ -34,6 +34,7 @@ from listeners.core.cli import (
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
 from listeners.core.exits import OomWatch, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
+from listeners.core.names import full_name, info_name, split_name
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
@@ -113,7 +114,7 @@ class Config:
 
     def watches(self, group: str, name: str) -> bool:
         """superlance's -p/-a plus --exclude; patterns match ``group:name`` or ``name``."""
-        full = f"{group}:{name}"
+        full = full_name(group, name)
 
         def match(patterns: Sequence[str]) -> bool:
             return any(
@@ -425,7 +426,7 @@ class CrashMail(protocol.Handler):
         for name, pid in self.table.pids().items():
             watched = self._watched.get(name)
             if watched is None:
-                group, _, proc = name.partition(":")
+                group, proc = split_name(name)
                 watched = self._watched[name] = self.config.watches(group, proc)
             if watched:
                 pids[name] = pid
@@ -643,14 +644,14 @@ class CrashMail(protocol.Handler):
     def _seed(self, infos: list[dict[str, Any]]) -> None:
         known = {r.full_name for r in self.table}
         self.table.reconcile(
-            [i for i in infos if f"{i['group']}:{i['name']}" not in known]
+            [i for i in infos if info_name(i) not in known]
             + [{"group": r.group, "name": r.name, "statename": r.state} for r in self.table]
         )
         for i in infos:
             if i.get("statename") == "FATAL":
-                self._fatal.add(f"{i['group']}:{i['name']}")
+                self._fatal.add(info_name(i))
         self.incidents.seed_running(
-            {f"{i['group']}:{i['name']}" for i in infos if i.get("statename") == "RUNNING"}
+            {info_name(i) for i in infos if i.get("statename") == "RUNNING"}
         )
         self.seeded = True
         self._pids_changed()
@@ -666,7 +667,7 @@ class CrashMail(protocol.Handler):
         restarted: list[str] = []
         for info in infos:
             group, name = str(info["group"]), str(info["name"])
-            full = f"{group}:{name}"
+            full = full_name(group, name)
             state = str(info.get("statename"))
             if full == self.me or not self.config.watches(group, name):
                 continue

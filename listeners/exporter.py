@@ -25,6 +25,7 @@ from listeners.core.background import Submitter, Worker
 from listeners.core.crashloop import DEFAULT_LOOP
 from listeners.core.exits import OomWatch, classify, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
+from listeners.core.names import info_name
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.history import History
@@ -312,7 +313,7 @@ class ExporterHandler(protocol.Handler):
         try:
             if len(names) > BULK_EXIT_LOOKUP:
                 infos: Mapping[str, dict[str, Any]] = {
-                    f"{i['group']}:{i['name']}": i for i in self.rpc.all_process_info()
+                    info_name(i): i for i in self.rpc.all_process_info()
                 }
             else:
                 infos = {n: self.rpc.process_info(n) for n in names}

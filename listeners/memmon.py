@@ -22,6 +22,7 @@ from listeners.core import bus, cli, protocol
 from listeners.core.background import Submitter, Worker
 from listeners.core.log import configure, get_logger
 from listeners.core.memory import MEASURES, Meter, Reading, Unreadable
+from listeners.core.names import info_name
 from listeners.core.pools import ConfError, listener_groups, supervisord_conf
 from listeners.core.restart import (
     MassGuard,
@@ -820,9 +821,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     unknown = unknown_programs(config, infos)
     if unknown:
-        known = sorted(
-            {str(i["group"]) for i in infos} | {f"{i['group']}:{i['name']}" for i in infos}
-        )
+        known = sorted({str(i["group"]) for i in infos} | {info_name(i) for i in infos})
         shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         parser.error(
             f"unknown program {', '.join(repr(u) for u in unknown)} in -p: expected a process"

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from listeners.core.names import full_name
+
 __all__ = [
     "Event",
     "GenericEvent",
@@ -165,7 +167,7 @@ class _ProcessEvent(Event):
     @property
     def full_name(self) -> str:
         """The ``group:name`` form that XML-RPC calls take."""
-        return f"{self.groupname}:{self.processname}"
+        return full_name(self.groupname, self.processname)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from listeners.core.names import full_name
 from listeners.core.units import format_size, parse_size
 
 __all__ = [
@@ -54,7 +55,7 @@ def parse_namesize(text: str) -> tuple[str, int]:
 
 def program_matches(pattern: str, group: str, name: str) -> int:
     """How well a -p NAME fits a process: 3 group:name, 2 process name, 1 program, 0 not."""
-    if pattern == f"{group}:{name}":
+    if pattern == full_name(group, name):
         return 3
     if pattern == name:
         return 2
@@ -65,7 +66,7 @@ def program_matches(pattern: str, group: str, name: str) -> int:
 
 def excluded_by(patterns: Iterable[str], group: str, name: str) -> str | None:
     """The --exclude pattern that covers ``group:name``, if any."""
-    full = f"{group}:{name}"
+    full = full_name(group, name)
     for pattern in patterns:
         if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(group, pattern):
             return pattern

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from listeners.core.names import full_name
 from listeners.core.protocol import ProcessGroupEvent, ProcessStateEvent
 
 __all__ = ["STATES", "ProcessRecord", "ProcessTable"]
@@ -38,7 +39,7 @@ class ProcessRecord:
 
     @property
     def full_name(self) -> str:
-        return f"{self.group}:{self.name}"
+        return full_name(self.group, self.name)
 
 
 class ProcessTable:
@@ -79,7 +80,7 @@ class ProcessTable:
         now = self.clock()
         for info in infos:
             group, name = str(info["group"]), str(info["name"])
-            key = f"{group}:{name}"
+            key = full_name(group, name)
             if key in self.ignore:
                 continue
             seen.add(key)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from listeners.core.names import full_name
+
 __all__ = [
     "DEFAULT_URL",
     "Connection",
@@ -54,11 +56,6 @@ class RPCFault(SupervisorError):  # noqa: N818 - mirrors xmlrpc.client.Fault
         self.code = code
         self.text = text
         self.method = method
-
-
-def full_name(group: str, name: str) -> str:
-    """The ``group:name`` form XML-RPC takes for one process."""
-    return f"{group}:{name}"
 
 
 def self_name(env: Mapping[str, str] | None = None) -> str | None:

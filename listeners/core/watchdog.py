@@ -29,6 +29,7 @@ from listeners.core.background import Worker
 from listeners.core.backoff import BackoffBook, Schedule
 from listeners.core.guard import RestartGuard
 from listeners.core.log import configure, get_logger
+from listeners.core.names import full_name
 from listeners.core.probes import (
     CommandProbe,
     HttpProbe,
@@ -84,7 +85,7 @@ class Check:
         from fnmatch import fnmatchcase
 
         p = self.pattern
-        return any(fnmatchcase(t, p) for t in (f"{group}:{name}", group, name))
+        return any(fnmatchcase(t, p) for t in (full_name(group, name), group, name))
 
     def probe_for(self, group: str, name: str) -> Probe | None:
         """The probe of one process, its placeholders filled in."""
@@ -167,7 +168,7 @@ class _Watch:
 
     @property
     def key(self) -> str:
-        return f"{self.group}:{self.name}"
+        return full_name(self.group, self.name)
 
 
 class Watchdog(protocol.Handler):
@@ -225,12 +226,12 @@ class Watchdog(protocol.Handler):
     # ------------------------------------------------------------------ processes
 
     def _check_for(self, group: str, name: str) -> Check | None:
-        if self.self_key == f"{group}:{name}":
+        if self.self_key == full_name(group, name):
             return None
         return next((c for c in self.config.checks if c.matches(group, name)), None)
 
     def _watch(self, group: str, name: str) -> _Watch | None:
-        key = f"{group}:{name}"
+        key = full_name(group, name)
         watch = self.watches.get(key)
         if watch is None:
             check = self._check_for(group, name)

@@ -20,6 +20,7 @@ from typing import Protocol
 from listeners.core import bus
 from listeners.core.background import Worker
 from listeners.core.log import get_logger
+from listeners.core.names import split_name
 from listeners.core.supervisor import SupervisorError
 from listeners.metrics.history import History
 from listeners.metrics.page import ACTIONS, Viewer
@@ -211,5 +212,5 @@ class Actions:
             if self.history is not None:
                 self.history.record(name, "action", f"{action} by {user} failed: {exc}")
             return
-        group, _, proc = name.partition(":")
+        group, proc = split_name(name)
         self._announce(user, action, group, proc)

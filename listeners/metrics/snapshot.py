@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
+from listeners.core.names import full_name
+
 __all__ = ["ProcessView", "Snapshot", "SnapshotSource", "Usage"]
 
 
@@ -45,7 +47,7 @@ class ProcessView(NamedTuple):
 
     @property
     def full_name(self) -> str:
-        return f"{self.group}:{self.name}"
+        return full_name(self.group, self.name)
 
 
 class Snapshot(NamedTuple):

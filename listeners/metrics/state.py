@@ -10,6 +10,7 @@ from typing import Any
 from listeners.core import bus, protocol
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
 from listeners.core.exits import ExitReason, classify
+from listeners.core.names import full_name
 from listeners.core.state import ProcessTable
 from listeners.metrics.history import History
 from listeners.metrics.snapshot import ProcessView, Snapshot
@@ -116,7 +117,7 @@ class ExporterState:
             elif isinstance(message, bus.MemoryLimits):
                 self.limits = dict(message.limits)
             elif isinstance(message, bus.MemoryRestart) and not message.dry_run:
-                key = f"{message.group}:{message.name}"
+                key = full_name(message.group, message.name)
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
                 self.limits.setdefault(key, message.limit_bytes)
                 self.gave_up.discard(key)
@@ -128,7 +129,7 @@ class ExporterState:
                     f" {_mib(message.limit_bytes)} ({message.rule})",
                 )
             elif isinstance(message, bus.RestartsExhausted):
-                key = f"{message.group}:{message.name}"
+                key = full_name(message.group, message.name)
                 self.gave_up.add(key)
                 self.limits.setdefault(key, message.limit_bytes)
                 self.history.record(

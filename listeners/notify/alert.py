@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from listeners.core.names import full_name
+
 __all__ = [
     "KINDS",
     "Alert",
@@ -143,7 +145,7 @@ class Alert:
 
     @property
     def process(self) -> str:
-        return f"{self.group}:{self.name}" if self.group or self.name else ""
+        return full_name(self.group, self.name) if self.group or self.name else ""
 
     def to_json(self) -> str:
         body = asdict(self)

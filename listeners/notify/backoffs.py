@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 
 from listeners.core import bus
+from listeners.core.names import full_name
 from listeners.notify.alert import Alert, iso_time
 
 __all__ = ["KINDS", "MAX_HOLDS", "STALE", "WAIT", "BackoffMemory", "hold_sentence"]
@@ -69,7 +70,7 @@ class BackoffMemory:
 
     def heard(self, msg: bus.Backoff) -> None:
         """health holds ``msg``'s process: remember this hold in place of any older one."""
-        key = f"{msg.group}:{msg.name}"
+        key = full_name(msg.group, msg.name)
         with self._lock:
             self._held.pop(key, None)
             self._held[key] = _Held(msg)

@@ -6,6 +6,7 @@ import hashlib
 from collections import deque
 from typing import Any
 
+from listeners.core.names import info_name
 from listeners.notify.alert import Alert
 
 __all__ = ["FloodControl", "fold"]
@@ -84,7 +85,7 @@ def fold(alerts: list[Alert]) -> Alert:
     processes = list(dict.fromkeys(a.process for a in alerts if a.process))
     lines = []
     for it in items.values():
-        target = f"{it['group']}:{it['name']}" if it["group"] or it["name"] else "(host)"
+        target = info_name(it) if it["group"] or it["name"] else "(host)"
         what = f"resolved ({it['resolves']})" if it["kind"] == "resolved" else it["kind"]
         lines.append(f"{target}: {what} x{it['count']}")
     key = hashlib.sha256(",".join(sorted(a.key for a in alerts)).encode()).hexdigest()[:24]

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+from listeners.core.names import full_name
 from listeners.notify.alert import Alert, duration_words
 from listeners.notify.outbox import Outbox
 
@@ -46,7 +47,7 @@ class LoopIncident:
 
     @property
     def process(self) -> str:
-        return f"{self.group}:{self.name}"
+        return full_name(self.group, self.name)
 
 
 def _key(*parts: object) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from listeners.core.events import ProcessLogEvent
+from listeners.core.names import full_name
 from listeners.core.units import parse_rate
 from listeners.notify.alert import Alert, one_line
 
@@ -135,7 +136,7 @@ class Match:
 
     @property
     def full_name(self) -> str:
-        return f"{self.group}:{self.name}"
+        return full_name(self.group, self.name)
 
     @property
     def text(self) -> str:
@@ -187,9 +188,9 @@ class LogWatch:
 
     def feed(self, group: str, name: str, pid: int, channel: str, data: str, now: float) -> None:
         """One PROCESS_LOG event's data."""
-        if self._any is None or (f"{group}:{name}", pid) in self._dead:
+        if self._any is None or (full_name(group, name), pid) in self._dead:
             return
-        stream = self._streams.setdefault((f"{group}:{name}", channel), _Stream())
+        stream = self._streams.setdefault((full_name(group, name), channel), _Stream())
         text = stream.partial + data
         cut = text.rfind("\n")
         stream.partial = text[cut + 1 :][-MAX_PARTIAL:]
@@ -277,7 +278,7 @@ class LogWatch:
 
     def exited(self, group: str, name: str, pid: int | None) -> int:
         """The process died: what it wrote is in the crash alert; drop it here. Returns drops."""
-        full = f"{group}:{name}"
+        full = full_name(group, name)
         if pid:
             self._dead[(full, pid)] = None
             while len(self._dead) > 4096:
