@@ -160,6 +160,10 @@ class FakeSupervisor:
             self.processes[name]["statename"] = "STARTING"
         return True
 
+    def signal(self, name: str, signal: str | int) -> bool:
+        self._record("signal", name, signal)
+        return True
+
     def send_remote_comm(self, type_: str, data: str) -> None:
         self._record("send_remote_comm", type_, data)
 

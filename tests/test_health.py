@@ -388,10 +388,30 @@ class TestWatchdogBackoff:
         clock.now += 1
         dog.round()
         assert [] == [a for m, a in fake.calls if m == "start"]
+        # still STOPPING a second after the stop: the SIGTERM was lost, health sends it again
+        assert [("web:w", "TERM")] == [a for m, a in fake.calls if m == "signal"]
+        clock.now += 1
+        dog.round()
+        assert 1 == fake.methods().count("signal")  # once
         dog.handle(state_event("STOPPED", "w", "web"))
         assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
         dog.handle(state_event("STARTING", "w", "web", tries=0))  # ours: not stopped again
         assert ["web:w"] == restarts(fake)
+
+    def test_a_stop_that_takes_is_not_repeated(self):
+        """A held process that reaches STOPPED in time gets no second SIGTERM."""
+        clock = Clock()
+        check = Check("*", backoff=Schedule(5, 60, 100), hold_crashes=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w")])
+        dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
+        dog.handle(state_event("STARTING", "w", "web", tries=0))
+        dog.handle(state_event("STOPPING", "w", "web"))
+        clock.now += 0.5
+        dog.round()
+        dog.handle(state_event("STOPPED", "w", "web"))
+        clock.now += 2
+        dog.round()
+        assert "signal" not in fake.methods()
 
     def test_a_process_started_by_hand_during_the_hold_is_left_alone(self):
         """The hold ends while the process runs (an operator started it): no second start."""

@@ -49,6 +49,9 @@ log = get_logger("listeners.health")
 #: States of a process that is down: a held process is started from one of these.
 DOWN_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 
+#: Seconds a held process may stay STOPPING after health's stop before SIGTERM is sent again.
+STOP_REPEAT_AFTER = 1.0
+
 #: Placeholders a probe's URL, address or command may use, filled per process.
 PLACEHOLDERS = {"group": "g", "name": "n_00", "process_num": 0}
 _NUM_RE = re.compile(r"(\d+)$")
@@ -214,6 +217,8 @@ class Watchdog(protocol.Handler):
         self._starting_by_us: set[str] = set()
         #: Held processes health has asked supervisord to stop, until they are down.
         self._stopping_by_us: set[str] = set()
+        #: When health asked for each of those stops, to repeat a SIGTERM supervisord lost.
+        self._stop_asked: dict[str, float] = {}
         #: Holds that ended while health's stop was still under way: started once it is down.
         self._start_when_down: set[str] = set()
         self._seen_state = False
@@ -315,6 +320,7 @@ class Watchdog(protocol.Handler):
             watch.running_since = None
             if state in DOWN_STATES:
                 self._stopping_by_us.discard(key)
+                self._stop_asked.pop(key, None)
             if key in self._start_when_down and state in DOWN_STATES:
                 # the hold ended while our stop was still under way (a SIGTERM that reached
                 # the child before its exec is lost: it ran on until it exited by itself)
@@ -326,8 +332,7 @@ class Watchdog(protocol.Handler):
                 self._starting_by_us.discard(key)
                 if check.backoff and not ours and self.book.held(key, now):
                     # supervisord's autorestart respawned it at once: hold it until its turn
-                    self._stopping_by_us.add(key)
-                    self.rpc.submit(self._stop_held, key)
+                    self._ask_stop(key, now)
                 return
             if not check.backoff:
                 return
@@ -361,8 +366,7 @@ class Watchdog(protocol.Handler):
         if state == "BACKOFF":
             # stopping a BACKOFF process makes it STOPPED at once: supervisord's quick retry
             # would not wait for the delay
-            self._stopping_by_us.add(watch.key)
-            self.rpc.submit(self._stop_held, watch.key)
+            self._ask_stop(watch.key, now)
 
     def on_timer(self) -> None:
         self.round()
@@ -393,6 +397,7 @@ class Watchdog(protocol.Handler):
                 elif watch.state in DOWN_STATES:
                     self._begin_start(key)
                 # else it is up already: someone started it during the hold
+            self._repeat_lost_stops(now)
             for watch in self.watches.values():
                 if watch.check.backoff and watch.state == "RUNNING":
                     self.book.stable(watch.key, now, watch.check.backoff)
@@ -594,6 +599,35 @@ class Watchdog(protocol.Handler):
             self.client.stop(key, wait=False)
         except SupervisorError as exc:
             log.debug("health.hold_stop_failed", process=key, error=str(exc))
+
+    def _ask_stop(self, key: str, now: float) -> None:
+        """Stop a held process off-loop (called under the lock)."""
+        self._stopping_by_us.add(key)
+        self._stop_asked[key] = now
+        self.rpc.submit(self._stop_held, key)
+
+    def _repeat_lost_stops(self, now: float) -> None:
+        """A held process still STOPPING a second after health's stop: send SIGTERM again.
+
+        supervisord's SIGTERM to a child it has just forked is lost when it lands before the
+        child's exec (the child still runs supervisord's own handlers); the worker then runs
+        on, in STOPPING, until it exits by itself or stopwaitsecs passes. Once is enough:
+        after the exec the signal is the worker's own to handle.
+        """
+        for key, asked in list(self._stop_asked.items()):
+            watch = self.watches.get(key)
+            if watch is None or watch.state in DOWN_STATES:
+                self._stop_asked.pop(key, None)
+            elif watch.state == "STOPPING" and now - asked >= STOP_REPEAT_AFTER:
+                self._stop_asked.pop(key, None)
+                log.info("health.stop_repeated", process=key, after=round(now - asked, 1))
+                self.rpc.submit(self._signal_held, key)
+
+    def _signal_held(self, key: str) -> None:
+        try:
+            self.client.signal(key, "TERM")
+        except SupervisorError as exc:
+            log.debug("health.hold_signal_failed", process=key, error=str(exc))
 
     def _begin_start(self, key: str) -> None:
         """Start a held process whose turn has come (called under the lock)."""
