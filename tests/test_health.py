@@ -212,6 +212,63 @@ class TestProbes:
         slow = CommandProbe((sys.executable, "-c", "import time; time.sleep(5)"), timeout=0.3)
         assert "did not finish" in run_probe(slow).detail
 
+    @pytest.mark.parametrize("stage", ["status", "body"])
+    def test_a_trickling_answer_fails_at_the_deadline(self, stage):
+        """One byte every 0.2 s never trips a per-read timeout; the probe's deadline ends it."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def trickle() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                if stage == "body":
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                while not stop.wait(0.2):
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+
+        threading.Thread(target=trickle, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/health"
+        results: list = []
+        probe = threading.Thread(
+            target=lambda: results.append(run_probe(HttpProbe(url, body="ready", timeout=1)))
+        )
+        probe.start()
+        probe.join(30)
+        stop.set()
+        listener.close()
+        assert not probe.is_alive(), "the probe outlived its deadline by far"
+        assert not results[0].ok
+        assert "did not answer in full within 1 s" in results[0].detail
+
+    def test_a_body_text_sent_in_pieces_is_found(self, server):
+        """The body text is searched in the whole answer, however it arrives."""
+        srv, handler = server
+        handler.body = b"x" * 70000 + b" ready"
+        url = f"http://127.0.0.1:{srv.server_address[1]}/"
+        assert not run_probe(HttpProbe(url, body="ready", timeout=5)).ok, "past MAX_BODY"
+        handler.body = b"y" * 30000 + b" ready " + b"z" * 30000
+        assert run_probe(HttpProbe(url, body="ready", timeout=5)).ok
+
+    def test_a_non_http_answer_fails_with_what_came(self):
+        """A port that answers something else than HTTP fails, naming what it sent."""
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def banner() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+        threading.Thread(target=banner, daemon=True).start()
+        result = run_probe(HttpProbe(f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=5))
+        listener.close()
+        assert not result.ok
+        assert "did not answer HTTP" in result.detail
+        assert "SSH-2.0" in result.detail
+
     def test_a_bad_url_is_refused(self):
         """Only http:// and https:// URLs make probes."""
         with pytest.raises(ValueError, match="not an http"):

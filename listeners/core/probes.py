@@ -1,15 +1,17 @@
 """Liveness probes (HTTP, TCP connect, a command) and a pool that runs them off the event loop.
 
-A probe is a frozen description; ``run_probe`` performs it once with its own timeout and never
-raises. ``ProbePool`` runs probes on a few threads so that a probe that hangs until its
-deadline holds up neither the event loop nor the other probes, and never runs the same probe
-twice at once (a slow target is not hit by a pile of overlapping probes).
+A probe is a frozen description; ``run_probe`` performs it once and never raises. A probe's
+timeout is a deadline for the whole probe (connect, TLS, request, the answer), so a target that
+trickles its answer a byte at a time fails at the deadline like one that never answers.
+``ProbePool`` runs probes on a few threads so that a probe that hangs until its deadline holds
+up neither the event loop nor the other probes, and never runs the same probe twice at once
+(a slow target is not hit by a pile of overlapping probes).
 """
 
 from __future__ import annotations
 
-import http.client
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -92,31 +94,91 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
-def _http(probe: HttpProbe) -> tuple[bool, str]:
+def _left(deadline: float, clock: Callable[[], float]) -> float:
+    """Seconds until ``deadline``; TimeoutError once it has passed."""
+    left = deadline - clock()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
+def _connect(host: str, port: int, deadline: float, clock: Callable[[], float]) -> socket.socket:
+    """Open a TCP connection, every address tried within what is left of one deadline."""
+    error: OSError | None = None
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM
+    ):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(deadline, clock))
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise
+            error = exc
+        else:
+            return sock
+    raise error or OSError(f"no address for {host}")
+
+
+def _http(probe: HttpProbe, clock: Callable[[], float] = time.monotonic) -> tuple[bool, str]:
+    """GET with one deadline for the whole exchange, not a timeout per read.
+
+    A server that trickles its answer a byte at a time never lets a per-read timeout expire;
+    here every read only gets what is left of ``probe.timeout``. HTTP/1.0 keeps the answer
+    unchunked, so the body text is searched in what arrives.
+    """
+    deadline = clock() + probe.timeout
     parts = urllib.parse.urlsplit(probe.url)
+    secure = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn_class = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    conn = conn_class(parts.hostname or "", parts.port, timeout=probe.timeout)
+    sock = _connect(host, port, deadline, clock)
     try:
-        conn.request("GET", path, headers={"User-Agent": "supervisor-health"})
-        response = conn.getresponse()
-        status = response.status
-        body = response.read(MAX_BODY) if probe.body is not None else b""
+        if secure:
+            sock.settimeout(_left(deadline, clock))
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        sock.settimeout(_left(deadline, clock))
+        sock.sendall(
+            f"GET {path} HTTP/1.0\r\nHost: {parts.netloc.rpartition('@')[2]}\r\n"
+            "User-Agent: supervisor-health\r\nAccept-Encoding: identity\r\n"
+            "Connection: close\r\n\r\n".encode("latin-1")
+        )
+        want = probe.body.encode("utf-8") if probe.body is not None else None
+        answer = b""
+        while True:
+            sock.settimeout(_left(deadline, clock))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            head, sep, body = answer.partition(b"\r\n\r\n")
+            if sep and (want is None or want in body or len(body) >= MAX_BODY):
+                break
+            if not sep and len(answer) > MAX_BODY:
+                raise ValueError(f"{probe.url} sent more than {MAX_BODY} bytes of headers")
     finally:
-        conn.close()
+        sock.close()
+    head, _sep, body = answer.partition(b"\r\n\r\n")
+    words = head.split(b"\r\n", 1)[0].split(None, 2)
+    if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+        if not answer:
+            return False, f"{probe.url} closed the connection without an answer"
+        return False, f"{probe.url} did not answer HTTP ({answer[:40]!r})"
+    status = int(words[1])
     if status not in probe.statuses:
-        want = ", ".join(str(s) for s in probe.statuses)
-        return False, f"status {status} from {probe.url} (expected {want})"
-    if probe.body is not None and probe.body not in body.decode("utf-8", "replace"):
+        expected = ", ".join(str(s) for s in probe.statuses)
+        return False, f"status {status} from {probe.url} (expected {expected})"
+    if want is not None and want not in body[:MAX_BODY]:
         return False, f"{probe.url} answered {status} without {probe.body!r} in its body"
     return True, f"status {status}"
 
 
-def _tcp(probe: TcpProbe) -> tuple[bool, str]:
-    with socket.create_connection((probe.host, probe.port), timeout=probe.timeout):
-        return True, "connected"
+def _tcp(probe: TcpProbe, clock: Callable[[], float] = time.monotonic) -> tuple[bool, str]:
+    _connect(probe.host, probe.port, clock() + probe.timeout, clock).close()
+    return True, "connected"
 
 
 def _command(probe: CommandProbe) -> tuple[bool, str]:
@@ -147,8 +209,9 @@ def run_probe(probe: Probe, clock: Callable[[], float] = time.monotonic) -> Prob
     except subprocess.TimeoutExpired:
         ok, detail = False, f"{probe.describe()} did not finish in {probe.timeout:g} s"
     except TimeoutError:
-        ok, detail = False, f"{probe.describe()} timed out after {probe.timeout:g} s"
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+        verb = "did not connect" if isinstance(probe, TcpProbe) else "did not answer in full"
+        ok, detail = False, f"{probe.describe()} {verb} within {probe.timeout:g} s"
+    except (OSError, ValueError) as exc:
         ok, detail = False, f"{probe.describe()} failed: {exc or type(exc).__name__}"
     return ProbeResult(ok=ok, detail=detail, seconds=clock() - started)
 
