@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from listeners.core import bus, cli, protocol
 from listeners.core.background import Submitter, Worker
 from listeners.core.crashloop import DEFAULT_LOOP
-from listeners.core.exits import OomWatch, classify, oom_paths, read_oom_kills
+from listeners.core.exits import OomWatch, classify, exit_from_log, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
 from listeners.core.names import info_name
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
@@ -31,7 +31,6 @@ from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.history import History
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
-from listeners.notify.enrich import exit_from_log
 
 __all__ = ["Config", "ExporterHandler", "build_parser", "main", "parse_args"]
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from listeners.core.cli import HelpFormatter
-from listeners.core.supervisor import Connection, Supervisor, SupervisorError
+from listeners.core.exits import exit_from_log
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError, read_main_log
 from listeners.taskfiles.check import (
     validate_layout,
 )
@@ -371,8 +372,13 @@ class Tool:
                 self.say(f"running: {', '.join(_name(i) for i in infos) or 'no processes'}")
                 return EXIT_OK
             if failed or self.clock() >= deadline:
-                for info in failed or pending:
-                    self.warn(f"error: {_failure(info)}")
+                # getProcessInfo says exit status 0 for a start that failed before startsecs;
+                # supervisord's own log line "exited: NAME (exit status 7 ...)" has the truth.
+                shown = failed or pending
+                early = any(i["statename"] in ("BACKOFF", "FATAL") for i in shown)
+                log_text = read_main_log(self.client) if early else ""
+                for info in shown:
+                    self.warn(f"error: {_failure(info, log_text)}")
                 if not failed:
                     self.warn(f"error: not RUNNING after {self.opts.wait_timeout:g}s")
                 return EXIT_FAILED
@@ -383,13 +389,20 @@ def _name(info: dict[str, Any]) -> str:
     return f"{info['group']}:{info['name']}"
 
 
-def _failure(info: dict[str, Any]) -> str:
+def _failure(info: dict[str, Any], log_text: str = "") -> str:
     parts = [f"{_name(info)} is {info['statename']}"]
     if info.get("spawnerr"):
         parts.append(f"spawn error: {info['spawnerr']}")
-    if info["statename"] in {"EXITED", "BACKOFF", "FATAL"} and info.get("exitstatus") is not None:
+    if info["statename"] == "EXITED" and info.get("exitstatus") is not None:
         parts.append(f"last exit status {info['exitstatus']}")
-    if info.get("description"):
+    elif info["statename"] in {"BACKOFF", "FATAL"}:
+        # Never getProcessInfo's exitstatus here: it is 0 for every start that failed early.
+        status, how = exit_from_log(log_text, str(info["name"]))
+        if status is not None:
+            parts.append(f"last exit status {status}")
+        elif how:
+            parts.append(f"last exit: {how}")
+    if info.get("description") and info["description"] != info.get("spawnerr"):
         parts.append(str(info["description"]))
     return "; ".join(parts)
 

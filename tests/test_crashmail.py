@@ -9,6 +9,7 @@ import os
 import pytest
 
 from listeners.core import bus, protocol
+from listeners.core.exits import exit_from_log
 from listeners.core.supervisor import Connection
 from listeners.core.wake import DeathWatch, Waker, pidfd_unavailable
 from listeners.crashmail import (
@@ -19,7 +20,7 @@ from listeners.crashmail import (
     parse_wake_interval,
 )
 from listeners.notify.alert import Alert
-from listeners.notify.enrich import NO_LOG, enrich_alert, exit_from_log
+from listeners.notify.enrich import NO_LOG, enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
 from tests.fakes import FakeClock, FakeSupervisor

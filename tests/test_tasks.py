@@ -17,6 +17,7 @@ from listeners.core.supervisor import RPCFault, SupervisorError
 from listeners.taskfiles.check import validate_file
 from listeners.taskfiles.files import discover, resolve, scan_sections
 from listeners.taskfiles.layout import ConfError, NameRefused, Section, Task, load_layout
+from tests import fakes
 from tests.fakes import FakeClock
 
 MAIN = """\
@@ -55,8 +56,13 @@ def home(tmp_path: Path) -> Path:
     return tmp_path
 
 
-class FakeSupervisor:
-    """Behaves like reread+update over the files of tasks/ (one [program:<stem>] each)."""
+class FakeSupervisor(fakes.FakeSupervisor):
+    """The shared fake, with reread+update over the files of tasks/ (one [program:<stem>] each).
+
+    ``states`` are the states every process shows on successive polls; ``exitstatus`` is what
+    getProcessInfo says (0 for a start that failed before startsecs, as supervisord does) and
+    ``log`` (inherited) is supervisord's own log, where the real status is.
+    """
 
     def __init__(
         self,
@@ -68,24 +74,25 @@ class FakeSupervisor:
         ignore: bool = False,
         stop_polls: int = 1,
     ) -> None:
+        super().__init__()
         self.home = home
         self.down = down
         self.fail_update = fail_update
         self.states = states or ["RUNNING"]
         self.ignore = ignore
         self.groups = {p.stem for p in (home / "tasks").glob("*.conf")}
-        self.calls: list[tuple[str, Any]] = []
         self.polls = 0
         self.stop_polls = stop_polls  # how many polls a stopping group stays STOPPING
         self.stopping: dict[str, int] = {}
 
     def state(self) -> str:
-        self.calls.append(("state", None))
+        self.calls.append(("state", ()))
         if self.down:
             raise SupervisorError("cannot reach supervisord at unix:///x.sock: No such file")
         return "RUNNING"
 
     def all_process_info(self) -> list[dict[str, Any]]:
+        self._record("all_process_info")
         state = self.states[min(self.polls, len(self.states) - 1)]
         self.polls += 1
         for g, left in self.stopping.items():
@@ -106,12 +113,12 @@ class FakeSupervisor:
         ]
 
     def stop_group(self, group: str, *, wait: bool = True) -> None:
-        self.calls.append(("stop_group", (group, wait)))
+        self._record("stop_group", group, wait)
         self.stopping[group] = self.stop_polls
 
     def update(self, only: Any = None) -> dict[str, list[str]]:
         wanted = sorted(only or [])
-        self.calls.append(("update", wanted))
+        self._record("update", wanted)
         if self.fail_update:
             self.fail_update -= 1
             raise RPCFault(91, "STILL_RUNNING", "supervisor.removeProcessGroup")
@@ -347,7 +354,7 @@ class TestToggle:
         code, out, err = run(home, fake, "disable", "mailer")
         assert (0, "") == (code, err)
         assert (home / "tasks_disabled" / "mailer.conf").is_file()
-        assert ("update", ["mailer"]) in fake.calls
+        assert ("update", (["mailer"],)) in fake.calls
         assert {"indexer"} == fake.groups
         assert "supervisord: removed group(s) mailer" in out
 
@@ -414,7 +421,7 @@ class TestToggle:
             "error: supervisord refused the change, files moved back: supervisord answered"
             " supervisor.removeProcessGroup with fault 91 STILL_RUNNING"
         ) in err
-        assert [("update", ["mailer"]), ("update", ["mailer"])] == [
+        assert [("update", (["mailer"],)), ("update", (["mailer"],))] == [
             c for c in fake.calls if c[0] == "update"
         ]
 
@@ -495,6 +502,28 @@ class TestWait:
         tool, _ = self.make(home, ["STARTING", "FATAL"])
         assert 1 == tool._wait_running(["mailer"], {"mailer"})
         assert "mailer:mailer is FATAL; spawn error: can't find command" in tool.err.getvalue()
+
+    @pytest.mark.parametrize("states", [["STARTING", "FATAL"], ["BACKOFF"]])
+    def test_a_start_that_failed_early_reports_the_status_from_supervisords_log(self, home, states):
+        """getProcessInfo says 0 before startsecs; the log's ``exited:`` line says 7."""
+        tool, fake = self.make(home, states)
+        fake.log = (
+            "2026-12-03 06:00:00,001 INFO exited: mailer (exit status 3; not expected)\n"
+            "2026-12-03 06:00:00,002 INFO exited: indexer (exit status 9; not expected)\n"
+            "2026-12-03 06:00:01,001 INFO exited: mailer (exit status 7; not expected)\n"
+        )
+        assert 1 == tool._wait_running(["mailer"], {"mailer"})
+        err = tool.err.getvalue()
+        assert "last exit status 7" in err
+        assert "exit status 0" not in err
+        assert ("supervisor.readLog", (-65536, 0)) in fake.calls
+
+    def test_no_exit_line_says_no_status_rather_than_a_wrong_one(self, home):
+        """Without supervisord's log line the wait names no exit status (not a made-up 0)."""
+        tool, fake = self.make(home, ["FATAL"])
+        fake.fail["supervisor.readLog"] = SupervisorError("readLog: no log file")
+        assert 1 == tool._wait_running(["mailer"], {"mailer"})
+        assert "exit status" not in tool.err.getvalue()
 
     def test_backoff_until_the_timeout_is_reported(self, home):
         """A process stuck in BACKOFF is named when the wait times out."""

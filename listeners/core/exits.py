@@ -21,6 +21,7 @@ __all__ = [
     "ExitReason",
     "OomWatch",
     "classify",
+    "exit_from_log",
     "format_bytes",
     "oom_paths",
     "parse_oom_kills",
@@ -74,6 +75,28 @@ class ExitReason:
     reason: str
     text: str
     signal: str | None = None
+
+
+# supervisord's own log line for every exit (process.py finish()); the only place the status of
+# an autorestarted process survives, since spawn() resets exitstatus before anyone can ask, and
+# a start that fails before startsecs never sets exitstatus at all (getProcessInfo says 0).
+_EXIT_LINE = re.compile(
+    r"exited: (?P<name>\S+) \((?P<how>exit status (?P<code>\d+)|terminated by"
+    r" (?P<sig>\w+))"
+)
+
+
+def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
+    """(exit status or None, how) from the last ``exited: NAME (...)`` line of supervisord's log.
+
+    ``name`` is the process name without its group, as supervisord writes it.
+    """
+    found: tuple[int | None, str] = (None, "")
+    for m in _EXIT_LINE.finditer(text):
+        if m.group("name") == name:
+            code = m.group("code")
+            found = (int(code) if code is not None else None, m.group("how"))
+    return found
 
 
 def format_bytes(n: int) -> str:

@@ -18,7 +18,7 @@ import threading
 import xmlrpc.client
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from listeners.core.names import full_name
@@ -30,6 +30,7 @@ __all__ = [
     "Supervisor",
     "SupervisorError",
     "full_name",
+    "read_main_log",
     "self_name",
 ]
 
@@ -65,6 +66,23 @@ def self_name(env: Mapping[str, str] | None = None) -> str | None:
     if not name:
         return None
     return full_name(env.get("SUPERVISOR_GROUP_NAME", name), name)
+
+
+class CallsRPC(Protocol):
+    """Anything that makes a raw XML-RPC call (``Supervisor`` and the test fakes do)."""
+
+    def call(self, method: str, *args: Any) -> Any: ...
+
+
+def read_main_log(rpc: CallsRPC, size: int = 65536) -> str:
+    """The last ``size`` bytes of supervisord's own log; "" when it cannot be had.
+
+    Used for the ``exited: NAME (exit status N)`` lines (``core.exits.exit_from_log``).
+    """
+    try:
+        return str(rpc.call("supervisor.readLog", -size, 0))
+    except Exception:  # SupervisorError, or a reply the XML parser rejects
+        return ""
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,17 @@ Runs on a courier thread, never on the event loop: each call is one or two XML-R
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import replace
 from typing import Any, Protocol
 
-from listeners.core.exits import classify
+from listeners.core.exits import classify, exit_from_log
 from listeners.core.log import get_logger
-from listeners.core.supervisor import SupervisorError
+from listeners.core.supervisor import SupervisorError, read_main_log
 from listeners.notify.alert import Alert, clean_text, collapse_repeats
 
 log = get_logger("listeners.notify.enrich")
 
-__all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "exit_from_log", "read_tail_file"]
+__all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "read_tail_file"]
 
 
 class EnrichRPC(Protocol):
@@ -33,24 +32,6 @@ def _tail(text: str, lines: int) -> str:
     return collapse_repeats(text, lines)
 
 
-# supervisord's own log line for every exit (process.py finish()); the only place the status of
-# an autorestarted process survives, since spawn() resets exitstatus before we can ask.
-_EXIT_LINE = re.compile(
-    r"exited: (?P<name>\S+) \((?P<how>exit status (?P<code>\d+)|terminated by"
-    r" (?P<sig>\w+))"
-)
-
-
-def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
-    """(exit status or None, how) from the last ``exited: NAME (...)`` line of supervisord's log."""
-    found: tuple[int | None, str] = (None, "")
-    for m in _EXIT_LINE.finditer(text):
-        if m.group("name") == name:
-            code = m.group("code")
-            found = (int(code) if code is not None else None, m.group("how"))
-    return found
-
-
 NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
 
 
@@ -61,13 +42,6 @@ def enrich_alert(alert: Alert, rpc: EnrichRPC, tail_lines: int = 20) -> Alert:
     if alert.kind == "summary":
         return _enrich_summary(alert, rpc)
     return alert
-
-
-def _read_log(rpc: EnrichRPC, size: int) -> str:
-    try:
-        return str(rpc.call("supervisor.readLog", -size, 0))
-    except Exception:  # SupervisorError, or a reply the XML parser rejects
-        return ""
 
 
 def read_tail_file(path: str, size: int = 8192) -> str | None:
@@ -122,12 +96,12 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
         else:
             # Restarted already: spawn() cleared exitstatus; a start that failed before
             # startsecs (BACKOFF, FATAL) never set it. supervisord's log has it either way.
-            exit_status, how = exit_from_log(_read_log(rpc, 65536), alert.name)
+            exit_status, how = exit_from_log(read_main_log(rpc), alert.name)
             if how.startswith("terminated"):
                 details["signal"] = how.removeprefix("terminated by ")
     if exit_status == -1 and "signal" not in details:
         # supervisord says -1 for any signal; only its log line names which.
-        how = exit_from_log(_read_log(rpc, 65536), alert.name)[1]
+        how = exit_from_log(read_main_log(rpc), alert.name)[1]
         if how.startswith("terminated"):
             details["signal"] = how.removeprefix("terminated by ").split(" ")[0]
     if info.get("spawnerr"):

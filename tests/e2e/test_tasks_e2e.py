@@ -113,6 +113,21 @@ class TestDisableEnable:
         assert "ghost:ghost is FATAL" in err
         assert "/nonexistent/ghost-binary" in err
 
+    def test_wait_reports_the_exit_status_of_a_start_that_fails_early(self, stack):
+        """A program exiting 7 before startsecs is reported with 7, as supervisord logs it."""
+        (stack.dir / "tasks_disabled" / "early.conf").write_text(
+            f"[program:early]\ncommand={PYTHON} {WORKER} crash --after 0.2 --code 7\n"
+            "startretries=1\nstartsecs=3\nautorestart=true\n"
+        )
+
+        code, _, err = run(stack, "enable", "--wait", "--wait-timeout", "30", "early")
+
+        assert 1 == code
+        assert "early:early is FATAL" in err
+        assert "last exit status 7" in err
+        assert "exit status 0" not in err
+        assert 1 == err.count("Exited too quickly"), "spawn error and description said twice"
+
 
 class TestRefusals:
     def test_a_broken_conf_is_refused_and_supervisord_is_untouched(self, stack):
