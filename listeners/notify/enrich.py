@@ -144,7 +144,7 @@ def _enrich_summary(alert: Alert, rpc: EnrichRPC) -> Alert:
                 new_items.append({**it, "exit_status": int(info.get("exitstatus") or 0)})
             else:
                 if log_tail is None:
-                    log_tail = _read_log(rpc, 262144)
+                    log_tail = read_main_log(rpc, 262144)
                 new_items.append({**it, "exit_status": exit_from_log(log_tail, it["name"])[0]})
         return replace(alert, details={**alert.details, "items": new_items})
     return alert
