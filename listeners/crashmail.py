@@ -35,6 +35,7 @@ from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
 from listeners.core.exits import OomWatch, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
 from listeners.core.names import full_name, info_name, split_name
+from listeners.core.resync import Resync
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
@@ -386,8 +387,8 @@ class CrashMail(protocol.Handler):
         self._covered: dict[str, str] = {}
         self.lost_pending = 0
         self.lost_key = ""
-        self._reconcile_at: float | None = None
-        self._reconcile_running = False
+        # seed, lost events (settled), and the hourly read that prunes groups gone unseen
+        self.resync = Resync(settle=RECONCILE_SETTLE, safety=PRUNE_EVERY, clock=clock)
         self.seeded = False
         self.alerts_recorded = 0
         self.logwatch = LogWatch(config.patterns, storm=config.pattern_storm)
@@ -395,18 +396,24 @@ class CrashMail(protocol.Handler):
         self.backoffs = BackoffMemory(stable=config.loop[1]) if backoffs is None else backoffs
         # when each group was last heard of (0: an incident from the outbox), for the prune
         self._seen = dict.fromkeys(map(group_of, self.incidents.processes()), 0.0)
-        self._asked = self._pruned_at = clock()
+        self._asked = clock()
 
     def start(self) -> None:
         """Ask for the first snapshot (seeds the table; alerts on nothing)."""
-        if self._reconcile is not None:
-            self._ask("seed")
+        self._ask()
 
-    def _ask(self, why: str) -> None:
-        """One getAllProcessInfo off the loop (seed, lost or prune); ``_drain`` takes it."""
-        if self._reconcile is not None:
-            self._reconcile_running, self._asked = True, self.clock()
-            self._reconcile(lambda infos: self._results.put((why, infos)))
+    def _ask(self) -> None:
+        """One getAllProcessInfo off the loop when ``resync`` says one is due; ``_drain``
+        takes the answer."""
+        if self._reconcile is None:
+            return
+        why = self.resync.take()
+        if why is None:
+            return
+        if why == "safety" and "lost" in self.resync.wanted():
+            why = "lost"  # the hourly read also answers lost events: alert on what it finds
+        self._asked = self.clock()
+        self._reconcile(lambda infos: self._results.put((why, infos)))
 
     def forget_group(self, group: str, why: str) -> None:
         """Drop all kept of a group supervisord no longer has; an open incident ends in a note."""
@@ -599,8 +606,7 @@ class CrashMail(protocol.Handler):
         if not self.lost_pending:
             self.lost_key = self._key(event.serial, "lost")
         self.lost_pending += count
-        if self._reconcile_at is None:
-            self._reconcile_at = self.clock() + RECONCILE_SETTLE
+        self.resync.want("lost")
 
     def on_timer(self) -> None:
         self._drain()
@@ -618,13 +624,7 @@ class CrashMail(protocol.Handler):
             self._record(alert, hold=0.0)
         now = self.clock()
         self.backoffs.prune(now)
-        if self._reconcile_running:
-            return
-        if self._reconcile_at is not None and now >= self._reconcile_at:
-            self._reconcile_at = None
-            self._ask("lost")
-        elif now - self._pruned_at >= PRUNE_EVERY:
-            self._ask("prune")
+        self._ask()
 
     def _drain(self) -> None:
         while True:
@@ -632,12 +632,11 @@ class CrashMail(protocol.Handler):
                 why, infos = self._results.get_nowait()
             except queue.Empty:
                 return
-            self._reconcile_running = False
+            self.resync.done()
             if why == "seed":
                 self._seed(infos)
             elif why == "lost":
                 self.reconciled(infos)
-            self._pruned_at = self.clock()
             for group in absent_groups(self._seen, infos, self._asked):
                 self.forget_group(group, "absent from supervisord at a reconcile")
 

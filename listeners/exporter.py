@@ -26,6 +26,7 @@ from listeners.core.crashloop import DEFAULT_LOOP
 from listeners.core.exits import OomWatch, classify, exit_from_log, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
 from listeners.core.names import info_name
+from listeners.core.resync import Resync
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.history import History
@@ -218,6 +219,9 @@ class ExporterHandler(protocol.Handler):
         self.timer_interval = reconcile_interval
         self._pending_lock = threading.Lock()
         self._reconcile_pending = False
+        # every ask (start, TICK_60 or the timer, a group added, lost events, supervisord back)
+        # is answered by the next read; reads never overlap; a failed one is retried
+        self.resync = Resync()
         self._exits: set[str] = set()
         # unexpected exits waiting to be classified: name -> did the OOM counter move
         self._unexpected: dict[str, bool | None] = {}
@@ -232,11 +236,11 @@ class ExporterHandler(protocol.Handler):
         elif isinstance(event, protocol.ProcessGroupEvent):
             self.state.apply_group(event)
             if event.added:
-                self.request_reconcile()
+                self.request_reconcile("group added")
         elif isinstance(event, protocol.TickEvent):
             self.oom.sample(time.time())
             if event.period == 60 and self.timer_interval is None:
-                self.request_reconcile()
+                self.request_reconcile("tick")
         elif isinstance(event, protocol.RemoteCommunicationEvent):
             if event.type in (bus.MEMMON_TYPE, bus.HEALTH_TYPE, bus.CRASHMAIL_TYPE):
                 try:
@@ -249,7 +253,7 @@ class ExporterHandler(protocol.Handler):
             if event.state == "STOPPING":
                 self.state.mark_down()
             else:
-                self.request_reconcile()
+                self.request_reconcile(f"supervisord {event.state.lower()}")
 
     def _process(self, event: protocol.ProcessStateEvent) -> None:
         self.state.apply_process(event)
@@ -261,20 +265,21 @@ class ExporterHandler(protocol.Handler):
 
     def on_events_lost(self, count: int, event: protocol.Event) -> None:
         self.state.add_lost(count)
-        self.request_reconcile()
+        self.request_reconcile("lost")
 
     def on_timer(self) -> None:
-        self.request_reconcile()
+        self.request_reconcile("timer")
 
     def close(self) -> None:
         self.worker.close(timeout=5.0)
 
-    def request_reconcile(self) -> None:
+    def request_reconcile(self, why: str = "start") -> None:
+        self.resync.want(why)
         with self._pending_lock:
             if self._reconcile_pending:
                 return
             self._reconcile_pending = True
-        self.worker.submit(self.reconcile)
+        self.worker.submit(self._answer)
 
     def request_exit_status(self, name: str) -> None:
         with self._pending_lock:
@@ -285,18 +290,29 @@ class ExporterHandler(protocol.Handler):
 
     # The worker side: RPC calls.
 
-    def reconcile(self) -> None:
+    def _answer(self) -> None:
         with self._pending_lock:
             self._reconcile_pending = False
+        if self.resync.take() is not None:
+            self._read()
+
+    def reconcile(self) -> None:
+        """Read the process table now (on the worker thread), asked or not."""
+        self.resync.begin()
+        self._read()
+
+    def _read(self) -> None:
         started = time.monotonic()
         try:
             version = self.rpc.version()
             identification = self.rpc.identification()
             infos = self.rpc.all_process_info()
         except SupervisorError as exc:
+            self.resync.done(ok=False)
             self.state.reconcile_failed()
             log.warning("exporter.reconcile_failed", error=str(exc))
             return
+        self.resync.done()
         self.state.apply_reconcile(infos, version, identification)
         log.debug(
             "exporter.reconciled",

@@ -32,6 +32,7 @@ from listeners.core.restart import (
     parse_share,
     restart_polling,
 )
+from listeners.core.resync import Resync
 from listeners.core.rules import (
     NAMESIZE_FORM,
     Rule,
@@ -367,8 +368,10 @@ class Memmon(protocol.Handler):
         self._lock = threading.RLock()
         self._check_queued = False
         self._compat_pending: set[str] = set()
-        self._seen_state_events = self._dirty = False
-        self._last_reconcile = clock()
+        self._seen_state_events = False
+        # the seed is start()'s; then a read 60 s after lost events, a group added or while no
+        # PROCESS_STATE events come, and the hourly safety read
+        self.resync = Resync(spacing=RECONCILE_EVERY, safety=RECONCILE_SAFETY, clock=clock)
         self._published: dict[str, int] | None = None
         self.checks = 0
 
@@ -376,9 +379,10 @@ class Memmon(protocol.Handler):
 
     def start(self, infos: list[dict[str, Any]]) -> None:
         """Take the start-up getAllProcessInfo; log the scope; announce the limits."""
+        self.resync.begin()
         with self._lock:
             self.table.reconcile(infos)
-            self._last_reconcile = self.clock()
+        self.resync.done()
         self._refresh_pools()
         limits = self._limits()
         log.info(
@@ -422,7 +426,8 @@ class Memmon(protocol.Handler):
             with self._lock:
                 gone = self.table.apply_group(event)
                 if event.added:
-                    self._dirty = True  # a new [eventlistener:x] is read at the reconcile
+                    # a new [eventlistener:x] is read at the reconcile
+                    self.resync.want("group added")
                 else:
                     self._prune(gone, event.groupname)
         elif isinstance(event, protocol.TickEvent):
@@ -432,8 +437,7 @@ class Memmon(protocol.Handler):
         self.schedule_check()
 
     def on_events_lost(self, count: int, event: protocol.Event) -> None:
-        with self._lock:
-            self._dirty = True
+        self.resync.want("lost")
 
     def close(self) -> None:
         for worker in (self.checker, self.rpc, self._notifier):
@@ -457,15 +461,12 @@ class Memmon(protocol.Handler):
             self._check_queued = False
         self.check()
 
-    def _reconcile_due(self) -> bool:
-        since = self.clock() - self._last_reconcile
-        needed = self._dirty or not self._seen_state_events
-        return (needed and since >= RECONCILE_EVERY) or since >= RECONCILE_SAFETY
-
     def check(self) -> None:
         """One pass: measure every judged pid, decide, act. Runs on the checker thread."""
         self.restarter.check()
-        if self._reconcile_due():
+        if not self._seen_state_events:
+            self.resync.want("no state events")
+        if self.resync.take() is not None:
             self._reconcile()
         pending = self.restarter.pending() | self._compat_pending
         with self._lock:
@@ -559,13 +560,12 @@ class Memmon(protocol.Handler):
             infos = self.client.all_process_info()
         except SupervisorError as exc:
             log.warning("memmon.reconcile_failed", error=str(exc))
-            self._last_reconcile = self.clock()
+            self.resync.done(ok=False)
             return
         with self._lock:
             self.table.reconcile(infos)
-            self._last_reconcile = self.clock()
-            self._dirty = False
             self._prune(self.table.removed)
+        self.resync.done()
         self._refresh_pools()
         log.info("memmon.reconciled", processes=len(infos))
 

@@ -275,6 +275,38 @@ class TestProbes:
             HttpProbe("ftp://x/")
 
 
+class TestResync:
+    def test_lost_events_are_answered_by_one_read_once_they_settle(self):
+        """A stop whose events were lost: the read after the gap ends the probing of it."""
+        clock = Clock()
+        dog, fake, pool = make([Check("*", http="http://127.0.0.1:1/", period=1)], clock)
+        fake.processes["web:web_00"]["statename"] = "STOPPED"
+        dog.on_events_lost(3, state_event("RUNNING", "web_01", "web"))
+        dog.on_timer()
+        assert "all_process_info" not in fake.methods(), "read before the storm settled"
+        clock.now += 1.5
+        dog.on_timer()
+        assert 1 == fake.methods().count("all_process_info")
+        assert "STOPPED" == dog.watches["web:web_00"].state
+        probed = len(pool.probed)
+        for _ in range(5):
+            clock.now += 1
+            dog.on_timer()
+        assert probed == len(pool.probed), "a stopped process is not probed"
+        assert 1 == fake.methods().count("all_process_info")
+
+    def test_an_hourly_read_catches_what_no_event_said(self):
+        """With no gap at all, the safety read still comes once an hour."""
+        clock = Clock()
+        dog, fake, _ = make([Check("*", http="http://127.0.0.1:1/", period=60)], clock)
+        clock.now += 3599
+        dog.on_timer()
+        assert "all_process_info" not in fake.methods()
+        clock.now += 1
+        dog.on_timer()
+        assert 1 == fake.methods().count("all_process_info")
+
+
 class TestWatchdogProbes:
     def test_restart_after_the_failure_threshold(self):
         """Three failed probes in a row restart the process once and announce it as hung."""

@@ -40,6 +40,7 @@ from listeners.core.probes import (
     parse_hostport,
 )
 from listeners.core.restart import Restarter
+from listeners.core.resync import Resync
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 
 __all__ = ["Check", "HttpokOptions", "Watchdog", "WatchdogConfig", "serve", "validate"]
@@ -222,6 +223,8 @@ class Watchdog(protocol.Handler):
         #: Holds that ended while health's stop was still under way: started once it is down.
         self._start_when_down: set[str] = set()
         self._seen_state = False
+        # the seed is start()'s; a read 1 s after lost events settle, and an hourly safety read
+        self.resync = Resync(settle=1.0, safety=3600.0, clock=clock)
         self._last_status = 0.0
         self._lock = threading.RLock()
         self.rounds = 0
@@ -247,7 +250,9 @@ class Watchdog(protocol.Handler):
 
     def start(self, infos: list[dict[str, Any]]) -> None:
         """Take the start-up getAllProcessInfo and say what is watched."""
+        self.resync.begin()
         self._reconcile(infos)
+        self.resync.done()
         log.info(
             "health.started",
             watched=sorted(self.watches),
@@ -368,8 +373,25 @@ class Watchdog(protocol.Handler):
             # would not wait for the delay
             self._ask_stop(watch.key, now)
 
+    def on_events_lost(self, count: int, event: protocol.Event) -> None:
+        """Missed state events leave watches in old states: read the table once they settle."""
+        self.resync.want("lost")
+
     def on_timer(self) -> None:
         self.round()
+        if self.resync.seeded and self.resync.take() is not None:
+            self.rpc.submit(self._resync)
+
+    def _resync(self) -> None:
+        try:
+            infos = self.client.all_process_info()
+        except SupervisorError as exc:
+            log.warning("health.reconcile_failed", error=str(exc))
+            self.resync.done(ok=False)
+            return
+        self._reconcile(infos)
+        self.resync.done()
+        log.info("health.reconciled", processes=len(infos))
 
     def close(self) -> None:
         self.pool.close()
