@@ -82,7 +82,31 @@ class TestCommitFailures:
             lock.release()
         assert box.drain_spool() == 2
         assert [i.alert.key for i in box.due_incidents(10)] == ["k1", "k2"]
-        assert [(h.failing, h.spooled) for h in told] == [(True, 1), (False, 0)]
+        # failing at the first, the figures again when the retry found two, recovered at last
+        assert [(h.failing, h.spooled) for h in told] == [(True, 1), (True, 2), (False, 0)]
+
+    def test_a_long_outage_announces_when_the_figures_move_and_not_on_every_retry(self, tmp_path):
+        """Retries that find the same spool say nothing new; a new loss is announced."""
+        path = str(tmp_path / "o.sqlite")
+        told: list[OutboxHealth] = []
+        box = Outbox(path, on_health=told.append, record_timeout=0.05, spool_limit=2)
+        lock = Locked(path)
+        try:
+            box.record(crash("a", "k1"), due=0)
+            for _ in range(3):
+                box.drain_spool()  # the courier's retries: nothing moved
+            box.record(crash("a", "k2"), due=0)
+            box.record(crash("a", "k3"), due=0)  # the spool holds two: this one is lost
+            box.drain_spool()
+            box.drain_spool()
+        finally:
+            lock.release()
+        box.drain_spool()
+        assert [(h.failing, h.spooled, h.dropped) for h in told] == [
+            (True, 1, 0),
+            (True, 2, 1),
+            (False, 0, 0),
+        ]
 
     def test_a_redelivered_event_is_not_spooled_twice(self, tmp_path):
         """While spooling, the same key recorded again is a duplicate (False), not a second row."""

@@ -156,6 +156,7 @@ def status_document(snap: Snapshot, usages: dict[str, Usage], now: float) -> dic
         "memmon_unreadable": (
             None if snap.memmon_unreadable is None else list(snap.memmon_unreadable)
         ),
+        "outbox": None if snap.outbox is None else snap.outbox._asdict(),
         "processes": [_process(r, now) for r in table],
     }
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from listeners.core.units import format_size
 from listeners.metrics.api import COUNTS, Row, rows, summary
-from listeners.metrics.snapshot import Snapshot, Usage
+from listeners.metrics.snapshot import OutboxView, Snapshot, Usage
 
 __all__ = [
     "ACTIONS",
@@ -25,6 +25,7 @@ __all__ = [
     "process_path",
     "render_process_page",
     "render_status_page",
+    "outbox_warning",
     "unreadable_warning",
 ]
 
@@ -187,6 +188,21 @@ def unreadable_warning(names: tuple[str, ...] | None) -> str:
     )
 
 
+def outbox_warning(outbox: OutboxView | None) -> str:
+    """crashmail's outbox trouble in words (plain text, not escaped); empty when it writes.
+
+    status.js builds the same sentence from /api/status's ``outbox``.
+    """
+    if outbox is None or not outbox.failing:
+        return ""
+    held = f"{outbox.spooled} alert{'' if outbox.spooled == 1 else 's'} kept in memory"
+    lost = f", {outbox.dropped} lost" if outbox.dropped else ""
+    return (
+        f"crashmail cannot write its outbox ({outbox.error}): {held}{lost}"
+        " (free disk space or stop what holds the file locked; they are written once it can)"
+    )
+
+
 def render_counts(counts: dict[str, int | None]) -> str:
     items = []
     for key, label in COUNTS:
@@ -242,6 +258,8 @@ def render_status_page(
     )
     warning = unreadable_warning(snap.memmon_unreadable)
     body += f"<p id=unreadable class=warn{'' if warning else ' hidden'}>{e(warning)}</p>"
+    trouble = outbox_warning(snap.outbox)
+    body += f"<p id=outbox class=warn{'' if trouble else ' hidden'}>{e(trouble)}</p>"
     heads = "".join(f"<th>{h}</th>" for h in HEADINGS) + ("<th></th>" if viewer.operator else "")
     grid = (
         f"<table id=procs><thead><tr>{heads}</tr></thead><tbody>"

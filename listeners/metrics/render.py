@@ -106,6 +106,21 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter",
         "Failed attempts to deliver an alert to the sink (from crashmail over the bus).",
     ),
+    "supervisor_listeners_outbox_failing": (
+        "gauge",
+        "1 while crashmail cannot write its outbox (a full disk, a held lock) and keeps new"
+        " alerts in memory, 0 when it can (from crashmail over the bus).",
+    ),
+    "supervisor_listeners_outbox_spooled_alerts": (
+        "gauge",
+        "Alerts crashmail keeps in memory until its outbox takes writes again (from crashmail"
+        " over the bus).",
+    ),
+    "supervisor_listeners_outbox_dropped_alerts": (
+        "gauge",
+        "Alerts crashmail lost during this outbox outage because its memory spool was full too"
+        " (from crashmail over the bus).",
+    ),
     "supervisor_listeners_memmon_unreadable_processes": (
         "gauge",
         "Processes memmon may not read the memory of, so does not judge (from memmon over the"
@@ -116,6 +131,25 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "Time this scrape took to collect, up to this line.",
     ),
 }
+
+
+def _scalars(snap: Snapshot) -> list[tuple[str, int]]:
+    """The families without labels after the per-process ones, in both renderers' order; the
+    listeners' own appear once their listener has announced anything on the bus."""
+    out = [
+        ("supervisord_exporter_events_total", snap.events),
+        ("supervisord_exporter_lost_events_total", snap.lost_events),
+        ("supervisord_exporter_reconcile_errors_total", snap.reconcile_errors),
+    ]
+    if snap.outbox is not None:
+        out.append(("supervisor_listeners_outbox_failing", int(snap.outbox.failing)))
+        out.append(("supervisor_listeners_outbox_spooled_alerts", snap.outbox.spooled))
+        out.append(("supervisor_listeners_outbox_dropped_alerts", snap.outbox.dropped))
+    if snap.memmon_unreadable is not None:
+        out.append(
+            ("supervisor_listeners_memmon_unreadable_processes", len(snap.memmon_unreadable))
+        )
+    return out
 
 
 def escape_label(value: str) -> str:
@@ -251,11 +285,7 @@ class Renderer:
                 rows = [(lb, v) for lb, p in pairs if (v := getattr(p, field)) is not None]
                 if rows:
                     self._family(out, family, rows)
-        for name, value in (
-            ("supervisord_exporter_events_total", snap.events),
-            ("supervisord_exporter_lost_events_total", snap.lost_events),
-            ("supervisord_exporter_reconcile_errors_total", snap.reconcile_errors),
-        ):
+        for name, value in _scalars(snap):
             out.append(_HEADERS[name])
             out.append(f"{name} {value}\n")
         sinks = [(f'sink="{escape_label(n)}"', p, f) for n, p, f in snap.alert_sinks]
@@ -265,11 +295,6 @@ class Renderer:
             "supervisor_listeners_alert_delivery_failures_total",
             ((lb, f) for lb, _, f in sinks),
         )
-        if snap.memmon_unreadable is not None:
-            out.append(_HEADERS["supervisor_listeners_memmon_unreadable_processes"])
-            out.append(
-                f"supervisor_listeners_memmon_unreadable_processes {len(snap.memmon_unreadable)}\n"
-            )
         out.append(_HEADERS["supervisord_exporter_scrape_duration_seconds"])
         out.append(f"supervisord_exporter_scrape_duration_seconds {self.clock() - t0:.6f}\n")
         return "".join(out)
@@ -355,11 +380,7 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                         if v is not None:
                             fams[n].add_metric(lv, v)
                 yield from (f for f in fams.values() if f.samples)
-            for n, v in (
-                ("supervisord_exporter_events_total", snap.events),
-                ("supervisord_exporter_lost_events_total", snap.lost_events),
-                ("supervisord_exporter_reconcile_errors_total", snap.reconcile_errors),
-            ):
+            for n, v in _scalars(snap):
                 fam = family(n, [])
                 fam.add_metric([], v)
                 yield fam
@@ -371,10 +392,6 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                     failures.add_metric([sink], failed)
                 yield pending
                 yield failures
-            if snap.memmon_unreadable is not None:
-                blind = family("supervisor_listeners_memmon_unreadable_processes", [])
-                blind.add_metric([], len(snap.memmon_unreadable))
-                yield blind
             dur = family("supervisord_exporter_scrape_duration_seconds", [])
             dur.add_metric([], time.perf_counter() - t0)
             yield dur

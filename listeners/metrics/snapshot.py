@@ -50,6 +50,19 @@ class ProcessView(NamedTuple):
         return full_name(self.group, self.name)
 
 
+class OutboxView(NamedTuple):
+    """crashmail's outbox as it last announced it (``OutboxTrouble``, ``DeliveryHealth``)."""
+
+    #: True while crashmail cannot write its outbox: new alerts wait in its memory
+    failing: bool = False
+    #: what the write failed with (SQLite's words: "database or disk is full", "locked")
+    error: str = ""
+    #: alerts held in memory until the outbox takes writes again
+    spooled: int = 0
+    #: alerts lost because that memory spool was full too
+    dropped: int = 0
+
+
 class Snapshot(NamedTuple):
     """Everything a scrape renders, copied at once so concurrent scrapes stay consistent."""
 
@@ -65,6 +78,8 @@ class Snapshot(NamedTuple):
     #: ``group:name`` memmon may not read, as it last announced; None until memmon announced
     #: anything (then it runs here, and an empty tuple says it reads every process).
     memmon_unreadable: tuple[str, ...] | None = None
+    #: crashmail's outbox; None until crashmail announced anything on the bus.
+    outbox: OutboxView | None = None
 
 
 class Usage(NamedTuple):

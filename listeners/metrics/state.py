@@ -13,7 +13,7 @@ from listeners.core.exits import ExitReason, classify
 from listeners.core.names import full_name
 from listeners.core.state import ProcessTable
 from listeners.metrics.history import History
-from listeners.metrics.snapshot import ProcessView, Snapshot
+from listeners.metrics.snapshot import OutboxView, ProcessView, Snapshot
 
 __all__ = ["ExporterState"]
 
@@ -45,6 +45,8 @@ class ExporterState:
         self.alert_sinks: dict[str, tuple[int, int]] = {}
         #: memmon's last word on what it may not read (None: memmon never announced anything)
         self.memmon_unreadable: tuple[str, ...] | None = None
+        #: crashmail's outbox as it last announced (None: crashmail never spoke)
+        self.outbox: OutboxView | None = None
         self.up = False
         self.version: str | None = None
         self.identification: str | None = None
@@ -141,7 +143,13 @@ class ExporterState:
             elif isinstance(message, bus.HealthStatus):
                 self.health = message
 
+            elif isinstance(message, bus.OutboxTrouble):
+                self.outbox = OutboxView(
+                    message.failing, message.error, message.spooled, message.dropped
+                )
             elif isinstance(message, bus.DeliveryHealth):
+                if self.outbox is None:
+                    self.outbox = OutboxView()  # crashmail runs and has had no trouble
                 names = set(message.pending) | set(message.failures)
                 self.alert_sinks = {
                     n: (message.pending.get(n, 0), message.failures.get(n, 0)) for n in names
@@ -235,6 +243,7 @@ class ExporterState:
                 self.reconcile_errors,
                 tuple((n, p, f) for n, (p, f) in sorted(self.alert_sinks.items())),
                 self.memmon_unreadable,
+                self.outbox,
             )
 
 

@@ -190,6 +190,8 @@ class Outbox:
         self._dropped = 0
         self._dropped_host = ""
         self.failing: str | None = None
+        #: (spooled, dropped) as last announced, so a longer outage keeps the figures current
+        self._announced: tuple[int, int] = (0, 0)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         db = self._db()
@@ -308,6 +310,7 @@ class Outbox:
         return True
 
     def _announce(self, health: OutboxHealth) -> None:
+        self._announced = (health.spooled, health.dropped)
         try:
             self.on_health(health)
         except Exception:
@@ -343,6 +346,11 @@ class Outbox:
                 self._insert_all(db, rows)
         except sqlite3.Error as exc:
             log.warning("outbox.spool_still_failing", error=str(exc), spooled=len(items))
+            # the courier retries twice a second: tell the bus when the figures moved since
+            # the first announcement, so the exporter's gauges follow a long outage
+            figures = (len(items), dropped)
+            if figures != self._announced:
+                self._announce(OutboxHealth(True, self.failing or str(exc), *figures))
             return 0
         with self._spool_lock:
             for _ in items:

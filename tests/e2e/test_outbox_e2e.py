@@ -26,7 +26,8 @@ from listeners.notify.alertmanager import AlertmanagerSink
 from listeners.notify.courier import Courier
 from listeners.notify.outbox import Outbox
 from listeners.notify.webhook import WebhookSink
-from tests.e2e.support import PYTHON, WORKER, Supervisord, wait_for
+from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
+from tests.e2e.test_exporter_e2e import exporter_conf, fetch, value
 
 REPO = Path(__file__).parents[2]
 
@@ -106,11 +107,15 @@ class TestFullDisk:
     def test_every_crash_made_while_the_outbox_disk_was_full_is_reported_once_there_is_room(
         self, tiny_disk, supervisord, tmp_path
     ):
-        """Outbox on a full 1 MiB tmpfs: 6 crashes kept in memory, all delivered after room."""
+        """Outbox on a full 1 MiB tmpfs: 6 crashes kept in memory, all delivered after room;
+        the exporter beside it shows the outage (failing 1, six in memory, a page warning)
+        and its end."""
         out = tmp_path / "alerts.jsonl"
         bus_log = tmp_path / "bus.log"
+        port = free_port()
         sup: Supervisord = supervisord(
-            workers(6)
+            exporter_conf(port)
+            + workers(6)
             + crashmail_conf(
                 f"--sink file:{out} --outbox {tiny_disk}/outbox.sqlite --coalesce 1s --burst 10"
             )
@@ -133,6 +138,17 @@ class TestFullDisk:
             what="crashmail saying it cannot commit",
         )
         assert [a for a in alerts_in(out) if a["kind"] == "crash"] == []
+        failing = "supervisor_listeners_outbox_failing"
+        wait_for(
+            lambda: value(port, "supervisor_listeners_outbox_spooled_alerts") == 6,
+            20,
+            0.3,
+            what="the exporter counting six alerts in crashmail's memory",
+        )
+        assert 1 == value(port, failing)
+        assert "crashmail cannot write its outbox (database or disk is full): 6 alerts" in fetch(
+            port, "/"
+        )
         filler.unlink()
         crashes = wait_for(
             lambda: len(c := [a for a in alerts_in(out) if a["kind"] == "crash"]) >= 6 and c,
@@ -162,7 +178,11 @@ class TestFullDisk:
             what="outbox_trouble failing then recovered on the bus",
         )
         msgs = [bus.decode(t.split(" ", 1)[1]) for t in troubles]
-        assert [getattr(m, "failing", None) for m in msgs[:2]] == [True, False]
+        told = [getattr(m, "failing", None) for m in msgs]
+        assert (told[0], told[-1]) == (True, False)
+        wait_for(lambda: value(port, failing) == 0, 20, 0.3, what="the exporter seeing recovery")
+        assert 0 == value(port, "supervisor_listeners_outbox_spooled_alerts")
+        assert "crashmail cannot write its outbox" not in fetch(port, "/")
 
 
 # --------------------------------------------------------------------------- a trickling receiver

@@ -148,11 +148,26 @@
       " (run memmon as the workers' user or root)";
   }
 
+  // The same sentence as page.py's outbox_warning.
+  function outboxWarning(outbox) {
+    if (!outbox || !outbox.failing) return "";
+    const held = outbox.spooled + " alert" + (outbox.spooled === 1 ? "" : "s") +
+      " kept in memory";
+    const lost = outbox.dropped ? ", " + outbox.dropped + " lost" : "";
+    return "crashmail cannot write its outbox (" + outbox.error + "): " + held + lost +
+      " (free disk space or stop what holds the file locked; they are written once it can)";
+  }
+
   function draw(doc) {
     const warn = document.getElementById("unreadable");
     if (warn) {
       warn.textContent = unreadableWarning(doc.memmon_unreadable);
       warn.hidden = !warn.textContent;
+    }
+    const trouble = document.getElementById("outbox");
+    if (trouble) {
+      trouble.textContent = outboxWarning(doc.outbox);
+      trouble.hidden = !trouble.textContent;
     }
     for (const li of document.querySelectorAll("li[data-count]")) {
       const v = doc.counts[li.dataset.count];
