@@ -31,19 +31,16 @@ FULL = "database or disk is full"
 
 
 @pytest.fixture
-def worker() -> Iterator[Worker]:
-    w = Worker("test")
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def exporter(worker: Worker) -> tuple[ExporterState, ExporterHandler]:
+def exporter() -> Iterator[tuple[ExporterState, ExporterHandler]]:
+    """An exporter that has read one RUNNING process from a fake supervisord."""
+    background = Worker("test")
     state = ExporterState()
-    handler = ExporterHandler(state, FakeSupervisor([info("php", "php_0", "RUNNING")]), worker)
+    rpc = FakeSupervisor([info("php", "php_0", "RUNNING")])
+    handler = ExporterHandler(state, rpc, background)
     handler.request_reconcile()
-    assert worker.join()
-    return state, handler
+    assert background.join()
+    yield state, handler
+    background.close()
 
 
 def crashmail_says(handler: ExporterHandler, message: bus.Message) -> None:

@@ -9,8 +9,6 @@ the exporter, its decoding, the state and both renderers.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from listeners.core import bus
 from tests.e2e.support import PYTHON, WORKER, free_port, wait_for
 from tests.e2e.test_exporter_e2e import exporter_conf, fetch, samples
-from tests.e2e.test_status_page_e2e import CHROMIUM, Browser
+from tests.e2e.test_status_page_e2e import CHROMIUM, open_browser
 
 COUNT = "supervisor_listeners_memmon_unreadable_processes"
 PER_PROCESS = "supervisord_process_memory_unreadable"
@@ -79,9 +77,7 @@ class TestLivePage:
         port = free_port()
         sup = supervisord(PROGRAMS + exporter_conf(port))
         wait_for(lambda: fetch(port, "/healthz") == "ok\n", 60, what="exporter serving")
-        profile = Path(tempfile.mkdtemp(prefix="sl-chromium-"))
-        browser = Browser(profile)
-        try:
+        with open_browser() as browser:
             browser.goto(f"http://127.0.0.1:{port}/")
             assert "" == browser.eval(WARNING)
             browser.eval("window.sameDocument = 'yes'")
@@ -98,6 +94,3 @@ class TestLivePage:
             )
             wait_for(lambda: browser.eval(WARNING) == "", 60, 0.3, what="the warning cleared")
             assert "yes" == browser.eval("window.sameDocument")
-        finally:
-            browser.close()
-            shutil.rmtree(profile, ignore_errors=True)

@@ -195,13 +195,22 @@ def stack() -> Iterator[tuple[Supervisord, int]]:
     assert not bad, bad
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextlib.contextmanager
+def open_browser() -> Iterator[Browser]:
+    """A headless Chromium with a throw-away profile, closed and removed afterwards."""
     profile = Path(tempfile.mkdtemp(prefix="sl-chromium-"))
     b = Browser(profile)
-    yield b
-    b.close()
-    shutil.rmtree(profile, ignore_errors=True)
+    try:
+        yield b
+    finally:
+        b.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with open_browser() as b:
+        yield b
 
 
 def http(port: int, path: str, user: str | None = None) -> tuple[int, bytes]:
