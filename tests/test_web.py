@@ -530,6 +530,55 @@ class TestHeaderDeadline:
             assert b"" == wait_closed(silent)
 
 
+class TestPerConnectionLogs:
+    def test_failed_handshakes_are_logged_once_per_interval_with_the_count(self, server, tmp_path):
+        """Twenty plain-HTTP requests to a TLS port: one log line, and the next line (after the
+        interval) says how many were skipped; HTTPS scrapes are answered throughout."""
+        subprocess.run(CERT_CMD, cwd=tmp_path, check=True, capture_output=True)
+        (tmp_path / "web.yml").write_text(
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+        )
+        srv = server(load_web_config(tmp_path / "web.yml"))
+        now = [0.0]
+        lines: list[dict[str, Any]] = []
+        srv.log_handshake = RateLimitedLog(
+            "exporter.tls_handshake_failed",
+            interval=60,
+            clock=lambda: now[0],
+            emit=lambda event, **kw: lines.append({"event": event, **kw}),
+        )
+        port = srv.server_address[1]
+        for _ in range(20):
+            assert b"" == raw_answer(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+        now[0] = 61.0
+        assert b"" == raw_answer(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        ctx.check_hostname = False
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+        conn.request("GET", "/healthz")
+        assert 200 == conn.getresponse().status
+        conn.close()
+        assert [ln["event"] for ln in lines] == ["exporter.tls_handshake_failed"] * 2
+        assert ("suppressed" not in lines[0], lines[1].get("suppressed")) == (True, 19)
+        assert all(ln["client"] == "127.0.0.1" and ln["error"] for ln in lines)
+
+    def test_requests_that_fail_are_logged_once_per_interval(self, server):
+        """socketserver calls handle_error for each connection whose handling raised (a client
+        that hung up mid-answer): five in a row give one line per interval, not five."""
+        srv = server()
+        lines: list[dict[str, Any]] = []
+        srv.log_request = RateLimitedLog(
+            "exporter.request_failed",
+            interval=3600,
+            emit=lambda event, **kw: lines.append({"event": event, **kw}),
+        )
+        for _ in range(5):
+            srv.handle_error(None, ("127.0.0.1", 1))
+        assert [{"event": "exporter.request_failed", "client": "127.0.0.1", "exc_info": True}] == (
+            lines
+        )
+
+
 def _closed_by_server(sock: socket.socket) -> bool:
     ready, _, _ = select.select([sock], [], [], 0)
     if not ready:

@@ -177,6 +177,10 @@ class _Server(ThreadingHTTPServer):
         self.extra_headers = dict(web_config.headers)
         self.log_busy = RateLimitedLog("exporter.too_many_connections")
         self.log_dropped = RateLimitedLog("exporter.slow_client_dropped")
+        # per-connection troubles: a scanner or a plain-HTTP client on a TLS port makes one
+        # per connection, so they are logged once per interval with how many were skipped
+        self.log_handshake = RateLimitedLog("exporter.tls_handshake_failed", emit=log.info)
+        self.log_request = RateLimitedLog("exporter.request_failed", emit=log.info)
         self.header_deadline = HEADER_DEADLINE
         super().__init__(address, _Handler)
 
@@ -223,7 +227,7 @@ class _Server(ThreadingHTTPServer):
         try:
             wrapped = tls.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as exc:
-            log.info("exporter.tls_handshake_failed", client=client, error=str(exc))
+            self.log_handshake(client=client, error=str(exc))
             return None
         if not self.reception.update(key, wrapped):
             wrapped.close()
@@ -249,7 +253,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr; a client that hung up is not news.
-        log.info("exporter.request_failed", client=str(client_address[0]), exc_info=True)
+        self.log_request(client=str(client_address[0]), exc_info=True)
 
     def check_auth(self, header: str | None) -> bool:
         return self.auth.check(header)
