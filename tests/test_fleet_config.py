@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from listeners.metrics.render import FAMILIES
 from tests.e2e.fleet_support import (
     EXAMPLE_DIR,
     dashboard_exprs,
@@ -30,29 +31,8 @@ RULES_TEST_YML = PROMETHEUS_DIR / "rules_test.yml"
 ALERTMANAGER_YML = EXAMPLE_DIR / "alertmanager" / "alertmanager.yml"
 DASHBOARD_JSON = EXAMPLE_DIR / "grafana" / "supervisord.json"
 
-# The exporter's documented metric names (DESIGN.md, "Metrics").
-EXPORTED_METRICS = frozenset(
-    {
-        "supervisord_up",
-        "supervisor_listeners_alerts_pending",
-        "supervisor_listeners_alert_delivery_failures_total",
-        "supervisord_info",
-        "supervisord_process_state",
-        "supervisord_process_start_time_seconds",
-        "supervisord_process_exit_status",
-        "supervisord_process_restarts_total",
-        "supervisord_process_unexpected_exits_total",
-        "supervisord_process_fatal_total",
-        "supervisord_process_memory_bytes",
-        "supervisord_process_cpu_seconds_total",
-        "supervisord_process_memory_limit_bytes",
-        "supervisord_process_memory_restarts_total",
-        "supervisord_process_crash_looping",
-        "supervisord_exporter_events_total",
-        "supervisord_exporter_reconcile_errors_total",
-        "supervisord_exporter_scrape_duration_seconds",
-    }
-)
+# Every name the exporter can emit (its renderers' one table); rules may use no other.
+EXPORTED_METRICS = frozenset(FAMILIES)
 # Series Prometheus makes itself for every target.
 PROMETHEUS_METRICS = frozenset({"up"})
 
