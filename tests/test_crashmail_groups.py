@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from listeners.core import bus
 from listeners.notify.alert import subject
+from listeners.notify.incident import REMOVED_KEEP
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
 from listeners.notify.patterns import parse_pattern
 from tests.fakes import make_event
@@ -86,9 +87,19 @@ def harness(tmp_path) -> Harness:
     return Harness(tmp_path, patterns=parse_pattern("php"))
 
 
+def notes(h: Harness) -> list:
+    """Every recorded alert of kind crash_loop or resolved that is a note, not the loop alert."""
+    return [
+        i.alert
+        for i in h.outbox.due_incidents(10**12)
+        if i.alert.kind == "resolved" or i.alert.details.get("note")
+    ]
+
+
 class TestGroupRemoved:
     def test_after_groups_come_and_go_every_map_is_empty(self, tmp_path):
-        """20 groups crash loop, go FATAL, log errors, are held; removed, nothing is left."""
+        """20 groups crash loop, go FATAL, log errors, are held; removed, nothing is left but
+        their open incidents, which wait REMOVED_KEEP for the group's return and then go."""
         h = harness(tmp_path)
         for i in range(20):
             live(h, f"g{i}")
@@ -96,7 +107,14 @@ class TestGroupRemoved:
         assert [] == [k for k in before if not before[k]], before
         for i in range(20):
             group_event(h, f"g{i}", added=False)
+        assert {**empty(), "incidents": 20, "outbox loops": 20} == sizes(h)
+        h.clock.now += REMOVED_KEEP - 1
+        h.cm.on_timer()
+        assert 20 == sizes(h)["incidents"]
+        h.clock.now += 1
+        h.cm.on_timer()
         assert empty() == sizes(h)
+        assert [] == [a for a in notes(h) if a.kind == "resolved"]
 
     def test_other_groups_keep_theirs(self, tmp_path):
         """Removing one group leaves another's incident and holds alone."""
@@ -104,36 +122,66 @@ class TestGroupRemoved:
         live(h, "a")
         live(h, "b")
         group_event(h, "a", added=False)
-        assert (["b:b_w"], 1) == (h.cm.incidents.processes(), len(h.cm.backoffs))
+        assert 1 == len(h.cm.backoffs)
+        assert (h.cm.incidents.get("a:a_w").removed, h.cm.incidents.get("b:b_w").removed) == (
+            h.clock.now,
+            None,
+        )
 
-    def test_an_open_incident_ends_in_one_removed_note_not_stable(self, tmp_path):
-        """The loop's incident closes with a 'removed' note (resolving it), never 'stable'."""
+    def test_an_open_incident_stays_open_with_one_note_and_no_resolved(self, tmp_path):
+        """Removed while looping (supervisor-tasks disable): one crash_loop note that says
+        removed, the incident stays open, and nothing resolves it; a second REMOVED is quiet."""
         h = harness(tmp_path)
         live(h, "a")
         group_event(h, "a", added=False)
-        group_event(h, "a", added=False)  # a second REMOVED says nothing more
-        notes = [i.alert for i in h.outbox.due_incidents(10**12) if i.alert.kind == "resolved"]
-        assert 1 == len(notes)
-        (note,) = notes
-        assert ("crash_loop", "removed") == (note.resolves, note.details["note"])
+        group_event(h, "a", added=False)
+        (note,) = notes(h)
+        assert ("crash_loop", "removed") == (note.kind, note.details["note"])
         assert "removed from supervisord while crash looping" in note.message
+        assert "continue this incident" in note.message
         assert "was removed from supervisord while crash looping" in subject(note)
-        assert "stable" not in subject(note) + note.message
+        assert "stable" not in subject(note)
+        h.clock.now += 86400
+        h.cm.on_timer()
+        assert ["a:a_w"] == h.cm.incidents.processes()
+        assert [note] == notes(h)  # no reminder while it is gone, no resolved
 
-    def test_a_group_added_again_starts_clean(self, tmp_path):
-        """Same name again: its first crash is a crash alert, two crashes are no loop."""
+    def test_stopped_then_removed_says_it_once(self, tmp_path):
+        """supervisor-tasks disable stops the worker, then removes its group: the stop's note
+        is the only one."""
         h = harness(tmp_path)
         live(h, "a")
+        h.send("STOPPED", name="a_w", group="a", from_state="BACKOFF")
         group_event(h, "a", added=False)
+        (note,) = notes(h)
+        assert "stopped" == note.details["note"]
+        assert "a:a_w" in h.cm.incidents
+
+    def test_a_group_added_again_continues_its_incident_until_really_stable(self, tmp_path):
+        """Enabled again, still broken: its exits are counted in the same incident, no crash
+        alert; once it runs for the stable window, one resolved alert counts every exit."""
+        h = harness(tmp_path)
+        live(h, "a")
+        key = h.cm.incidents.get("a:a_w").key
+        exits = h.cm.incidents.get("a:a_w").exits
+        group_event(h, "a", added=False)
+        h.clock.now += 600
         group_event(h, "a", added=True)
-        h.clock.now += 100  # past flood control's window for the old alerts
         for _ in range(2):
-            h.send("EXITED", name="a_w", group="a", expected=0, pid=9)
-            h.clock.now += 1
+            h.send("STARTING", name="a_w", group="a", from_state="STOPPED")
             h.send("RUNNING", name="a_w", group="a", pid=10)
-        kinds = [k for k, n in h.kinds() if n == "a_w"]
-        assert "crash" in kinds
-        assert not h.cm.detector.is_looping("a:a_w")
+            h.clock.now += 1
+            h.send("EXITED", name="a_w", group="a", expected=0, pid=10)
+        inc = h.cm.incidents.get("a:a_w")
+        assert (inc.key, inc.exits, inc.removed) == (key, exits + 2, None)
+        assert [] == [a for a in notes(h) if a.kind == "resolved"]
+        assert [] == [i for i in h.outbox.due_incidents(10**12) if i.alert.time > h.clock.now - 5]
+        h.send("STARTING", name="a_w", group="a", from_state="EXITED")
+        h.send("RUNNING", name="a_w", group="a", pid=11)
+        h.clock.now += h.cm.incidents.stable
+        h.cm.on_timer()
+        (resolved,) = [a for a in notes(h) if a.kind == "resolved"]
+        assert f"saw {exits + 2} exits" in resolved.message
         assert "a:a_w" not in h.cm.incidents
 
 
@@ -148,7 +196,14 @@ class TestReconcilePrunes:
         (ask,) = h.reconciles
         ask([{"group": "kept", "name": "kept_w", "statename": "RUNNING", "pid": 6}])
         h.cm.on_timer()
-        assert (["kept:kept_w"], 1) == (h.cm.incidents.processes(), len(h.cm.backoffs))
+        assert 1 == len(h.cm.backoffs)
+        assert (
+            h.cm.incidents.get("gone:gone_w").removed,
+            h.cm.incidents.get("kept:kept_w").removed,
+        ) == (
+            h.clock.now,
+            None,
+        )
         assert "gone" not in h.cm._seen
         assert {"kept"} == {r.group for r in h.cm.table}
 
@@ -174,8 +229,9 @@ class TestReconcilePrunes:
         h.cm.on_timer()
         assert ["a:a_w"] == h.cm.incidents.processes()
 
-    def test_the_start_snapshot_closes_incidents_of_groups_gone_meanwhile(self, tmp_path):
-        """An incident kept in the outbox for a group removed while crashmail was down closes."""
+    def test_the_start_snapshot_marks_incidents_of_groups_gone_meanwhile(self, tmp_path):
+        """An incident kept in the outbox for a group removed while crashmail was down is noted
+        once as removed and dropped after REMOVED_KEEP, never resolved."""
         h = harness(tmp_path)
         live(h, "a")
         cm = restarted(h)
@@ -184,7 +240,12 @@ class TestReconcilePrunes:
         (ask,) = h.reconciles
         ask([{"group": "crashmail", "name": "crashmail", "statename": "RUNNING"}])
         cm.on_timer()
+        assert ["a:a_w"] == cm.incidents.processes()
+        assert ["removed"] == [a.details["note"] for a in notes(h)]
+        h.clock.now += REMOVED_KEEP
+        cm.on_timer()
         assert ([], {}) == (cm.incidents.processes(), h.outbox.open_loops())
+        assert ["removed"] == [a.details.get("note") for a in notes(h)]
 
 
 class TestHelpers:

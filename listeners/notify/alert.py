@@ -182,7 +182,7 @@ def subject(alert: Alert, prefix: str = "") -> str:
         names = [p.partition(":")[2] or p for p in alert.processes]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         text = f"[{alert.host}] {what}" + (f": {shown}" if shown else "")
-    elif alert.kind == "resolved" and alert.details.get("note") == "removed":
+    elif alert.kind == "crash_loop" and alert.details.get("note") == "removed":
         text = f"[{alert.host}] {target} was removed from supervisord while crash looping"
     elif alert.kind == "resolved":
         text = f"[{alert.host}] {target} {_TITLES['resolved']} ({alert.resolves or 'alert'})"

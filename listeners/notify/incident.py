@@ -2,9 +2,12 @@
 
 An incident opens with the crash_loop alert and then absorbs what the same process does: its
 further exits are counted (no alert each), a reminder goes at most every ``repeat`` seconds,
-a stop on purpose is noted once and leaves the incident open, and only RUNNING for a whole
-``stable`` window resolves it. The open incidents live in the outbox (one JSON row per
-process), so a restarted crashmail, or one under a restarted supervisord, continues them.
+a stop on purpose or the group's removal (``supervisor-tasks disable``) is noted once and leaves
+the incident open, and only RUNNING for a whole ``stable`` window resolves it. An incident whose
+group stays removed is dropped, without an alert, after ``REMOVED_KEEP`` (7 days, as long as an
+Alertmanager alert of this kind fires without news). The open incidents live in the outbox (one
+JSON row per process), so a restarted crashmail, or one under a restarted supervisord, continues
+them.
 """
 
 from __future__ import annotations
@@ -14,17 +17,23 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+from listeners.core.log import get_logger
 from listeners.core.names import full_name
 from listeners.notify.alert import Alert, duration_words
 from listeners.notify.outbox import Outbox
 
-__all__ = ["DEFAULT_REPEAT", "FATAL_HOLD", "IncidentBook", "LoopIncident"]
+__all__ = ["DEFAULT_REPEAT", "FATAL_HOLD", "REMOVED_KEEP", "IncidentBook", "LoopIncident"]
 
 #: ``--repeat`` default: a reminder every 4 hours, Alertmanager's repeat_interval.
 DEFAULT_REPEAT = 4 * 3600.0
 #: Seconds a loop alert opened by a failed start waits: supervisord enters FATAL right after
 #: the last BACKOFF (process.py transition()), and the two belong in one message.
 FATAL_HOLD = 1.0
+#: Seconds an incident of a removed group is kept for its return; then it is dropped silently.
+#: The same as the Alertmanager sink's hold for state alerts, so both end together.
+REMOVED_KEEP = 7 * 86400.0
+
+log = get_logger("listeners.notify.incident")
 
 
 @dataclass
@@ -44,6 +53,8 @@ class LoopIncident:
     stopped_noted: bool = False
     fatal: bool = False
     fatal_sent: bool = False
+    #: when supervisord removed the group (None: it has the process)
+    removed: float | None = None
 
     @property
     def process(self) -> str:
@@ -137,6 +148,7 @@ class IncidentBook:
         inc.last_exit = now
         inc.running_since = None
         inc.stopped = False
+        inc.removed = None
         self._save(inc)
 
     def running(self, process: str) -> None:
@@ -144,6 +156,7 @@ class IncidentBook:
         if inc.running_since is None:
             inc.running_since = self.clock()
             inc.stopped = False
+            inc.removed = None
             self._save(inc)
 
     def stopped(self, process: str) -> Alert | None:
@@ -151,20 +164,28 @@ class IncidentBook:
         inc = self._open[process]
         inc.running_since = None
         inc.stopped = True
-        note = not inc.stopped_noted
+        self._save(inc)
+        return self._stopped_note(
+            inc,
+            "stopped on purpose while crash looping",
+            "Stopping it again says nothing more.",
+        )
+
+    def _stopped_note(self, inc: LoopIncident, what: str, tail: str) -> Alert | None:
+        """The one note an incident gets for being stopped or removed; None once said."""
+        if inc.stopped_noted:
+            return None
         inc.stopped_noted = True
         self._save(inc)
-        if not note:
-            return None
+        note = "removed" if inc.removed is not None else "stopped"
         return self._alert(
             inc,
             "crash_loop",
             _key(inc.key, "stopped"),
-            f"stopped on purpose while crash looping ({inc.exits} exits since"
-            f" {duration_words(self.clock() - inc.opened)} ago). The incident stays open: it"
-            f" resolves once the process has run for {duration_words(self.stable)} after a"
-            " fix. Stopping it again says nothing more.",
-            details={"note": "stopped"},
+            f"{what} ({inc.exits} exits since {duration_words(self.clock() - inc.opened)}"
+            f" ago). The incident stays open: it resolves once the process has run for"
+            f" {duration_words(self.stable)} after a fix. {tail}",
+            details={"note": note},
         )
 
     def fatal(self, process: str) -> Alert | None:
@@ -198,7 +219,17 @@ class IncidentBook:
         out: list[Alert] = []
         for process, inc in list(self._open.items()):
             since = inc.running_since
-            if since is not None and now - since >= self.stable:
+            if inc.removed is not None and now - inc.removed >= REMOVED_KEEP:
+                # the group never came back: nothing to resolve, nothing left to watch
+                del self._open[process]
+                self.outbox.close_loop(process)
+                log.info(
+                    "crashmail.incident_dropped",
+                    process=process,
+                    removed_for=round(now - inc.removed),
+                    exits=inc.exits,
+                )
+            elif since is not None and now - since >= self.stable:
                 del self._open[process]
                 self.outbox.close_loop(process)
                 lasted = duration_words(since - inc.opened)
@@ -237,30 +268,30 @@ class IncidentBook:
         return out
 
     def removed(self, group: str) -> list[Alert]:
-        """The group left supervisord: its incidents close, each with one note saying so.
+        """The group left supervisord (``supervisor-tasks disable``, an update): its incidents
+        stay open for its return, like a stop; one note each unless a stop already said so.
 
-        The note is a ``resolved`` alert (``details.note`` = ``removed``) so that Alertmanager's
-        alert ends, but its words say removed, not stable: nothing was fixed.
+        Removing is not resolving: nothing was fixed, and Alertmanager's alert keeps firing.
+        If the group comes back its exits continue the same incident; if it does not, the
+        incident is dropped after ``REMOVED_KEEP`` without an alert.
         """
         out: list[Alert] = []
-        for process, inc in list(self._open.items()):
-            if inc.group != group:
+        for inc in list(self._open.values()):
+            if inc.group != group or inc.removed is not None:
                 continue
-            del self._open[process]
-            self.outbox.close_loop(process)
-            out.append(
-                self._alert(
-                    inc,
-                    "resolved",
-                    _key(inc.key, "removed"),
-                    f"removed from supervisord while crash looping ({inc.exits} exits or failed"
-                    f" starts in {duration_words(self.clock() - inc.opened)}). The incident is"
-                    " closed without being fixed: if the group comes back, its crashes are a new"
-                    " incident.",
-                    resolves="crash_loop",
-                    details={"note": "removed", "started": inc.opened},
-                )
+            inc.removed = self.clock()
+            inc.running_since = None
+            inc.stopped = True
+            self._save(inc)
+            note = self._stopped_note(
+                inc,
+                "removed from supervisord while crash looping (supervisor-tasks disable or an"
+                " update)",
+                f"If it comes back, its exits continue this incident; if not, the incident is"
+                f" dropped after {duration_words(REMOVED_KEEP)} without a resolved alert.",
             )
+            if note is not None:
+                out.append(note)
         return out
 
     def seed_running(self, running: set[str]) -> None:
