@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from listeners.core.memory import Meter, Reading, Unreadable, _parse_rollup, read_cmdline
+from listeners.core.memory import Meter, Reading, Unreadable, _parse_rollup
 
 CHILD = (
     "import time; b = bytearray(24 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]);"
@@ -94,8 +94,3 @@ class TestParsing:
         text = b"Rss: 100 kB\nPss: 60 kB\nPrivate_Clean: 10 kB\nPrivate_Dirty: 20 kB\n"
         assert 60 * 1024 == _parse_rollup(text, "pss")
         assert 30 * 1024 == _parse_rollup(text, "uss")
-
-    def test_cmdline(self):
-        """read_cmdline joins arguments with spaces; None for a missing pid."""
-        assert sys.executable in (read_cmdline(os.getpid()) or "")
-        assert read_cmdline(2**22 + 12345) is None

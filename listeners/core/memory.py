@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["MEASURES", "Meter", "Reading", "Unreadable", "read_cmdline"]
+__all__ = ["MEASURES", "Meter", "Reading", "Unreadable"]
 
 MEASURES = ("rss", "pss", "uss")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -37,16 +37,6 @@ class Unreadable:
 
     reason: str
     detail: str = ""
-
-
-def read_cmdline(pid: int, proc: str = "/proc") -> str | None:
-    """The command line of ``pid`` with spaces between arguments; None if unreadable."""
-    try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
-            raw = fh.read(4096)
-    except OSError:
-        return None
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
 def _parse_rollup(text: bytes, measure: str) -> int:
