@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STACK := example/docker/supervisord
 
-.PHONY: run test lint unit e2e bench venv system-deps clean image
+.PHONY: run test lint unit e2e bench bench-docker venv system-deps clean image
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ bench: venv
 	$(BIN)/python bench/crashmail_logs.py
 	$(BIN)/python bench/exporter.py
 	$(BIN)/python bench/listeners_memory.py
+	$(BIN)/python bench/health.py
+
+# the example image's size and start/stop times (as root: builds on the private dockerd)
+bench-docker: venv
+	$(BIN)/python bench/docker.py --runs 2
 
 # the example image, on a private dockerd with stand-in bases (as root; docs/docker.md)
 image:

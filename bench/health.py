@@ -1,6 +1,6 @@
 """Cost of one probe round at N HTTP workers, beside superlance httpok 2.0.0 with the same probes.
 
-    .venv/bin/python bench/health.py [--workers 256] [--rounds 5] [--superlance-probes 16]
+    .venv/bin/python bench/health.py [--workers 256] [--rounds 5] [--superlance-probes 32]
 
 Starts a real supervisord with N HTTP workers (each answers on its own port), then, in this
 process (same workers, same machine, one run):
@@ -10,7 +10,9 @@ process (same workers, same machine, one run):
   its own ``runforever(test=True)``; each calls getAllProcessInfo, as httpok does on every tick.
   At 256 workers that is 256 getAllProcessInfo per round, so only ``--superlance-probes`` of them
   are run and the figures are given per probe.
-For both: CPU seconds of this process (all threads) and of supervisord, per round and per probe.
+For both: CPU seconds of this process (all threads) and of supervisord, per round and per probe,
+medians of ``--rounds`` rounds, and the ratios superlance / supervisor-health. /proc counts CPU
+in 10 ms ticks: a figure under one tick is given as a bound ("> Nx"), not as a ratio of zero.
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ def _accepts(port: int) -> bool:
         return False
 
 
+#: /proc's CPU accounting step (USER_HZ 100)
+TICK = 0.01
+
+
+def ratio(theirs: float, ours: float, spread: int) -> str:
+    """``theirs / ours`` as "82.0x"; an ``ours`` under one CPU tick spread over ``spread``
+    samples (0 for wall time, which has no tick) gives the bound that tick allows."""
+    floor = TICK / spread if spread else 0.0
+    if ours > floor:
+        return f"{theirs / ours:.1f}x"
+    if floor == 0.0:
+        return "n/a"
+    return f"> {theirs / floor:.0f}x (ours under one tick)"
+
+
 def me() -> float:
     return time.process_time()
 
@@ -64,7 +81,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--superlance-probes", type=int, default=16)
+    ap.add_argument("--superlance-probes", type=int, default=32)
     ap.add_argument("--base-port", type=int, default=21000, help="a multiple of 1000")
     args = ap.parse_args()
     base = args.base_port
@@ -156,25 +173,35 @@ def main() -> int:
                 h.runforever(test=True)
             return me() - c0, cpu(supd) - s0, time.perf_counter() - t0
 
-        theirs = their_round()
+        theirs = [their_round() for _ in range(args.rounds)]
         workers = len(infos)
 
         def med(rows: list[tuple[float, float, float]], i: int) -> float:
             return statistics.median(r[i] for r in rows)
 
+        # per probe, seconds: listener CPU, supervisord CPU, wall
+        ours_probe = [med(ours, i) / workers for i in range(3)]
+        theirs_probe = [med(theirs, i) / n for i in range(3)]
         print()
-        print(f"one probe round at {workers} HTTP workers (median of {args.rounds})")
         print(
-            f"  supervisor-health : listener CPU {med(ours, 0) * 1000:8.1f} ms/round"
-            f" = {med(ours, 0) / workers * 1000:6.3f} ms/probe;"
-            f" supervisord CPU {med(ours, 1) * 1000:7.1f} ms/round;"
-            f" wall {med(ours, 2) * 1000:7.1f} ms"
+            f"one probe round at {workers} HTTP workers (medians of {args.rounds} rounds;"
+            f" superlance over {n} probes per round, scaled to {workers})"
         )
         print(
-            f"  superlance httpok : listener CPU {theirs[0] / n * 1000:6.3f} ms/probe,"
-            f" supervisord CPU {theirs[1] / n * 1000:7.2f} ms/probe"
-            f" (measured over {n} probes; x{workers} = {theirs[1] / n * workers:.2f} s"
-            f" of supervisord per round)"
+            f"  supervisor-health : listener CPU {ours_probe[0] * 1000:7.3f} ms/probe,"
+            f" supervisord CPU {med(ours, 1) * 1000:7.1f} ms/round,"
+            f" wall {med(ours, 2) * 1000:7.1f} ms/round"
+        )
+        print(
+            f"  superlance httpok : listener CPU {theirs_probe[0] * 1000:7.3f} ms/probe,"
+            f" supervisord CPU {theirs_probe[1] * workers * 1000:7.1f} ms/round,"
+            f" wall {theirs_probe[2] * workers * 1000:7.1f} ms/round"
+        )
+        print(
+            "  ratio superlance / supervisor-health:"
+            f" listener CPU {ratio(theirs_probe[0], ours_probe[0], args.rounds * workers)},"
+            f" supervisord CPU {ratio(theirs_probe[1] * workers, med(ours, 1), args.rounds)},"
+            f" wall {ratio(theirs_probe[2], ours_probe[2], 0)}"
         )
         print(f"  unhealthy after the rounds (must be none): {bad[:5]}")
     finally:

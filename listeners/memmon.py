@@ -43,7 +43,7 @@ from listeners.core.rules import (
 )
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
-from listeners.core.units import format_size, parse_duration, parse_rate, parse_size
+from listeners.core.units import duration_words, format_size, parse_duration, parse_rate, parse_size
 from listeners.core.wake import raise_fd_limit
 
 __all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_args", "resolve_rule"]
@@ -784,8 +784,9 @@ class Memmon(protocol.Handler):
             count, window = c.max_restarts or (0, 0.0)
             text = (
                 f"{group}:{name} uses {used}, over its limit {format_size(rule.limit)}"
-                f" ({rule.label}), after {count} restarts within {window:g}s; memmon no longer"
-                " restarts it."
+                f" ({rule.label}), after {count} restarts within {duration_words(window)};"
+                " memmon no longer restarts it. Restart it by hand after fixing the leak:"
+                f" supervisorctl restart {group}:{name}"
             )
         else:
             verb = "would restart" if action == "dry_run" else "restarted"

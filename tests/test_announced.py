@@ -27,3 +27,15 @@ class TestAnnounced:
     def test_memory_limits_are_not_alerts(self):
         """memmon's limits announcement is for the exporter only."""
         assert announced_alert(bus.MemoryLimits(host="h", limits={"g:w": 1})) is None
+
+    def test_memmon_giving_up_becomes_an_alert_with_the_command_to_run(self):
+        """restarts_exhausted: how many restarts in how long, the sizes in MiB, and what to do."""
+        msg = bus.RestartsExhausted("h", "php", "php_3", 5, 3600.0, 20 << 20, 16 << 20)
+        made = announced_alert(msg)
+        assert made is not None
+        assert ("restarts_exhausted", "php", "php_3") == (made.kind, made.group, made.name)
+        assert (
+            "memmon restarted it 5 times in 1 hour and stopped restarting it (20.0 MiB, limit"
+            " 16.0 MiB). Restart it by hand after fixing the leak: supervisorctl restart"
+            " php:php_3"
+        ) == made.fields["message"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from listeners.core import bus
 from listeners.notify.alert import subject
-from listeners.notify.incident import REMOVED_KEEP
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
+from listeners.notify.incident import REMOVED_KEEP
 from listeners.notify.patterns import parse_pattern
 from tests.fakes import make_event
 from tests.test_crashmail import Harness

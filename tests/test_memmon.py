@@ -449,6 +449,30 @@ class TestDecisions:
         [line] = notices.read_text().splitlines()
         assert "memory_restart" == json.loads(line)["kind"]
 
+    def test_the_gave_up_notice_says_what_to_do(self, tmp_path):
+        """--max-restarts used up: the file notice says memmon stopped and the command to run
+        once the leak is fixed."""
+        notices = tmp_path / "alerts.jsonl"
+        m, _, meter, clock = make(
+            "-a", "16MB", "--max-restarts", "1/1h", "--max-unavailable", "100%",
+            "--alert-file", str(notices),
+        )  # fmt: skip
+        m._notifier = SyncWorker()
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())
+        m.handle(state_event("web", "web_0", "STOPPED", 100))
+        m.handle(state_event("web", "web_0", "STARTING"))
+        m.handle(state_event("web", "web_0", "RUNNING", 100))
+        clock.now += 1
+        m.handle(tick())
+        gave_up = list(map(json.loads, notices.read_text().splitlines()))
+        assert ["memory_restart", "restarts_exhausted"] == [a["kind"] for a in gave_up]
+        text = gave_up[1]["message"]
+        assert "after 1 restarts within 1 hour; memmon no longer restarts it." in text
+        assert text.endswith(
+            "Restart it by hand after fixing the leak: supervisorctl restart web:web_0"
+        )
+
     def test_uptime_limits_mail_to_early_restarts(self, tmp_path):
         """-u: a process up longer than the limit is restarted without a notice."""
         notices = tmp_path / "alerts.jsonl"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_size", "parse_duration", "parse_rate", "parse_size"]
+__all__ = ["duration_words", "format_size", "parse_duration", "parse_rate", "parse_size"]
 
 # superlance memmon treats KB/MB/GB as powers of 1024; we keep that meaning so existing confs
 # carry over, and accept the unambiguous KiB/MiB/GiB and bare K/M/G spellings as the same.
@@ -83,3 +83,16 @@ def format_size(n: float) -> str:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def duration_words(seconds: float) -> str:
+    """``2 hours 5 minutes``, ``45 seconds``: the two largest units, for a person to read."""
+    left = max(0, round(seconds))
+    if left == 0 and seconds > 0:
+        return "under a second"
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        n, left = divmod(left, size)
+        if n:
+            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
+    return " ".join(parts[:2]) or "0 seconds"

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from listeners.core.names import full_name
+from listeners.core.units import duration_words
 
 __all__ = [
     "KINDS",
@@ -67,19 +68,6 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|
 def clean_text(text: str) -> str:
     """Untrusted text (process output) without escape sequences and control characters."""
     return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", _ANSI.sub("", text))
-
-
-def duration_words(seconds: float) -> str:
-    """``2 hours 5 minutes``, ``45 seconds``: the two largest units, for a person to read."""
-    left = max(0, round(seconds))
-    if left == 0 and seconds > 0:
-        return "under a second"
-    parts = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        n, left = divmod(left, size)
-        if n:
-            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
-    return " ".join(parts[:2]) or "0 seconds"
 
 
 def iso_time(t: float) -> str:
