@@ -27,6 +27,7 @@ from listeners.core.probes import (
     TcpProbe,
     run_probe,
 )
+from listeners.core.supervisor import BAD_NAME, RPCFault, SupervisorError
 from listeners.core.watchdog import Check, HttpokOptions, Watchdog, WatchdogConfig
 from tests.fakes import FakeSupervisor, InlineWorker, make_event, state_event
 
@@ -128,11 +129,36 @@ class TestBackoffBook:
         assert again.held("g:a", 20)
         assert 40 == again.failed("g:a", 30).delay
 
-    def test_a_damaged_file_starts_afresh(self, tmp_path: Path):
+    def test_a_state_file_that_cannot_be_written_keeps_the_holds_in_memory(
+        self, tmp_path: Path, capsys
+    ):
+        """--state-dir under a file (or a full disk): no exception into the event loop, one
+        error line naming the path, the backoff goes on from memory; once the directory can be
+        written, the next change writes everything and says so."""
+        blocker = tmp_path / "state"
+        blocker.write_text("a file where the directory should be")
+        path = str(blocker / "b.json")
+        book = BackoffBook(Schedule(10, 60, 100), path)
+        book.failed("g:a", 0)
+        book.failed("g:a", 1)
+        assert (2, True) == (book.holds["g:a"].failures, book.held("g:a", 20))
+        assert book.write_error is not None
+        err = capsys.readouterr().err
+        assert 1 == err.count("health.state_write_failed")
+        assert path in err
+        blocker.unlink()
+        book.failed("g:b", 2)
+        assert book.write_error is None
+        assert "health.state_written" in capsys.readouterr().err
+        again = BackoffBook(Schedule(10, 60, 100), path)
+        assert {"g:a": 2, "g:b": 1} == {n: h.failures for n, h in again.holds.items()}
+
+    def test_a_damaged_file_starts_afresh(self, tmp_path: Path, capsys):
         """A file that is not JSON loses the counts instead of stopping the listener."""
         path = tmp_path / "b.json"
         path.write_text("{not json")
         assert {} == BackoffBook(Schedule(), str(path)).holds
+        assert "health.state_unreadable" in capsys.readouterr().err
 
 
 class TestGuard:
@@ -512,6 +538,35 @@ class TestWatchdogBackoff:
         clock.now += 3
         dog.round()
         assert [] == [a for m, a in fake.calls if m == "start"]
+
+    def test_a_start_that_fails_is_tried_again_after_the_delay(self):
+        """supervisord cannot be reached when the hold ends: the process is held again for its
+        delay and started then, not left stopped for good; a removed process is not retried."""
+        clock = Clock()
+        check = Check("*", backoff=Schedule(10, 60, 100), revive_fatal=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w", state="BACKOFF")])
+        dog.handle(state_event("FATAL", "w", "web"))
+        fake.fail["start"] = SupervisorError("cannot reach supervisord at unix:///x: refused")
+        clock.now += 10
+        dog.round()
+        assert 1 == fake.methods().count("start")
+        assert dog.book.held("web:w", clock.now + 9.9)
+        del fake.fail["start"]
+        clock.now += 9
+        dog.round()
+        assert 1 == fake.methods().count("start")
+        clock.now += 1
+        dog.round()
+        assert 2 == fake.methods().count("start")
+        # a group removed meanwhile (BAD_NAME): given up, not retried
+        dog.handle(state_event("FATAL", "w", "web"))
+        fake.fail["start"] = RPCFault(BAD_NAME, "BAD_NAME: web:w", "supervisor.startProcess")
+        clock.now += 100
+        dog.round()
+        calls = fake.methods().count("start")
+        clock.now += 100
+        dog.round()
+        assert (calls, False) == (fake.methods().count("start"), dog.book.held("web:w", clock.now))
 
     def test_fatal_is_revived(self):
         """With revive_fatal, a FATAL process is started again after the backoff."""

@@ -16,7 +16,11 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 
+from listeners.core.log import get_logger
+
 __all__ = ["BackoffBook", "Hold", "Schedule"]
+
+log = get_logger("listeners.core.backoff")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class BackoffBook:
         self.schedule = schedule
         self.path = path
         self.holds: dict[str, Hold] = {}
+        #: why the last write of ``path`` failed (None: the file holds what memory holds)
+        self.write_error: str | None = None
         if path:
             self._load(path)
 
@@ -107,6 +113,13 @@ class BackoffBook:
             self._save()
         return names
 
+    def retry(self, name: str, at: float) -> None:
+        """The start after the hold failed (supervisord unreachable): hold again until ``at``."""
+        hold = self.holds.get(name)
+        if hold is not None:
+            hold.next_start = at
+            self._save()
+
     def forget(self, name: str) -> None:
         if self.holds.pop(name, None) is not None:
             self._save()
@@ -117,8 +130,15 @@ class BackoffBook:
                 data = json.load(f)
         except FileNotFoundError:
             return
-        except (OSError, ValueError):
-            return  # a damaged file only loses the counts: start afresh
+        except (OSError, ValueError) as exc:
+            # a damaged file only loses the counts: start afresh, and say so
+            log.warning(
+                "health.state_unreadable",
+                path=path,
+                error=str(exc),
+                hint="the backoff counts start afresh; the file is rewritten at the next change",
+            )
+            return
         if not isinstance(data, dict):
             return
         for name, fields in data.get("holds", {}).items():
@@ -131,20 +151,38 @@ class BackoffBook:
                 )
 
     def _save(self) -> None:
+        """Write the holds; a failure (full disk, unwritable directory) is logged once, the
+        holds stay in memory and the next change tries again. Never raises: a backoff held in
+        memory is better than a listener that dies on every event until the disk has room."""
         if not self.path:
             return
         body = {"v": 1, "holds": {n: asdict(h) for n, h in self.holds.items()}}
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".backoff-", dir=directory)
+        tmp = None
         try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".backoff-", dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(body, f)
             os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if self.write_error is None:
+                log.error(
+                    "health.state_write_failed",
+                    path=self.path,
+                    error=str(exc),
+                    holds=len(self.holds),
+                    hint="backoff goes on from memory but a restart of supervisor-health"
+                    " forgets it; free disk space or fix --state-dir",
+                )
+            self.write_error = str(exc)
+            return
+        if self.write_error is not None:
+            log.warning("health.state_written", path=self.path, holds=len(self.holds))
+            self.write_error = None
 
 
 def _opt_float(value: object) -> float | None:

@@ -41,7 +41,14 @@ from listeners.core.probes import (
 )
 from listeners.core.restart import Restarter
 from listeners.core.resync import Resync
-from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.core.supervisor import (
+    BAD_NAME,
+    Connection,
+    RPCFault,
+    Supervisor,
+    SupervisorError,
+    self_name,
+)
 
 __all__ = ["Check", "HttpokOptions", "Watchdog", "WatchdogConfig", "serve", "validate"]
 
@@ -52,6 +59,8 @@ DOWN_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 
 #: Seconds a held process may stay STOPPING after health's stop before SIGTERM is sent again.
 STOP_REPEAT_AFTER = 1.0
+#: The least wait before a held process's failed start is tried again (else its own delay).
+START_RETRY = 5.0
 
 #: Placeholders a probe's URL, address or command may use, filled per process.
 PLACEHOLDERS = {"group": "g", "name": "n_00", "process_num": 0}
@@ -662,9 +671,19 @@ class Watchdog(protocol.Handler):
         try:
             self.client.start(key, wait=False)
         except SupervisorError as exc:
+            gone = isinstance(exc, RPCFault) and exc.code == BAD_NAME
             with self._lock:
                 self._starting_by_us.discard(key)
-            log.warning("health.backoff_start_failed", process=key, error=str(exc))
+                if not gone:  # supervisord restarting, busy, unreachable: try again later
+                    hold = self.book.holds.get(key)
+                    delay = max(START_RETRY, hold.delay if hold is not None else 0.0)
+                    self.book.retry(key, self.clock() + delay)
+            log.warning(
+                "health.backoff_start_failed",
+                process=key,
+                error=str(exc),
+                retry=None if gone else "after the same delay",
+            )
 
     def _publish(self, message: bus.Message) -> None:
         try:
