@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite runs for real (Prometheus, Alertmanager, promtool,
 # node_exporter for the benchmark, Chromium for the status page, msmtp as a real sendmail,
-# docker.io and debootstrap to build and run the image),
+# gdb's gcore for httpok's -g/-d, docker.io and debootstrap to build and run the image),
 # if any is missing; PHP's CLI (php8.2-cli) for the example stack's PHP workers and their tests.
 # `system-deps.sh php` installs only what the example stack needs (what `make run` calls).
 # Uses sudo when not root. Stops the services the packages start: tests run their own.
@@ -14,6 +14,7 @@ if [ "${1:-}" != "php" ]; then
   command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
   command -v chromium >/dev/null || need+=(chromium)
   command -v msmtp >/dev/null || need+=(msmtp)
+  command -v gcore >/dev/null || need+=(gdb)
   # the image's e2e test (scripts/docker-local.sh): a private dockerd and the stand-in base roots
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v debootstrap >/dev/null || need+=(debootstrap)

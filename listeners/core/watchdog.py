@@ -589,16 +589,26 @@ class Watchdog(protocol.Handler):
             return
         target = os.path.join(httpok.coredir, f"{key.replace(':', '_')}.{int(self.clock())}")
         try:
-            subprocess.run(
+            done = subprocess.run(
                 [*shlex.split(httpok.gcore), target, str(pid)],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=120,
                 check=False,
             )
-            log.info("health.core_written", process=key, pid=pid, path=target)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("health.gcore_failed", process=key, error=str(exc))
+            return
+        if done.returncode != 0:
+            tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            log.warning(
+                "health.gcore_failed",
+                process=key,
+                error=f"{httpok.gcore} exited {done.returncode}: {tail[0][:200]}".rstrip(": "),
+            )
+            return
+        # gcore -o PREFIX writes PREFIX.PID
+        log.info("health.core_written", process=key, pid=pid, path=f"{target}.{pid}")
 
     def _mail(self, members: list[str], detail: str) -> None:
         httpok = self.config.httpok

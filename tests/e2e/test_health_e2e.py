@@ -17,6 +17,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 ROOT = str(Path(__file__).parents[2])
 HERE = str(Path(__file__))
 
@@ -287,6 +289,74 @@ class TestHttpok:
         text = wait_for(lambda: mail.exists() and mail.read_text(), 10, what="mail")
         assert "To: ops@example.com" in text
         assert "httpok [front]" in text
+
+    @pytest.mark.skipif(not Path("/usr/bin/gcore").exists(), reason="needs gdb's gcore")
+    def test_gcore_and_coredir_dump_the_hung_worker_before_the_restart(self, supervisord, tmp_path):
+        """httpok's -g/-d: the worker answering 500 is dumped with the real gcore into the
+        core directory (named after the process and its old pid), then restarted; a -g that
+        fails is logged and the restart still happens."""
+        port = free_port()
+        flag, cores = tmp_path / "flag", tmp_path / "cores"
+        cores.mkdir()
+        sup = supervisord(
+            program("web", f"{HERE} http {port} {flag}")
+            + listener(
+                "httpok",
+                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 -g '/usr/bin/gcore -o'"
+                f" -d {cores} http://127.0.0.1:{port}/",
+                "TICK_5",
+                tmp_path / "httpok.log",
+            )
+        )
+        sup.wait_state("web:web", "RUNNING")
+        first = pid(sup, "web:web")
+        time.sleep(6)  # one TICK_5 while healthy: past the startup grace, judged at once
+        flag.touch()
+        wait_for(lambda: pid(sup, "web:web") not in (0, first), 60, what="web restarted")
+        (core,) = wait_for(lambda: list(cores.glob(f"web_web.*.{first}")), 30, what="the core")
+        with core.open("rb") as f:
+            head = f.read(18)
+        assert head[:4] == b"\x7fELF"
+        assert head[16] == 4  # e_type ET_CORE: a core file, not an executable
+        written = wait_for(
+            lambda: [
+                json.loads(ln)
+                for ln in (tmp_path / "httpok.log").read_text().splitlines()
+                if "health.core_written" in ln
+            ],
+            10,
+            what="health.core_written",
+        )
+        assert (written[0]["pid"], written[0]["path"]) == (first, str(core))
+
+    def test_a_gcore_that_fails_is_logged_and_the_restart_goes_on(self, supervisord, tmp_path):
+        """-g naming a program that exits 1: health.gcore_failed says so; web is restarted."""
+        port = free_port()
+        flag, cores = tmp_path / "flag", tmp_path / "cores"
+        cores.mkdir()
+        sup = supervisord(
+            program("web", f"{HERE} http {port} {flag}")
+            + listener(
+                "httpok",
+                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 -g /bin/false -d {cores}"
+                f" http://127.0.0.1:{port}/",
+                "TICK_5",
+                tmp_path / "httpok.log",
+            )
+        )
+        sup.wait_state("web:web", "RUNNING")
+        first = pid(sup, "web:web")
+        time.sleep(6)  # one TICK_5 while healthy
+        flag.touch()
+        wait_for(lambda: pid(sup, "web:web") not in (0, first), 60, what="web restarted")
+        failed = wait_for(
+            lambda: "health.gcore_failed" in (tmp_path / "httpok.log").read_text(),
+            10,
+            what="health.gcore_failed",
+        )
+        assert failed
+        assert "/bin/false exited 1" in (tmp_path / "httpok.log").read_text()
+        assert [] == list(cores.iterdir())
 
 
 class TestExample:
