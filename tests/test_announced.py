@@ -39,3 +39,32 @@ class TestAnnounced:
             " 16.0 MiB). Restart it by hand after fixing the leak: supervisorctl restart"
             " php:php_3"
         ) == made.fields["message"]
+
+    def test_a_hung_alert_says_what_health_did_and_what_is_left_to_do(self):
+        """Each action has its words: restarted; alert-only (the command to run); given up;
+        held by the mass guard (look at what the group shares)."""
+        texts = {}
+        for action in ("restart", "alert", "exhausted", "guarded"):
+            msg = bus.ProcessHung(
+                "h", "queue", "queue_1", 41, "heartbeat", "no heartbeat for 3 s", action
+            )
+            made = announced_alert(msg)
+            assert made is not None
+            texts[action] = made.fields["message"]
+        assert texts["restart"].startswith(
+            "queue:queue_1 (pid 41) stopped sending heartbeats: no heartbeat for 3 s."
+            " supervisor-health restarted it."
+        )
+        assert texts["alert"].endswith(
+            "left running (the check is alert-only). Look at it,"
+            " then: supervisorctl restart queue:queue_1."
+        )
+        assert "supervisorctl restart queue:queue_1" in texts["exhausted"]
+        assert "something they share" in texts["guarded"]
+        probe = bus.ProcessHung("h", "web", "web", 7, "probe", "HTTP 500", "restart")
+        assert (
+            "web:web (pid 7) failed its health check: HTTP 500."
+            in (
+                announced_alert(probe).fields["message"]  # type: ignore[union-attr]
+            )
+        )

@@ -54,7 +54,7 @@ def announced_alert(msg: bus.Message) -> Announced | None:
             msg.name,
             "hung",
             {
-                "message": f"health: {msg.detail} ({msg.reason}; action {msg.action})",
+                "message": _hung_text(msg),
                 "details": {"reason": msg.reason, "action": msg.action, "pid": msg.pid},
             },
         )
@@ -92,3 +92,28 @@ def announced_alert(msg: bus.Message) -> Announced | None:
             },
         )
     return None
+
+
+#: What supervisor-health did, and what is left for a person to do, by ``ProcessHung.action``.
+_HUNG_NEXT = {
+    "restart": "supervisor-health restarted it. If it hangs again, look at what it waits on (its"
+    " log, a stuck connection) before the next restart",
+    "alert": "it is left running (the check is alert-only). Look at it, then: supervisorctl"
+    " restart {process}",
+    "exhausted": "supervisor-health has restarted it as often as allowed and leaves it as it is."
+    " Fix the cause, then: supervisorctl restart {process}",
+    "guarded": "the restart was held back: most of its group looks unhealthy at once, which is"
+    " usually something they share (a database, a queue) rather than the workers. Check that"
+    " first; supervisorctl restart {process} restarts it by hand",
+}
+
+
+def _hung_text(msg: bus.ProcessHung) -> str:
+    what = {"probe": "failed its health check", "heartbeat": "stopped sending heartbeats"}.get(
+        msg.reason, "went silent"
+    )
+    process = f"{msg.group}:{msg.name}"
+    later = _HUNG_NEXT.get(msg.action, "action: {action}").format(
+        process=process, action=msg.action
+    )
+    return f"{process} (pid {msg.pid}) {what}: {msg.detail}. {later}."

@@ -158,11 +158,20 @@ class TestHeartbeat:
     def test_a_worker_that_stops_beating_is_restarted_and_announced_hung(
         self, supervisord, tmp_path
     ):
-        """A live worker without heartbeats (capture mode) is restarted and reported hung."""
+        """A live worker without heartbeats (capture mode) is restarted and reported hung:
+        on the bus, and by a real crashmail as one `hung` alert in its file sink."""
         flag = tmp_path / "stuck.flag"
         out = tmp_path / "bus.txt"
+        alerts = tmp_path / "alerts.jsonl"
         sup = supervisord(
-            program(
+            listener(
+                "crashmail",
+                f"{PYTHON} -m listeners.crashmail --sink file:{alerts}"
+                f" --outbox {tmp_path}/outbox.sqlite --coalesce 1s",
+                "PROCESS_STATE,REMOTE_COMMUNICATION",
+                tmp_path / "crashmail.log",
+            )
+            + program(
                 "queue",
                 f"{HERE} beat {flag}",
                 "stdout_capture_maxbytes=1MB\n        stdout_logfile=NONE",
@@ -184,6 +193,20 @@ class TestHeartbeat:
         hung = wait_for(lambda: health_messages(out, "process_hung"), 10, what="hung message")
         assert ["heartbeat"] == [m["reason"] for m in hung]
         assert "no heartbeat" in str(hung[0]["detail"])
+        (alert,) = wait_for(
+            lambda: [
+                a
+                for a in map(json.loads, alerts.read_text().splitlines() if alerts.exists() else [])
+                if a["kind"] == "hung"
+            ],
+            30,
+            what="crashmail's hung alert",
+        )
+        assert ("queue", "queue", first) == (alert["group"], alert["name"], alert["details"]["pid"])
+        assert (
+            f"queue:queue (pid {first}) stopped sending heartbeats: no heartbeat" in alert["text"]
+        )
+        assert "supervisor-health restarted it." in alert["text"]
 
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (.*)$")
