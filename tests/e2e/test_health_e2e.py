@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import re
+import signal
 import sys
 import time
 from datetime import datetime
@@ -265,6 +266,46 @@ class TestBackoff:
 
 
 class TestRevive:
+    def test_health_killed_mid_hold_goes_on_with_the_same_schedule(self, supervisord, tmp_path):
+        """SIGKILL supervisor-health while it holds a crash-looping worker: supervisord starts
+        it again, the new one reads the state file, starts the held worker when its delay is
+        over and counts on (the next crash waits 8 s, not the base 2 s again)."""
+        log = tmp_path / "health.log"
+        sup = supervisord(
+            program("loop", f"{WORKER} crash --after 1.2 --code 3")
+            + listener(
+                "health",
+                f"{PYTHON} -m listeners.health -p loop --backoff --backoff-base 2s"
+                f" --backoff-cap 60s --backoff-reset 60s --state-dir {tmp_path}/state",
+                "PROCESS_STATE",
+                log,
+            )
+        )
+
+        def holds() -> list[dict[str, object]]:
+            text = log.read_text() if log.exists() else ""
+            return [json.loads(ln) for ln in text.splitlines() if '"health.backoff"' in ln]
+
+        wait_for(lambda: [h["delay"] for h in holds()] == [2.0, 4.0], 60, what="the 4 s hold")
+        killed = pid(sup, "health:health")
+        os.kill(killed, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                pid(sup, "health:health") not in (0, killed)
+                and sup.state("health:health") == "RUNNING"
+            ),
+            30,
+            what="health started again",
+        )
+        delays = wait_for(
+            lambda: (d := [h["delay"] for h in holds()]) and len(d) >= 3 and d,
+            60,
+            what="the hold after the restart",
+        )
+        assert [2.0, 4.0, 8.0] == delays[:3]
+        assert 3 == holds()[2]["failures"]
+        assert list((tmp_path / "state").iterdir())
+
     def test_a_fatal_program_is_started_again(self, supervisord, tmp_path):
         """A program that went FATAL is started again after the backoff and can recover."""
         flag = tmp_path / "fixed"
