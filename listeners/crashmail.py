@@ -75,6 +75,8 @@ __all__ = [
 ]
 
 #: Bus types crashmail turns into alerts: memmon's restarts, health's hung processes, actions.
+#: The alerts a crash loop's own alert absorbs while they wait (flood batch or --group-wait).
+_LOOP_KINDS = ("crash", "backoff")
 _BUS_TYPES = (bus.MEMMON_TYPE, bus.HEALTH_TYPE, bus.ACTIONS_TYPE)
 log = get_logger("listeners.crashmail")
 
@@ -99,6 +101,9 @@ class Config:
     coalesce: float = 60.0
     burst: int = 5
     repeat: float = DEFAULT_REPEAT
+    #: seconds a process's crash or failed start waits before it is sent, so a loop that
+    #: forms meanwhile is one loop alert (Alertmanager's group_wait); 0 sends at once
+    group_wait: float = 0.0
     outbox: str = ""
     identity: str = ""
     keep: int = 10000
@@ -245,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="while a crash loop lasts, a reminder at most this often (default: 4h)",
     )
     det.add_argument(
+        "--group-wait",
+        type=arg_type(parse_duration),
+        default=0.0,
+        metavar="DURATION",
+        help="hold a crash or failed start this long before sending it, so a crash loop that"
+        " forms meanwhile gives one crash_loop alert instead of a crash and then a loop, like"
+        " Alertmanager's group_wait (default: 0, send at once)",
+    )
+    det.add_argument(
         "--tail-lines",
         type=arg_type(_positive_int),
         default=20,
@@ -325,6 +339,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         coalesce=args.coalesce,
         burst=args.burst,
         repeat=max(args.repeat, 1.0),
+        group_wait=args.group_wait,
         outbox=args.outbox or os.path.join(state_dir, f"crashmail-outbox-{ident}.sqlite"),
         identity=connection.url,
         keep=args.outbox_keep,
@@ -446,6 +461,8 @@ class CrashMail(protocol.Handler):
         """Commit ``alert``; with ``hold`` (an incident's own alert) it is never folded."""
         if hold is None:
             due, batch = self.flood.schedule(alert, self.clock())
+            if batch == alert.key and alert.kind in _LOOP_KINDS:
+                due += self.config.group_wait  # a loop alert within the wait replaces it
         else:
             due, batch = self.clock() + hold, alert.key
         due = self.backoffs.due(alert, due)  # health's hold is said in it: wait for it
@@ -512,7 +529,7 @@ class CrashMail(protocol.Handler):
             return
         if change is not None and change.looping:
             # The exit that makes the loop is reported by the loop alert, not as a crash too.
-            self.outbox.drop_unsent(name, ("crash", "backoff"))
+            self.outbox.drop_unsent(name, _LOOP_KINDS, self.clock())
             alert = self.incidents.open(
                 ev.groupname,
                 ev.processname,
@@ -823,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         coalesce=config.coalesce,
         burst=config.burst,
         repeat=config.repeat,
+        group_wait=config.group_wait,
         open_incidents=sorted(p for p in outbox.open_loops()),
         programs=list(config.programs) or "any",
         exclude=list(config.exclude),

@@ -48,6 +48,39 @@ class TestOneIncident:
             h.cm.on_timer()
         assert (before, [a.kind for a in alerts(h)]) == (2, ["crash", "crash_loop"])
 
+    def test_with_group_wait_a_fast_loop_is_one_loop_alert_and_no_crash(self, tmp_path):
+        """--group-wait 10s: three crashes 2 s apart give the loop alert only; the first
+        crash's alert, still waiting, is absorbed into it."""
+        h = Harness(tmp_path, group_wait=10.0)
+        loop(h)
+        assert ["crash_loop"] == [a.kind for a in alerts(h)]
+
+    def test_with_group_wait_a_lone_crash_is_sent_after_the_wait(self, tmp_path):
+        """--group-wait 10s: a crash that no loop follows is due 10 s after it, not before."""
+        h = Harness(tmp_path, group_wait=10.0)
+        h.send("EXITED", expected=0, pid=5)
+        crashed = h.clock.now
+        assert [] == [i.alert.kind for i in h.outbox.due_incidents(crashed + 9.9)]
+        assert ["crash"] == [i.alert.kind for i in h.outbox.due_incidents(crashed + 10)]
+
+    def test_without_group_wait_the_first_crash_goes_at_once(self, tmp_path):
+        """The default (0): the first crash is due at once and the loop alert follows it."""
+        h = Harness(tmp_path)
+        h.send("EXITED", expected=0, pid=5)
+        assert ["crash"] == [i.alert.kind for i in h.outbox.due_incidents(h.clock.now)]
+        h.clock.now += 2
+        h.send("STARTING")
+        h.send("RUNNING", pid=6)
+        loop(h, 2)
+        assert ["crash", "crash_loop"] == [a.kind for a in alerts(h)]
+
+    def test_group_wait_is_a_duration_flag(self):
+        """--group-wait takes the suite's durations; a bad value names the flag."""
+        assert 30.0 == parse_args(["--group-wait", "30s", "--sink", "file:/dev/null"]).group_wait
+        assert 0.0 == parse_args(["--sink", "file:/dev/null"]).group_wait
+        with pytest.raises(SystemExit):
+            parse_args(["--group-wait", "soon", "--sink", "file:/dev/null"])
+
     def test_a_reminder_at_most_every_repeat_with_the_count(self, tmp_path):
         """Looping for 25 minutes with --repeat 10m gives exactly two reminders."""
         h = Harness(tmp_path, repeat=600.0)

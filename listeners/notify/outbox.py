@@ -651,14 +651,17 @@ class Outbox:
         )
         return cur.rowcount == 1
 
-    def drop_unsent(self, process: str, kinds: Sequence[str]) -> int:
-        """Forget incidents of ``process`` waiting in a flood-control batch (a crash loop's
-        alert covers them); those due at once are left to go."""
+    def drop_unsent(self, process: str, kinds: Sequence[str], now: float) -> int:
+        """Forget incidents of ``process`` that still wait, in a flood-control batch or for
+        their ``--group-wait`` (a crash loop's alert covers them); those due by ``now`` are
+        left to go."""
         db = self._db()
         ids = [
             i
             for i, body in db.execute(
-                "SELECT id, body FROM incidents WHERE message_id IS NULL AND batch != key"
+                "SELECT id, body FROM incidents WHERE message_id IS NULL"
+                " AND (batch != key OR due > ?)",
+                (now,),
             )
             if (a := Alert.from_json(body)).process == process and a.kind in kinds
         ]
