@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -785,6 +786,36 @@ class TestHttpokFlags:
         dog.handle(make_event("TICK_60", "when:1000"))
         assert ["web:web_00"] == restarts(fake)
         assert "Subject: httpok: http://127.0.0.1:1/: bad status" in out.read_text()
+
+    def test_on_tick_alone_a_replacement_that_fails_too_is_restarted_after_its_grace(self):
+        """events=TICK_60 only (superlance's setup): the restarted process is a new run, seen
+        by polling. It gets the startup grace like a first start, and once past it, failing
+        still, it is restarted again; before, one restart per failure spell was all."""
+        clock = Clock()
+        check = Check("web_00", http="http://127.0.0.1:1/", failures=1, where="httpok")
+        dog, fake, pool = make(
+            [check], clock, procs=[proc("web_00", start=clock.now - 100)], httpok=HttpokOptions()
+        )
+        dog.config = replace(dog.config, grace=30.0)
+        dog.guard.grace = 30.0
+        pool.answers["GET http://127.0.0.1:1/"] = True
+        dog.handle(make_event("TICK_60", "when:1000"))  # healthy once: proven
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        clock.now += 60
+        dog.handle(make_event("TICK_60", "when:1060"))
+        assert ["web:web_00"] == restarts(fake)
+        # no STOPPED event comes on TICK alone: the restarter polls, finds it down, starts it
+        fake.processes["web:web_00"]["statename"] = "STOPPED"
+        clock.now += 2
+        dog.round()
+        assert [("stop", "web:web_00"), ("start", "web:web_00")] == fake.acts()
+        fake.processes["web:web_00"].update(statename="RUNNING", pid=101, start=clock.now)
+        clock.now += 5
+        dog.handle(make_event("TICK_60", "when:1065"))
+        assert ["web:web_00"] == restarts(fake)  # within its grace: left alone
+        clock.now += 60
+        dog.handle(make_event("TICK_60", "when:1125"))
+        assert ["web:web_00", "web:web_00"] == restarts(fake)
 
     def test_not_eager_skips_the_probe_with_nothing_running(self):
         """-E: no watched process RUNNING means no probe."""

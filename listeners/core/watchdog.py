@@ -279,12 +279,19 @@ class Watchdog(protocol.Handler):
                 if watch is None:
                     continue
                 state = str(info.get("statename", "UNKNOWN"))
-                if state == "RUNNING" and watch.state != "RUNNING":
+                pid = int(info.get("pid") or 0)
+                if state == "RUNNING" and (watch.state != "RUNNING" or pid != watch.pid):
+                    # a new run seen only by polling (httpok on TICK alone, lost events):
+                    # start its judgement afresh, as a RUNNING event would
                     watch.running_since = float(info.get("start") or self.clock())
+                    watch.failures = 0
+                    watch.probe_ok = None
+                    watch.proven = False
+                    watch.reported.clear()
                 elif state != "RUNNING":
                     watch.running_since = None
                 watch.state = state
-                watch.pid = int(info.get("pid") or 0)
+                watch.pid = pid
 
     # ------------------------------------------------------------------ events
 

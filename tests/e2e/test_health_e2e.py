@@ -59,8 +59,11 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode in ("http", "beat") and os.path.exists(sys.argv[-1]):
         os.unlink(sys.argv[-1])  # a fresh instance is a fixed one
-    if mode == "http":
+    if mode in ("http", "stuck-http"):  # stuck-http: a restart does not clear the flag
         _serve(int(sys.argv[2]), sys.argv[3])
+    elif mode == "slow-http":  # listens only after a slow start, then healthy
+        time.sleep(float(sys.argv[3]))
+        _serve(int(sys.argv[2]), "/nonexistent/flag")
     elif mode == "beat":
         _beat(sys.argv[2])
     else:
@@ -353,6 +356,62 @@ class TestHttpok:
         text = wait_for(lambda: mail.exists() and mail.read_text(), 10, what="mail")
         assert "To: ops@example.com" in text
         assert "httpok [front]" in text
+
+    def test_a_worker_slow_to_start_answering_is_not_restarted(self, supervisord, tmp_path):
+        """superlance httpok restarted a worker still starting up: here one that listens only
+        after 8 s fails its first probes (refused) and is left alone within --grace (30 s)."""
+        port = free_port()
+        log = tmp_path / "httpok.log"
+        sup = supervisord(
+            program("web", f"{HERE} slow-http {port} 8")
+            + listener(
+                "httpok",
+                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 http://127.0.0.1:{port}/",
+                "TICK_5",
+                log,
+            )
+        )
+        sup.wait_state("web:web", "RUNNING")
+        first = pid(sup, "web:web")
+        wait_for(
+            lambda: "health.unhealthy" in log.read_text() or "probe_failed" in log.read_text(),
+            30,
+            what="a failed probe while it starts",
+        )
+        time.sleep(12)  # it answers from 8 s on; two more ticks pass
+        assert first == pid(sup, "web:web")
+        assert "restart.stop_sent" not in log.read_text()
+
+    def test_on_tick_alone_a_replacement_that_still_fails_is_restarted_again(
+        self, supervisord, tmp_path
+    ):
+        """superlance's conf (events=TICK only, no state events): a worker that stays broken
+        across restarts is restarted on every spell, each new run past its --grace; the first
+        restart was the only one before."""
+        port = free_port()
+        flag = tmp_path / "broken"
+        flag.touch()
+        sup = supervisord(
+            program("web", f"{HERE} stuck-http {port} {flag}")
+            + listener(
+                "httpok",
+                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 --grace 3s"
+                f" http://127.0.0.1:{port}/",
+                "TICK_5",
+                tmp_path / "httpok.log",
+            )
+        )
+        sup.wait_state("web:web", "RUNNING")
+        seen = {pid(sup, "web:web")}
+
+        def three_runs() -> bool:
+            p = pid(sup, "web:web")
+            if p:
+                seen.add(p)
+            return len(seen) >= 3
+
+        wait_for(three_runs, 90, 0.3, what="two restarts of the still-broken worker")
+        flag.unlink()
 
     @pytest.mark.skipif(not Path("/usr/bin/gcore").exists(), reason="needs gdb's gcore")
     def test_gcore_and_coredir_dump_the_hung_worker_before_the_restart(self, supervisord, tmp_path):
