@@ -162,6 +162,18 @@ _FILE_KEYS = {
 _GLOBAL_KEYS = {"grace", "max-restarts", "mass-guard"}
 
 
+def _guard_value(text: str) -> tuple[int, float] | None:
+    return None if text.strip().lower() == "off" else parse_rate(text)
+
+
+#: How each [health] setting is read; load_file checks them so an error names its line.
+_GLOBAL_PARSERS: dict[str, Callable[[str], object]] = {
+    "grace": parse_duration,
+    "max-restarts": parse_rate,
+    "mass-guard": _guard_value,
+}
+
+
 def _check_from(values: dict[str, str], pattern: str, where: str, base: Check) -> Check:
     """A check from key/value text; raises ValueError naming the key."""
     conv: dict[str, Callable[[str], Any]] = {
@@ -187,6 +199,12 @@ def _check_from(values: dict[str, str], pattern: str, where: str, base: Check) -
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
     sched = None
+    tuning = [k for k in ("backoff-base", "backoff-cap", "backoff-reset") if k in values]
+    if tuning and not (out.get("backoff") or out.get("revive-fatal")):
+        raise ValueError(
+            f"{tuning[0]}: set, but neither backoff nor revive-fatal is on, so it would do"
+            " nothing; add backoff = yes (or drop it)"
+        )
     if out.get("backoff") or out.get("revive-fatal"):
         try:
             sched = Schedule(
@@ -239,6 +257,12 @@ def load_file(path: str, base: Check) -> tuple[list[Check], dict[str, str]]:
                         f"{path}:{section.where(key)}: unknown key {key!r} in [health]"
                         f" (known: {', '.join(sorted(_GLOBAL_KEYS))})"
                     )
+                try:
+                    _GLOBAL_PARSERS[key](value)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{path}:{section.where(key)}: [health] {key}: {exc}"
+                    ) from None
                 settings[key] = value
             continue
         if kind != "program" or not pattern.strip():
@@ -291,6 +315,17 @@ def parse_args(
     try:
         if args.config:
             checks, settings = load_file(args.config, base)
+        tuned = [
+            f"--backoff-{n}"
+            for n, given, default in (
+                ("base", args.backoff_base, 10.0),
+                ("cap", args.backoff_cap, 300.0),
+                ("reset", args.backoff_reset, 600.0),
+            )
+            if given != default
+        ]
+        if tuned and not (args.backoff or args.revive_fatal):
+            parser.error(f"{tuned[0]} does nothing without --backoff or --revive-fatal")
         flag_check = flag_values or args.heartbeat or args.silence or args.backoff
         if flag_check or args.revive_fatal:
             if not args.program:
@@ -316,8 +351,7 @@ def parse_args(
         grace = parse_duration(settings.get("grace", "")) if "grace" in settings else args.grace
         max_text = settings.get("max-restarts")
         max_restarts = parse_rate(max_text) if max_text else args.max_restarts
-        guard_text = settings.get("mass-guard", args.mass_guard)
-        guard = None if guard_text.strip().lower() == "off" else parse_rate(guard_text)
+        guard = _guard_value(settings.get("mass-guard", args.mass_guard))
     except (ValueError, IniError) as exc:
         parser.error(str(exc))
     if not checks:

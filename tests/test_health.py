@@ -687,6 +687,13 @@ class TestConfig:
             ("[worker:x]\nhttp = http://x/\n", "h.conf:1: unknown section"),
             ("[program:web]\nfailures = 3\n", "nothing to watch"),
             ("[program:web]\nhttp = http://x:{port}/\n", "unknown placeholder"),
+            ("[health]\n\ngrace = soon\n", "h.conf:3: [health] grace: invalid duration 'soon'"),
+            ("[health]\nmass-guard = 5\n", "h.conf:2: [health] mass-guard: invalid rate '5'"),
+            ("[health]\nmax-restarts = x/1h\n", "h.conf:2: [health] max-restarts"),
+            (
+                "[program:web]\nhttp = http://x/\nbackoff-cap = 1m\n",
+                "h.conf:3: [program:web] backoff-cap: set, but neither backoff nor revive-fatal",
+            ),
         ],
     )
     def test_file_errors_are_one_line_with_the_line_number(self, tmp_path, capsys, text, expected):
@@ -698,6 +705,15 @@ class TestConfig:
         err = capsys.readouterr().err
         assert expected in err.replace(str(tmp_path) + "/", "")
         assert "Traceback" not in err
+
+    def test_backoff_tuning_without_backoff_is_refused(self, capsys):
+        """--backoff-cap alone would be ignored: refused, naming the flag that is missing."""
+        with pytest.raises(SystemExit):
+            health.parse_args(
+                ["-p", "web", "--http", "http://x/", "--backoff-cap", "1m",
+                 "--server-url", "unix:///x.sock"]
+            )  # fmt: skip
+        assert "--backoff-cap does nothing without --backoff" in capsys.readouterr().err
 
     def test_probe_flags_without_program_are_refused(self, capsys):
         """--http without -p says which flag is missing."""
