@@ -150,6 +150,32 @@ def _read_head(sock: socket.socket, deadline: float) -> bytes | None:
         data += chunk
 
 
+class _HeadThenSocket(io.RawIOBase):
+    """What reception read (the head, maybe the start of a body), then the socket itself,
+    within one deadline: a form body may come in a later segment than its headers."""
+
+    def __init__(self, head: bytes, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request body did not arrive in time")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -276,9 +302,15 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self._sent: set[str] = set()
         super().setup()
-        # reception already read the request head under its deadline; one request per connection
+        # reception already read the request head under its deadline; one request per
+        # connection. A body (status-page forms only, small) is read on, under a deadline.
         self.rfile.close()
-        self.rfile = io.BytesIO(self._head)
+        if b"\r\n\r\n" in self._head or b"\n\n" in self._head:
+            deadline = time.monotonic() + self.server.header_deadline
+            raw = _HeadThenSocket(self._head, self.connection, deadline)
+            self.rfile = io.BufferedReader(raw)
+        else:  # cut at MAX_HEAD_BYTES: the handler refuses it from what is there
+            self.rfile = io.BytesIO(self._head)
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
