@@ -100,3 +100,26 @@ def test_no_listener_imports_asyncio():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "False" == out.stdout.strip()
+
+
+def test_crashmail_memmon_and_the_exporter_do_not_import_stdlib_logging():
+    """logging (about 0.8 MiB of PSS) comes in only with a library that logs through it."""
+    for tool in ("crashmail", "memmon", "exporter", "tasks"):
+        code = f"import sys, listeners.{tool}; print('logging' in sys.modules)"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert ("False", tool) == (out.stdout.strip(), tool)
+
+
+def test_a_library_logging_through_the_stdlib_writes_to_stderr_not_stdout():
+    """The webhook sink brings in requests/urllib3: their stdlib log lines go to stderr (stdout
+    is supervisord's protocol), at warning and above."""
+    code = (
+        "import sys, listeners.core.log as l; l.configure('info');"
+        "assert 'logging' not in sys.modules;"
+        "import listeners.notify.webhook, logging;"
+        "logging.getLogger('urllib3').warning('retrying'); logging.getLogger('x').info('quiet')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ("", True, False) == (out.stdout, "retrying" in out.stderr, "quiet" in out.stderr)

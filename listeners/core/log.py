@@ -9,19 +9,21 @@ console format when a person runs a command by hand. Each call names an event an
 
 This is a small module of its own rather than structlog: structlog imports asyncio, which
 cost every listener about 8 MiB of PSS (docs/benchmarks.md), for features none of them uses.
+The stdlib's ``logging`` (about 0.8 MiB) is imported only when something that logs through it
+is loaded: ``route_stdlib()`` is called by the modules that bring such a library in (requests
+for the webhook and Alertmanager sinks), and by ``configure()`` when it is loaded already.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import logging
 import sys
 import threading
 import traceback
 from typing import Any, TextIO
 
-__all__ = ["Logger", "configure", "get_logger"]
+__all__ = ["Logger", "configure", "get_logger", "route_stdlib"]
 
 _lock = threading.Lock()
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -29,7 +31,7 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 class _Settings:
     configured = False
-    level = logging.INFO
+    level = 20  # info
     stream: TextIO | None = None  # None: whatever sys.stderr is at write time
     as_json = True
 
@@ -98,18 +100,6 @@ class Logger:
         self._log("error", event, fields, exc=True)
 
 
-class _CurrentStderrHandler(logging.StreamHandler[TextIO]):
-    """A stdlib handler that writes to whatever sys.stderr is now."""
-
-    @property
-    def stream(self) -> TextIO:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: TextIO) -> None:
-        pass
-
-
 def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Send every listener's log lines, and stdlib logging's, to ``stream`` (stderr by default)."""
     out = stream if stream is not None else sys.stderr
@@ -118,12 +108,33 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
     except (ValueError, AttributeError):
         tty = False
     _settings.as_json = (not tty) if json is None else json
-    _settings.level = _LEVELS.get(level.lower(), logging.INFO)
+    _settings.level = _LEVELS.get(level.lower(), 20)
     _settings.stream = stream
-    # Libraries that use the stdlib (urllib3, http.client) must not reach stdout either.
-    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
-    logging.basicConfig(handlers=[handler], level=max(_settings.level, logging.WARNING), force=True)
     _settings.configured = True
+    if "logging" in sys.modules:
+        route_stdlib()
+
+
+def route_stdlib() -> None:
+    """Send the stdlib's logging (urllib3, http.client) to our stream, never to stdout: stdout
+    belongs to the supervisord protocol. Call it after importing a library that logs."""
+    import logging
+
+    class CurrentStderr(logging.StreamHandler[TextIO]):
+        """A stdlib handler that writes to whatever sys.stderr is now."""
+
+        @property
+        def stream(self) -> TextIO:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value: TextIO) -> None:
+            pass
+
+    stream = _settings.stream
+    handler = logging.StreamHandler(stream) if stream is not None else CurrentStderr()
+    level = max(_settings.level, logging.WARNING)
+    logging.basicConfig(handlers=[handler], level=level, force=True)
 
 
 def get_logger(name: str) -> Logger:

@@ -13,8 +13,11 @@ from typing import Any
 
 import requests
 
+from listeners.core.log import route_stdlib
 from listeners.notify.alert import Alert, clean_text, render_text
 from listeners.notify.sinks import SinkError, http_status_error
+
+route_stdlib()  # requests and urllib3 log through the stdlib: to stderr, never stdout
 
 __all__ = ["ALERTNAMES", "AlertmanagerSink", "am_alerts"]
 

@@ -8,9 +8,12 @@ from typing import Any
 
 import requests
 
+from listeners.core.log import route_stdlib
 from listeners.notify.alert import Alert, clean_alert, render_text
 from listeners.notify.escape import slack
 from listeners.notify.sinks import SinkError, http_status_error
+
+route_stdlib()  # requests and urllib3 log through the stdlib: to stderr, never stdout
 
 __all__ = ["FORMATS", "WebhookSink", "generic_body", "slack_body"]
 
