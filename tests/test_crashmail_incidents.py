@@ -300,3 +300,52 @@ class TestDeliveryHealth:
         box.delivered(mid, "file")
         box.prune(0)
         assert box.delivery_health(["mail", "file"]) == {"mail": (0, 2), "file": (0, 0)}
+
+
+class TestLoopStateOnABadDisk:
+    def test_a_loop_that_forms_while_the_outbox_is_locked_loses_nothing(self, tmp_path):
+        """Another process holds the outbox's lock while a crash loop forms: no exception
+        reaches the event loop, each write waits at most record_timeout, the loop alert is
+        kept in memory, and once the lock goes it is written with the loop's state."""
+        import sqlite3
+
+        h = Harness(tmp_path)
+        h.outbox.record_timeout = 0.05
+        locker = sqlite3.connect(str(tmp_path / "o.sqlite"), isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            loop(h)  # three crashes: crash, crash (batched), crash_loop
+            assert "g:w" in h.cm.incidents
+            assert h.outbox.spooled >= 1
+            assert {} == h.outbox.open_loops()
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        h.outbox.drain_spool()
+        assert 1 == h.outbox.flush_loops()
+        assert ["g:w"] == list(h.outbox.open_loops())
+        kinds = [a.kind for a in alerts(h)]
+        assert 1 == kinds.count("crash_loop")
+        # restarted on the same outbox, the incident goes on instead of opening anew
+        assert "g:w" in restarted(h).incidents
+
+    def test_a_stable_run_closes_the_loop_in_the_file_once_it_can(self, tmp_path):
+        """The close of a loop that could not be written at once reaches the file later."""
+        import sqlite3
+
+        h = Harness(tmp_path)
+        h.outbox.record_timeout = 0.05
+        loop(h)
+        assert ["g:w"] == list(h.outbox.open_loops())
+        locker = sqlite3.connect(str(tmp_path / "o.sqlite"), isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            h.clock.now += 61
+            h.cm.on_timer()  # resolved: the close is deferred, the alert spooled
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        h.outbox.drain_spool()
+        h.outbox.flush_loops()
+        assert {} == h.outbox.open_loops()
+        assert 1 == [a.kind for a in alerts(h)].count("resolved")

@@ -138,6 +138,7 @@ class Courier:
             try:
                 if self.outbox.drain_spool():
                     self._flush_wake.set()
+                self.outbox.flush_loops()
                 self.flush_once()
                 nd = self.outbox.next_due()
             except Exception:
@@ -150,6 +151,7 @@ class Courier:
             self._flush_wake.clear()
         try:
             self.outbox.drain_spool()  # a last chance for what waits in memory
+            self.outbox.flush_loops()
         except Exception:
             log.exception("outbox.flush_failed")
         self.outbox.close()

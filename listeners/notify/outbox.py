@@ -192,6 +192,8 @@ class Outbox:
         self.failing: str | None = None
         #: (spooled, dropped) as last announced, so a longer outage keeps the figures current
         self._announced: tuple[int, int] = (0, 0)
+        #: loop states the event loop could not write: process -> JSON (None: delete)
+        self._unsaved_loops: dict[str, str | None] = {}
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         db = self._db()
@@ -626,47 +628,142 @@ class Outbox:
         """Open crash-loop incidents: process -> JSON state."""
         return {str(p): str(b) for p, b in self._db().execute("SELECT process, body FROM loops")}
 
+    # The loop-state calls below run on the event loop, like record(): each waits at most
+    # ``record_timeout`` and never raises for a storage problem. A loop state that cannot be
+    # written is kept and written by the courier once the file takes writes (flush_loops);
+    # it only matters for a restart, and the loop's alerts themselves go through record().
+
+    def _loop_call(self, what: str, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor | None:
+        """One statement on the event loop's connection under the write lock; None on failure."""
+        self._loop_waiting += 1
+        try:
+            got = self._write_lock.acquire(timeout=self.record_timeout)
+        finally:
+            self._loop_waiting -= 1
+        if not got:
+            log.warning("outbox.loop_state_deferred", what=what, error="the outbox is busy")
+            return None
+        try:
+            return self._record_db().execute(sql, args)
+        except sqlite3.Error as exc:
+            log.warning("outbox.loop_state_deferred", what=what, error=str(exc))
+            return None
+        finally:
+            self._write_lock.release()
+
     def save_loop(self, process: str, body: str) -> None:
-        self._db().execute(
+        with self._spool_lock:
+            self._unsaved_loops.pop(process, None)
+        done = self._loop_call(
+            "save_loop",
             "INSERT INTO loops (process, body) VALUES (?, ?)"
             " ON CONFLICT (process) DO UPDATE SET body = excluded.body",
             (process, body),
         )
+        if done is None:
+            with self._spool_lock:
+                self._unsaved_loops[process] = body
 
     def close_loop(self, process: str) -> None:
-        self._db().execute("DELETE FROM loops WHERE process = ?", (process,))
+        with self._spool_lock:
+            self._unsaved_loops.pop(process, None)
+        done = self._loop_call("close_loop", "DELETE FROM loops WHERE process = ?", (process,))
+        if done is None:
+            with self._spool_lock:
+                self._unsaved_loops[process] = None
+
+    def flush_loops(self) -> int:
+        """Write loop states the event loop could not (courier thread); how many were."""
+        with self._spool_lock:
+            todo = dict(self._unsaved_loops)
+        if not todo:
+            return 0
+        db = self._db()
+        try:
+            with self._courier_write():
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for process, body in todo.items():
+                        if body is None:
+                            db.execute("DELETE FROM loops WHERE process = ?", (process,))
+                        else:
+                            db.execute(
+                                "INSERT INTO loops (process, body) VALUES (?, ?)"
+                                " ON CONFLICT (process) DO UPDATE SET body = excluded.body",
+                                (process, body),
+                            )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            log.debug("outbox.loop_state_still_deferred", error=str(exc), waiting=len(todo))
+            return 0
+        with self._spool_lock:
+            for process, body in todo.items():
+                if self._unsaved_loops.get(process, body) == body:
+                    self._unsaved_loops.pop(process, None)
+        return len(todo)
 
     def unsent(self, key: str) -> list[Alert]:
-        """The incident recorded under ``key`` while no message has been made of it yet."""
-        rows = self._db().execute(
-            "SELECT body FROM incidents WHERE key = ? AND message_id IS NULL", (key,)
-        )
-        return [Alert.from_json(b) for (b,) in rows]
+        """The incident recorded under ``key`` while no message has been made of it yet
+        (nothing when the outbox cannot be read now)."""
+        try:
+            rows = self._record_db().execute(
+                "SELECT body FROM incidents WHERE key = ? AND message_id IS NULL", (key,)
+            )
+            return [Alert.from_json(b) for (b,) in rows]
+        except sqlite3.Error as exc:
+            log.warning("outbox.loop_state_deferred", what="unsent", error=str(exc))
+            return []
 
     def update_unsent(self, key: str, alert: Alert) -> bool:
-        """Replace the body of an incident no message has been made of; False when too late."""
-        cur = self._db().execute(
+        """Replace the body of an incident no message has been made of; False when too late
+        (or when the outbox cannot be written now: the caller then records its own alert)."""
+        cur = self._loop_call(
+            "update_unsent",
             "UPDATE incidents SET body = ? WHERE key = ? AND message_id IS NULL",
             (alert.to_json(), key),
         )
-        return cur.rowcount == 1
+        return cur is not None and cur.rowcount == 1
 
     def drop_unsent(self, process: str, kinds: Sequence[str], now: float) -> int:
         """Forget incidents of ``process`` that still wait, in a flood-control batch or for
         their ``--group-wait`` (a crash loop's alert covers them); those due by ``now`` are
-        left to go."""
-        db = self._db()
-        ids = [
-            i
-            for i, body in db.execute(
+        left to go. When the outbox cannot be written now nothing is dropped (an extra
+        alert, never a lost one)."""
+        try:
+            rows = self._record_db().execute(
                 "SELECT id, body FROM incidents WHERE message_id IS NULL"
                 " AND (batch != key OR due > ?)",
                 (now,),
             )
-            if (a := Alert.from_json(body)).process == process and a.kind in kinds
-        ]
-        db.executemany("DELETE FROM incidents WHERE id = ?", [(i,) for i in ids])
-        return len(ids)
+            ids = [
+                i
+                for i, body in rows
+                if (a := Alert.from_json(body)).process == process and a.kind in kinds
+            ]
+        except sqlite3.Error as exc:
+            log.warning("outbox.loop_state_deferred", what="drop_unsent", error=str(exc))
+            return 0
+        with self._spool_lock:  # spooled ones wait too: the loop alert covers them as well
+            kept = [
+                (a, due, batch)
+                for a, due, batch in self._spool
+                if not (a.process == process and a.kind in kinds and (batch != a.key or due > now))
+            ]
+            dropped_spooled = len(self._spool) - len(kept)
+            self._spool.clear()
+            self._spool.extend(kept)
+        if not ids:
+            return dropped_spooled
+        placeholders = ", ".join("?" * len(ids))
+        cur = self._loop_call(
+            "drop_unsent",
+            f"DELETE FROM incidents WHERE id IN ({placeholders})",  # noqa: S608 - only ?s
+            tuple(ids),
+        )
+        return dropped_spooled + (len(ids) if cur is not None else 0)
 
     def delivery_health(self, sinks: Iterable[str]) -> dict[str, tuple[int, int]]:
         """sink -> (deliveries pending now, failed attempts ever) for each of ``sinks``."""

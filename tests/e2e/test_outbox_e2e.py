@@ -184,6 +184,56 @@ class TestFullDisk:
         assert 0 == value(port, "supervisor_listeners_outbox_spooled_alerts")
         assert "crashmail cannot write its outbox" not in fetch(port, "/")
 
+    def test_a_crash_loop_that_forms_while_the_disk_is_full_is_reported_once(
+        self, tiny_disk, supervisord, tmp_path
+    ):
+        """The loop path too: a worker crash loops while the outbox's disk is full; crashmail
+        keeps answering supervisord (no 30 s stalls, no lost alert) and, once there is room,
+        delivers one crash_loop alert, after which its exits are counted, not alerted."""
+        out = tmp_path / "alerts.jsonl"
+        sup: Supervisord = supervisord(
+            textwrap.dedent(f"""
+            [program:looper]
+            command={PYTHON} {WORKER} crash --after 1.2 --code 3
+            startsecs=1
+            startretries=100
+            autostart=false
+            autorestart=true
+            """)
+            + crashmail_conf(
+                f"--sink file:{out} --outbox {tiny_disk}/outbox.sqlite --coalesce 1s"
+                " --loop 3/60s --group-wait 5s"
+            )
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING")
+        wait_for((tiny_disk / "outbox.sqlite").exists, 20, what="the outbox file")
+        filler = fill(tiny_disk)
+        sup.client.start("looper:looper")
+        wait_for(
+            lambda: sup.log_text().count("exited: looper (exit status 3") >= 4,
+            60,
+            what="four crashes while the disk is full",
+        )
+        assert [] == alerts_in(out)
+        assert "outbox.commit_failed" in crashmail_log(sup)
+        assert "handler_failed" not in crashmail_log(sup)
+        filler.unlink()
+        (loop,) = wait_for(
+            lambda: [a for a in alerts_in(out) if a["kind"] == "crash_loop"],
+            40,
+            what="the crash_loop alert once there is room",
+        )
+        assert "looper" == loop["name"]
+        crashed = sup.log_text().count("exited: looper (exit status 3")
+        wait_for(
+            lambda: sup.log_text().count("exited: looper (exit status 3") >= crashed + 2,
+            60,
+            what="two more crashes",
+        )
+        time.sleep(2)  # anything those crashes made would be delivered by now (coalesce 1s)
+        kinds = [a["kind"] for a in alerts_in(out)]
+        assert ["crash_loop"] == kinds
+
 
 # --------------------------------------------------------------------------- a trickling receiver
 
