@@ -551,8 +551,17 @@ class TestPerConnectionLogs:
         port = srv.server_address[1]
         for _ in range(20):  # never an HTTP answer (OpenSSL may send an alert record)
             assert not raw_answer(port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP")
+        # ssl closes the socket before the handshake error reaches the log: wait for the 20th
+        deadline = time.monotonic() + 30
+        while len(lines) + srv.log_handshake.suppressed < 20:
+            assert time.monotonic() < deadline, "the handshake failures were never logged"
+            time.sleep(0.01)
         now[0] = 61.0
         assert not raw_answer(port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP")
+        deadline = time.monotonic() + 30
+        while len(lines) < 2:
+            assert time.monotonic() < deadline, "the 21st failure was never logged"
+            time.sleep(0.01)
         ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         ctx.check_hostname = False
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)

@@ -11,7 +11,6 @@ up neither the event loop nor the other probes, and never runs the same probe tw
 from __future__ import annotations
 
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -138,6 +137,8 @@ def _http(probe: HttpProbe, clock: Callable[[], float] = time.monotonic) -> tupl
     sock = _connect(host, port, deadline, clock)
     try:
         if secure:
+            import ssl  # only an https probe pays for OpenSSL
+
             sock.settimeout(_left(deadline, clock))
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
         sock.settimeout(_left(deadline, clock))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
-import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -143,7 +142,7 @@ def _read_head(sock: socket.socket, deadline: float) -> bytes | None:
         sock.settimeout(remaining)
         try:
             chunk = sock.recv(MAX_HEAD_BYTES - len(data))
-        except (OSError, ssl.SSLError):
+        except OSError:  # ssl.SSLError is an OSError
             return None
         if not chunk:
             return None
@@ -252,7 +251,7 @@ class _Server(ThreadingHTTPServer):
         request.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             wrapped = tls.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError is an OSError
             self.log_handshake(client=client, error=str(exc))
             return None
         if not self.reception.update(key, wrapped):
@@ -274,7 +273,7 @@ class _Server(ThreadingHTTPServer):
                 b"Content-Type: text/plain; charset=utf-8\r\n%s"
                 b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body)
             )
-        except (OSError, ssl.SSLError):
+        except OSError:  # ssl.SSLError is an OSError
             pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -10,18 +10,21 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
-import secrets
-import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["BasicAuth", "WebConfig", "load_web_config"]
 
-TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+#: min_version values, by the name of ssl.TLSVersion they stand for (ssl is loaded only for TLS)
+TLS_VERSIONS = {"TLS12": "TLSv1_2", "TLS13": "TLSv1_3"}
 TOP_KEYS = ("tls_server_config", "basic_auth_users", "http_server_config", "operators")
 TLS_KEYS = ("cert_file", "key_file", "min_version")
 HTTP_KEYS = ("headers", "http2")
@@ -144,6 +147,8 @@ def _tls_context(path: Path, conf: Any, where: Callable[..., str]) -> ssl.SSLCon
     # exporter-toolkit resolves relative paths against the config file's directory.
     cert = path.parent / str(conf["cert_file"])
     key = path.parent / str(conf["key_file"])
+    import ssl  # only a TLS config pays for OpenSSL
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     version = str(conf.get("min_version", "TLS12"))
     if version not in TLS_VERSIONS:
@@ -151,10 +156,10 @@ def _tls_context(path: Path, conf: Any, where: Callable[..., str]) -> ssl.SSLCon
             f"{where('tls_server_config', 'min_version')}: min_version {version!r}"
             " is not TLS12 or TLS13"
         )
-    ctx.minimum_version = TLS_VERSIONS[version]
+    ctx.minimum_version = getattr(ssl.TLSVersion, TLS_VERSIONS[version])
     try:
         ctx.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is an OSError
         raise ValueError(f"web config {path}: cannot load {cert} / {key}: {exc}") from None
     return ctx
 
@@ -233,7 +238,7 @@ class BasicAuth:
         self.users = dict(users)
         self._lock = threading.Lock()
         self._cache: dict[bytes, None] = {}
-        self._key = secrets.token_bytes(32)
+        self._key = os.urandom(32)  # secrets would load hmac, and OpenSSL with it
         self.dummy = dummy or b""
         if checkpw is None or (self.users and dummy is None):
             import bcrypt
@@ -242,7 +247,7 @@ class BasicAuth:
             if self.users and dummy is None:
                 # the dummy costs what the dearest configured hash costs
                 cost = max(int(h[4:6]) for h in self.users.values())
-                self.dummy = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(cost))
+                self.dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
         self._checkpw = checkpw
 
     @property

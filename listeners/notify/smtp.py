@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
-import smtplib
-import ssl
+import importlib
+import sys
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from listeners.notify.alert import Alert, render_text
 from listeners.notify.escape import header
 from listeners.notify.sinks import SinkError
 
+if TYPE_CHECKING:
+    import smtplib
+    import ssl
+
 __all__ = ["TLS_MODES", "SmtpSink", "build_message"]
 
 TLS_MODES = ("none", "starttls", "ssl")
+
+
+def _smtplib(tls: bool) -> ModuleType:
+    """smtplib, loaded with OpenSSL only when a sink uses TLS.
+
+    smtplib imports ssl when it can (about 4 MiB of PSS for OpenSSL); a plain sink
+    (``tls=none``, a local relay) has no use for it, so it is hidden while smtplib loads.
+    A TLS sink imports ssl first, and reloads an smtplib that was loaded without it.
+    """
+    if tls:
+        import ssl  # noqa: F401 - before smtplib, so that starttls and SMTP_SSL exist
+
+        module = importlib.import_module("smtplib")
+        if not getattr(module, "_have_ssl", True):
+            module = importlib.reload(module)
+        return module
+    if "smtplib" in sys.modules or "ssl" in sys.modules:
+        return importlib.import_module("smtplib")
+    # hmac (smtplib's AUTH CRAM-MD5) would load OpenSSL's digests too: its builtin fallback
+    hidden = [name for name in ("ssl", "_hashlib") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module("smtplib")
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def build_message(
@@ -60,6 +94,8 @@ class SmtpSink:
             raise ValueError("an smtp sink needs at least one recipient (to=)")
 
     def _context(self) -> ssl.SSLContext:
+        import ssl
+
         ctx = ssl.create_default_context()
         if not self.verify:
             ctx.check_hostname = False
@@ -68,14 +104,15 @@ class SmtpSink:
 
     def send(self, alert: Alert) -> None:
         msg = build_message(alert, self.sender, self.to, self.subject_prefix)
+        lib = _smtplib(self.tls != "none")
         try:
             client: smtplib.SMTP
             if self.tls == "ssl":
-                client = smtplib.SMTP_SSL(
+                client = lib.SMTP_SSL(
                     self.host, self.port, timeout=self.timeout, context=self._context()
                 )
             else:
-                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                client = lib.SMTP(self.host, self.port, timeout=self.timeout)
             with client:
                 if self.tls == "starttls":
                     client.starttls(context=self._context())
@@ -84,12 +121,12 @@ class SmtpSink:
                 # Refused recipients raise only when all are refused; retrying a partial
                 # success would mail the others twice.
                 client.send_message(msg, from_addr=self.sender, to_addrs=self.to)
-        except smtplib.SMTPAuthenticationError as exc:
+        except lib.SMTPAuthenticationError as exc:
             raise SinkError(
                 f"SMTP server {self.host}:{self.port} refused the login of {self.username}"
                 f" ({exc.smtp_code})"
             ) from None
-        except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        except (lib.SMTPException, OSError) as exc:  # ssl.SSLError is an OSError
             raise SinkError(
                 f"cannot send mail via {self.host}:{self.port}: {type(exc).__name__}: {exc}"
             ) from None
