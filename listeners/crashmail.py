@@ -38,15 +38,9 @@ from listeners.core.names import full_name, info_name, split_name
 from listeners.core.resync import Resync
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
-from listeners.core.units import parse_duration, parse_rate
-from listeners.core.wake import (
-    DeathWatch,
-    Waker,
-    connect_poke,
-    parse_wake_interval,
-    pidfd_unavailable,
-    raise_fd_limit,
-)
+from listeners.core.units import parse_count, parse_duration, parse_rate
+from listeners.core.wake import DeathWatch, Waker, parse_wake_interval, raise_fd_limit
+from listeners.core.wake import make_waker as wake_thread
 from listeners.notify.alert import Alert
 from listeners.notify.announced import announced_alert
 from listeners.notify.backoffs import BackoffMemory
@@ -57,7 +51,7 @@ from listeners.notify.flood import FloodControl, fold
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group, group_of
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
 from listeners.notify.lost import lost_message
-from listeners.notify.outbox import Outbox, OutboxOwnerError, health_announcer
+from listeners.notify.outbox import Outbox, OutboxHealth, OutboxOwnerError, health_announcer
 from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
@@ -133,12 +127,6 @@ class Config:
         return self.any or not self.programs or match(self.programs)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: expected a whole number of at least 1")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
@@ -200,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--outbox-keep",
-        type=arg_type(_positive_int),
+        type=arg_type(parse_count),
         default=10000,
         metavar="N",
         help="delivered messages kept before the oldest are pruned (default: 10000)",
@@ -236,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     det.add_argument(
         "--burst",
-        type=arg_type(_positive_int),
+        type=arg_type(parse_count),
         default=5,
         metavar="N",
         help="at most N alerts sent at once per coalesce window; more wait for the"
@@ -260,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     det.add_argument(
         "--tail-lines",
-        type=arg_type(_positive_int),
+        type=arg_type(parse_count),
         default=20,
         metavar="N",
         help="lines of stderr in a crash alert (default: 20)",
@@ -737,27 +725,16 @@ def build_sinks(config: Config, env: dict[str, str] | None = None) -> list[Sink]
 def make_waker(
     config: Config, connection: Connection, pidfd_open: Callable[[int], int] | None = None
 ) -> Waker | DeathWatch | None:
-    """The wake thread for ``--wake`` (None when off): a bare connect to supervisord, made when
-    a watched process exits, or every ``--wake-interval`` where pidfds are unavailable."""
-    if config.wake == "off":
-        log.info("crashmail.wake", mode="off")
-        return None
-    poke = connect_poke(connection.url, timeout=min(connection.timeout, 2.0))
-    if config.wake == "exit":
-        why = pidfd_unavailable(pidfd_open)
-        if why is None:
-            log.info("crashmail.wake", mode="exit")
-            return DeathWatch(poke, pidfd_open=pidfd_open, name="crashmail-wake")
-        fallback = "interval" if config.wake_interval > 0 else "off"
-        log.warning("crashmail.wake_fallback", wanted="exit", mode=fallback, reason=why)
-        if fallback == "off":
-            return None
-    log.info("crashmail.wake", mode="interval", interval=config.wake_interval)
-    return Waker(poke, config.wake_interval, name="crashmail-wake")
+    """The wake thread for ``--wake`` (None when off); see ``core.wake.make_waker``."""
+    return wake_thread(
+        config.wake, config.wake_interval, connection, "crashmail", pidfd_open=pidfd_open
+    )
 
 
 def open_outbox(
-    config: Config, parser: argparse.ArgumentParser, on_health: Callable[[Any], None]
+    config: Config,
+    parser: argparse.ArgumentParser,
+    on_health: Callable[[OutboxHealth], None],
 ) -> Outbox:
     """The outbox, claimed for this supervisord; a usage error (exit 2) when it cannot be."""
     try:

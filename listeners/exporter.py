@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from listeners.core import bus, cli, protocol
@@ -32,6 +32,11 @@ from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.history import History
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.state import ExporterState
+
+if TYPE_CHECKING:
+    from listeners.metrics.routes import Site
+    from listeners.metrics.webconfig import WebConfig
+    from listeners.taskfiles.layout import Layout
 
 __all__ = ["Config", "ExporterHandler", "build_parser", "main", "parse_args"]
 
@@ -386,7 +391,7 @@ class PageTasks:
         self.conf = conf
         self.client = client
 
-    def _layout(self) -> Any:
+    def _layout(self) -> Layout:
         from listeners.taskfiles.layout import load_layout
 
         return load_layout(self.conf)
@@ -415,8 +420,8 @@ class PageTasks:
 
 
 def build_site(
-    config: Config, web_config: Any, state: ExporterState, reader: ProcReader, me: str | None
-) -> Any:
+    config: Config, web_config: WebConfig, state: ExporterState, reader: ProcReader, me: str | None
+) -> Site:
     """The status page's routes, with actions only when the web config names operators."""
     from listeners.metrics.actions import Actions
     from listeners.metrics.routes import Site

@@ -18,7 +18,7 @@ from typing import Any
 from listeners.core import cli
 from listeners.core.backoff import Schedule
 from listeners.core.inifile import IniError, parse_ini
-from listeners.core.units import parse_duration, parse_rate
+from listeners.core.units import parse_count, parse_duration, parse_rate, parse_status
 from listeners.core.watchdog import Check, WatchdogConfig, serve, validate
 
 __all__ = ["build_parser", "load_file", "main", "parse_args"]
@@ -27,18 +27,6 @@ ACTIONS = ("restart", "alert")
 
 
 # --------------------------------------------------------------------------- config
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: expected a whole number of at least 1")
-    return int(text)
-
-
-def _status(text: str) -> int:
-    if not text.strip().isdigit() or not 100 <= int(text) <= 599:
-        raise ValueError(f"invalid HTTP status {text!r}: expected a number from 100 to 599")
-    return int(text)
 
 
 def _yes(text: str) -> bool:
@@ -79,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--status",
         action="append",
-        type=cli.arg_type(_status, "STATUS"),
+        type=cli.arg_type(parse_status, "STATUS"),
         metavar="CODE",
         help="an expected HTTP status (default 200); repeatable",
     )
@@ -90,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=dur, default=5.0, help="deadline of one probe (5s)")
     w.add_argument(
         "--failures",
-        type=cli.arg_type(_positive_int, "N"),
+        type=cli.arg_type(parse_count, "N"),
         default=3,
         help="failed probes in a row that make a process unhealthy (3)",
     )
@@ -182,10 +170,10 @@ def _check_from(values: dict[str, str], pattern: str, where: str, base: Check) -
         "initial-delay": parse_duration,
         "heartbeat": parse_duration,
         "silence": parse_duration,
-        "failures": _positive_int,
+        "failures": parse_count,
         "action": _action,
         "command": lambda v: tuple(shlex.split(v)),
-        "status": lambda v: tuple(_status(x.strip()) for x in v.split(",")),
+        "status": lambda v: tuple(parse_status(x.strip()) for x in v.split(",")),
         "backoff": _yes,
         "revive-fatal": _yes,
         "backoff-base": parse_duration,

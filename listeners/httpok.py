@@ -15,22 +15,10 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from listeners.core.supervisor import Connection, SupervisorError
-from listeners.core.units import parse_duration
+from listeners.core.units import parse_count, parse_duration, parse_status
 from listeners.core.watchdog import Check, HttpokOptions, WatchdogConfig, serve, validate
 
 __all__ = ["HTTPOK_USAGE", "main", "parse_args"]
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: expected a whole number of at least 1")
-    return int(text)
-
-
-def _status(text: str) -> int:
-    if not text.strip().isdigit() or not 100 <= int(text) <= 599:
-        raise ValueError(f"invalid HTTP status {text!r}: expected a number from 100 to 599")
-    return int(text)
 
 
 def _httpok_usage(message: str) -> NoReturn:
@@ -51,9 +39,9 @@ def _options(opts: list[tuple[str, str]]) -> dict[str, Any]:
             if name == "program":
                 values["programs"].append(value)
             elif name == "code":
-                values["statuses"].append(_status(value))
+                values["statuses"].append(parse_status(value))
             elif name == "timeout":
-                values["timeout"] = float(_positive_int(value))
+                values["timeout"] = float(parse_count(value))
             elif name in ("eager", "E", "not-eager"):
                 values["eager"] = name == "eager"
             elif name == "grace":

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from listeners.core import bus, cli, protocol
 from listeners.core.background import Submitter, Worker
@@ -43,8 +43,18 @@ from listeners.core.rules import (
 )
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
-from listeners.core.units import duration_words, format_size, parse_duration, parse_rate, parse_size
+from listeners.core.units import (
+    duration_words,
+    format_size,
+    parse_count,
+    parse_duration,
+    parse_rate,
+    parse_size,
+)
 from listeners.core.wake import raise_fd_limit
+
+if TYPE_CHECKING:
+    from listeners.notify.notice import Notices
 
 __all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_args", "resolve_rule"]
 
@@ -86,12 +96,6 @@ class Config:
     restart_window: float = 60.0
     connection: Connection = field(default_factory=Connection)
     log_level: str = "info"
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ValueError(f"invalid count {text!r}: expected a whole number of 1 or more")
-    return int(text)
 
 
 def _interval(text: str) -> float:
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument(
         "--samples",
         metavar="N",
-        type=cli.arg_type(_positive_int, "count"),
+        type=cli.arg_type(parse_count, "count"),
         default=1,
         help="restart after N consecutive checks over the limit (default 1)",
     )
@@ -350,7 +354,7 @@ class Memmon(protocol.Handler):
         self.rpc = rpc if rpc is not None else Worker("memmon-rpc")
         self.checker = checker if checker is not None else Worker("memmon-check")
         self._notifier = notifier
-        self._notices: Any = None
+        self._notices: Notices | None = None
         self.restarter = restarter or Restarter(client, self.rpc, clock=clock)
         self.clock, self.wall, self.host = clock, wall, host or cli.hostname()
         self.self_key = self_key

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from listeners.core.cli import HelpFormatter
+from listeners.core.cli import HelpFormatter, arg_type
 from listeners.core.exits import exit_from_log
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, read_main_log
+from listeners.core.units import parse_positive_duration
 from listeners.taskfiles.check import (
     validate_layout,
 )
@@ -77,18 +78,6 @@ class Config:
     rpc_timeout: float
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds (e.g. 30 or 2.5)"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
@@ -123,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rpc-timeout",
-        metavar="SECONDS",
-        type=_positive,
+        metavar="DURATION",
+        type=arg_type(parse_positive_duration, "duration"),
         default=60.0,
         help="timeout of each XML-RPC call; stopping a group waits for its stopwaitsecs"
         " (default: %(default)s)",
@@ -156,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument(
                 "--wait-timeout",
-                metavar="SECONDS",
-                type=_positive,
+                metavar="DURATION",
+                type=arg_type(parse_positive_duration, "duration"),
                 default=60.0,
                 help="how long --wait waits (default: %(default)s)",
             )

@@ -662,3 +662,15 @@ class TestSlowStopsAndBrokenFiles:
         lines = [ln for ln in err.splitlines() if "indexer.conf" in ln]
         assert [f"supervisor-tasks: {home}/tasks/indexer.conf:1: cannot parse section header"
                 " '[program:indexer': it lacks its closing ']'"] == lines  # fmt: skip
+
+
+def test_rpc_and_wait_timeouts_take_the_suites_durations():
+    """--rpc-timeout 200ms and --wait-timeout 2m, as in the other tools; 0 is refused."""
+    from listeners import tasks
+
+    args = tasks.build_parser().parse_args(
+        ["--rpc-timeout", "200ms", "enable", "x", "--wait", "--wait-timeout", "2m"]
+    )
+    assert (0.2, 120.0) == (args.rpc_timeout, args.wait_timeout)
+    with pytest.raises(SystemExit):
+        tasks.build_parser().parse_args(["--rpc-timeout", "0", "list"])

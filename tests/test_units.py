@@ -90,3 +90,18 @@ class TestFormatSize:
         assert ["512B", "1.5KiB", "16.0MiB", "2.0GiB"] == [
             format_size(n) for n in (512, 1536, 16 * MB, 2048 * MB)
         ]
+
+
+def test_counts_statuses_and_positive_durations_share_one_parser_each():
+    """The parsers every tool's count, HTTP status and timeout flags go through."""
+    from listeners.core.units import parse_count, parse_positive_duration, parse_status
+
+    assert (3, 204, 0.25) == (
+        parse_count("3"),
+        parse_status("204"),
+        parse_positive_duration("250ms"),
+    )
+    for bad, parse in (("0", parse_count), ("x", parse_count), ("99", parse_status),
+                       ("0s", parse_positive_duration)):  # fmt: skip
+        with pytest.raises(ValueError, match="invalid"):
+            parse(bad)

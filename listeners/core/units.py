@@ -9,7 +9,16 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["duration_words", "format_size", "parse_duration", "parse_rate", "parse_size"]
+__all__ = [
+    "duration_words",
+    "format_size",
+    "parse_count",
+    "parse_duration",
+    "parse_positive_duration",
+    "parse_rate",
+    "parse_size",
+    "parse_status",
+]
 
 # superlance memmon treats KB/MB/GB as powers of 1024; we keep that meaning so existing confs
 # carry over, and accept the unambiguous KiB/MiB/GiB and bare K/M/G spellings as the same.
@@ -96,3 +105,25 @@ def duration_words(seconds: float) -> str:
         if n:
             parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
     return " ".join(parts[:2]) or "0 seconds"
+
+
+def parse_count(text: str) -> int:
+    """A whole number of at least 1 (``--burst``, ``--tail-lines``, ``failures``)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"invalid count {text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
+def parse_status(text: str) -> int:
+    """An HTTP status code, 100 to 599."""
+    if not text.strip().isdigit() or not 100 <= int(text) <= 599:
+        raise ValueError(f"invalid HTTP status {text!r}: expected a number from 100 to 599")
+    return int(text)
+
+
+def parse_positive_duration(text: str) -> float:
+    """A duration above 0 (timeouts)."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"invalid duration {text!r}: expected more than 0 seconds")
+    return value

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from listeners.core.log import get_logger
-from listeners.core.supervisor import Supervisor, SupervisorError
+from listeners.core.supervisor import Connection, Supervisor, SupervisorError
 from listeners.core.units import parse_duration
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "DeathWatch",
     "Waker",
     "connect_poke",
+    "make_waker",
     "parse_wake_interval",
     "pidfd_unavailable",
     "raise_fd_limit",
@@ -414,3 +415,31 @@ class DeathWatch:
                 # A bug here must not end the watch silently; a short pause avoids a hot loop.
                 log.exception("wake.watch_crashed")
                 time.sleep(1.0)
+
+
+def make_waker(
+    mode: str,
+    interval: float,
+    connection: Connection,
+    tool: str,
+    *,
+    pidfd_open: Callable[[int], int] | None = None,
+) -> Waker | DeathWatch | None:
+    """The wake thread for a ``--wake`` mode (None when off): a bare connect to supervisord,
+    made when a watched process exits (``exit``), or every ``interval`` (``interval``, and
+    the fallback of ``exit`` where pidfds are unavailable). Logged as ``TOOL.wake``."""
+    if mode == "off":
+        log.info(f"{tool}.wake", mode="off")
+        return None
+    poke = connect_poke(connection.url, timeout=min(connection.timeout, 2.0))
+    if mode == "exit":
+        why = pidfd_unavailable(pidfd_open)
+        if why is None:
+            log.info(f"{tool}.wake", mode="exit")
+            return DeathWatch(poke, pidfd_open=pidfd_open, name=f"{tool}-wake")
+        fallback = "interval" if interval > 0 else "off"
+        log.warning(f"{tool}.wake_fallback", wanted="exit", mode=fallback, reason=why)
+        if fallback == "off":
+            return None
+    log.info(f"{tool}.wake", mode="interval", interval=interval)
+    return Waker(poke, interval, name=f"{tool}-wake")

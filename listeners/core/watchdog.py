@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from listeners.core import bus, cli, protocol
-from listeners.core.background import Worker
+from listeners.core.background import Submitter, Worker
 from listeners.core.backoff import BackoffBook, Schedule
 from listeners.core.guard import RestartGuard
 from listeners.core.log import configure, get_logger
@@ -122,7 +122,7 @@ class HttpokOptions:
     """What only superlance httpok's face does: mail, cores, eagerness, probing on TICK."""
 
     email: str | None = None
-    sendmail: str = "/usr/sbin/sendmail -t -i"
+    sendmail: str = cli.DEFAULT_SENDMAIL
     gcore: str = "/usr/bin/gcore -o"
     coredir: str | None = None
     eager: bool = True
@@ -197,7 +197,7 @@ class Watchdog(protocol.Handler):
         client: Supervisor,
         *,
         pool: ProbePool | None = None,
-        rpc: Any = None,
+        rpc: Submitter | None = None,
         restarter: Restarter | None = None,
         clock: Callable[[], float] = time.time,
         host: str | None = None,

@@ -7,11 +7,10 @@ failures logged. crashmail is the listener that never loses an alert.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from listeners.core.log import get_logger
 from listeners.notify.alert import Alert
-from listeners.notify.sinks import FileSink, SendmailSink, SinkError
+from listeners.notify.sinks import FileSink, SendmailSink, Sink, SinkError
 
 __all__ = ["Notices"]
 
@@ -30,7 +29,7 @@ class Notices:
         *,
         tool: str = "memmon",
     ) -> None:
-        self.sinks: list[Any] = []
+        self.sinks: list[Sink] = []
         if email:
             prefix = f"{tool} [{name}]:" if name else f"{tool}:"
             self.sinks.append(SendmailSink(list(email), sendmail_program, subject_prefix=prefix))

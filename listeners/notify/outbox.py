@@ -381,10 +381,6 @@ class Outbox:
             db.execute("ROLLBACK")
             raise
 
-    def known(self, key: str) -> bool:
-        row = self._db().execute("SELECT 1 FROM incidents WHERE key = ?", (key,)).fetchone()
-        return row is not None
-
     def due_incidents(self, now: float) -> list[Incident]:
         """Due incidents, oldest first; a row that cannot be read is quarantined, not returned."""
         rows = self._db().execute(
