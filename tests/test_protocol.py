@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -591,3 +595,48 @@ class TestBrokenStreams:
         assert code in (0, 1)
         rest = out.getvalue().removeprefix("READY\n")
         assert "" == rest.replace("RESULT 2\nOKREADY\n", "").replace("RESULT 2\nOK", "")
+
+
+class TestARealListenerOnABrokenPipe:
+    """The same edge inputs fed to a real listener process: what a person reads on stderr is
+    one error line and a non-zero exit, never a traceback."""
+
+    @pytest.mark.parametrize(
+        "stream",
+        [
+            TICK.format(10**20) + "when:1",
+            TICK.format(6).replace("serial:1 ", f"serial:{BIG} ") + "when:1",
+            TICK.format(8) + "caf\u00e9",  # the payload ends in the middle of a UTF-8 character
+            "not a header at all\n",
+        ],
+        ids=["huge-len", "5000-digit-serial", "mid-utf8", "garbage"],
+    )
+    @pytest.mark.parametrize("tool", ["crashmail", "exporter"])
+    def test_one_line_on_stderr_and_exit_1(self, tool, stream, tmp_path):
+        args = {
+            "crashmail": ["--sink", f"file:{tmp_path}/a.jsonl", "--outbox", f"{tmp_path}/o.db"],
+            "exporter": ["--web.listen-address", "127.0.0.1:0"],
+        }[tool]
+        env = {
+            **os.environ,
+            "SUPERVISOR_SERVER_URL": "unix:///nonexistent/supervisor.sock",
+            "PYTHONPATH": str(Path(__file__).parents[1]),
+        }
+        data = stream.encode("utf-8")
+        if stream.endswith("caf\u00e9"):
+            data = data[:-1]  # cut inside the two bytes of the last character
+        done = subprocess.run(
+            [sys.executable, "-m", f"listeners.{tool}", *args],
+            input=data,
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        err = done.stderr.decode("utf-8", "replace")
+        assert done.returncode != 0, err
+        assert "Traceback" not in err, err
+        said = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+        errors = [d for d in said if d["level"] == "error" and d["event"].startswith("protocol.")]
+        assert 1 == len(errors), err
+        assert done.stdout in (b"", b"READY\n"), done.stdout

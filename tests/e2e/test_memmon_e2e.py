@@ -252,3 +252,32 @@ class TestScale:
         now = pids(sup)
         assert sorted(names) == sorted(old)
         assert [] == [k for k in names if now[k] in (0, old[k])]
+
+
+class TestNoSecretsInTheLog:
+    def test_a_listener_s_token_on_its_command_line_never_reaches_memmon_s_log(
+        self, supervisord, tmp_path
+    ):
+        """crashmail runs with a webhook token in its command line, and memmon (judging
+        every process, listeners included by name) logs what it skips and decides: the
+        token appears nowhere in memmon's log."""
+        log = tmp_path / "memmon.log"
+        token = "T0KEN-s3cr3t-4242"  # noqa: S105 - a made-up secret to look for
+        sup = supervisord(
+            program("steady", "steady", numprocs=2)
+            + f"""
+        [eventlistener:crashmail]
+        command={PYTHON} -m listeners.crashmail --sink webhook+https://hooks.example.invalid/{token}
+            --outbox {tmp_path}/outbox.sqlite
+        events=PROCESS_STATE
+        buffer_size=1024
+        stderr_logfile={tmp_path}/crashmail.log
+        environment=PYTHONPATH="{ROOT}"
+        """
+            + memmon_conf("-a 1MB --dry-run --interval 0.5", log)
+        )
+        sup.wait_all("RUNNING", timeout=60)
+        wait_for(lambda: decisions(log, "dry_run"), 60, what="memmon judging the workers")
+        text = log.read_text()
+        assert "crashmail" in text  # it did consider the pool: named, and skipped
+        assert token not in text
