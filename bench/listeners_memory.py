@@ -130,7 +130,7 @@ def main() -> int:
             f"PSS {theirs[1] / 2**20:6.1f} MiB"
         )
         print(f"  PSS ours / superlance : {ours[1] / theirs[1]:.2f}x")
-        print("  (goal: supervisor-crashmail PSS <= 20 MB = 19.07 MiB with the file and SMTP sinks)")
+        print("  (goal: supervisor-crashmail PSS <= 20 MB = 19.07 MiB, file and SMTP sinks)")
     finally:
         sup.cleanup()
         controller.stop()
