@@ -350,6 +350,39 @@ class TestWatchdogProbes:
         hung = [m for m in published(fake) if isinstance(m, bus.ProcessHung)]
         assert [("web_00", "probe", "restart")] == [(m.name, m.reason, m.action) for m in hung]
 
+    def test_max_restarts_then_only_reported_as_exhausted(self):
+        """max-restarts 2/1h: two restarts, then the third failure spell is announced as
+        exhausted and restarts nothing."""
+        clock = Clock()
+        check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
+        dog, fake, pool = make([check], clock, max_restarts=(2, 3600.0))
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        for pid in (101, 102, 103):
+            dog.round()
+            clock.now += 1
+            # the restart went through: a new run of the same process, still failing
+            dog.handle(state_event("STOPPED", "web_00", "web"))
+            dog.handle(state_event("STARTING", "web_00", "web"))
+            dog.handle(state_event("RUNNING", "web_00", "web", pid=pid))
+        assert ["web:web_00", "web:web_00"] == restarts(fake)
+        hung = [m.action for m in published(fake) if isinstance(m, bus.ProcessHung)]
+        assert ["restart", "restart", "exhausted"] == hung
+
+    def test_the_mass_guard_holds_restarts_when_many_fail_at_once(self):
+        """mass-guard 2/1m: two processes restarted, the third failing at the same time is
+        held (announced as guarded): a shared dependency, not three hung workers."""
+        clock = Clock()
+        check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
+        procs = [proc(f"web_0{i}") for i in range(3)]
+        for i, p in enumerate(procs):
+            p["pid"] = 100 + i
+        dog, fake, pool = make([check], clock, procs=procs, mass_guard=(2, 60.0))
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.round()
+        assert 2 == len(restarts(fake))
+        hung = sorted(m.action for m in published(fake) if isinstance(m, bus.ProcessHung))
+        assert ["guarded", "restart", "restart"] == hung
+
     def test_a_healthy_process_is_never_restarted(self):
         """Probes that pass restart nothing, however many rounds."""
         clock = Clock()
