@@ -159,6 +159,25 @@ def health_announcer(
     return announce
 
 
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (BEGIN IMMEDIATE): committed at the end, rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+#: Save one crash-loop incident's state (the event loop's write and the courier's deferred one).
+_UPSERT_LOOP = (
+    "INSERT INTO loops (process, body) VALUES (?, ?)"
+    " ON CONFLICT (process) DO UPDATE SET body = excluded.body"
+)
+
+
 class OutboxOwnerError(Exception):
     """The outbox was made by the crashmail of another supervisord."""
 
@@ -369,17 +388,12 @@ class Outbox:
 
     @staticmethod
     def _insert_all(db: sqlite3.Connection, rows: list[tuple[str, str, str, float, float]]) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             db.executemany(
                 "INSERT OR IGNORE INTO incidents (key, batch, body, created, due)"
                 " VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def due_incidents(self, now: float) -> list[Incident]:
         """Due incidents, oldest first; a row that cannot be read is quarantined, not returned."""
@@ -403,8 +417,7 @@ class Outbox:
         with self._courier_write():
             error = f"{type(exc).__name__}: {exc}"[:500]
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(db):
                 db.execute(
                     "INSERT INTO quarantine (source, row_id, key, body, error, at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -425,10 +438,6 @@ class Outbox:
                         " WHERE message_id = ?",
                         (error, row_id),
                     )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             log.error(
                 "outbox.row_quarantined",
                 table=source,
@@ -458,8 +467,7 @@ class Outbox:
         with self._courier_write():
             db = self._db()
             now = self.clock()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(db):
                 db.execute(
                     "INSERT OR IGNORE INTO messages (key, body, created) VALUES (?, ?, ?)",
                     (alert.key, alert.to_json(), now),
@@ -476,10 +484,6 @@ class Outbox:
                     "UPDATE incidents SET message_id = ? WHERE id = ?",
                     [(message_id, i) for i in incident_ids],
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             return int(message_id)
 
     def pending(self, sink: str, now: float, limit: int = 50) -> list[tuple[int, Alert, int]]:
@@ -568,8 +572,7 @@ class Outbox:
         """Delete the oldest messages beyond ``keep`` whose deliveries are all finished."""
         with self._courier_write():
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(db):
                 done = [
                     r[0]
                     for r in db.execute(
@@ -585,10 +588,6 @@ class Outbox:
                     db.execute(f"DELETE FROM deliveries WHERE message_id IN ({marks})", ids)  # noqa: S608 - only ? marks
                     db.execute(f"DELETE FROM incidents WHERE message_id IN ({marks})", ids)  # noqa: S608
                     db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)  # noqa: S608
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             return len(done)
 
     def counts(self) -> dict[str, int]:
@@ -608,15 +607,10 @@ class Outbox:
     def claim(self, identity: str) -> None:
         """Mark ``outbox`` as this supervisord's, or raise when another one's mark is there."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             row = db.execute("SELECT identity FROM owner WHERE one = 1").fetchone()
             if row is None:
                 db.execute("INSERT INTO owner (one, identity) VALUES (1, ?)", (identity,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if row is not None and row[0] != identity:
             raise OutboxOwnerError(str(row[0]))
 
@@ -652,8 +646,7 @@ class Outbox:
             self._unsaved_loops.pop(process, None)
         done = self._loop_call(
             "save_loop",
-            "INSERT INTO loops (process, body) VALUES (?, ?)"
-            " ON CONFLICT (process) DO UPDATE SET body = excluded.body",
+            _UPSERT_LOOP,
             (process, body),
         )
         if done is None:
@@ -676,22 +669,12 @@ class Outbox:
             return 0
         db = self._db()
         try:
-            with self._courier_write():
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for process, body in todo.items():
-                        if body is None:
-                            db.execute("DELETE FROM loops WHERE process = ?", (process,))
-                        else:
-                            db.execute(
-                                "INSERT INTO loops (process, body) VALUES (?, ?)"
-                                " ON CONFLICT (process) DO UPDATE SET body = excluded.body",
-                                (process, body),
-                            )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+            with self._courier_write(), _immediate(db):
+                for process, body in todo.items():
+                    if body is None:
+                        db.execute("DELETE FROM loops WHERE process = ?", (process,))
+                    else:
+                        db.execute(_UPSERT_LOOP, (process, body))
         except sqlite3.Error as exc:
             log.debug("outbox.loop_state_still_deferred", error=str(exc), waiting=len(todo))
             return 0

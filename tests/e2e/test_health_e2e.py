@@ -413,28 +413,34 @@ class TestHttpok:
         wait_for(three_runs, 90, 0.3, what="two restarts of the still-broken worker")
         flag.unlink()
 
-    @pytest.mark.skipif(not Path("/usr/bin/gcore").exists(), reason="needs gdb's gcore")
-    def test_gcore_and_coredir_dump_the_hung_worker_before_the_restart(self, supervisord, tmp_path):
-        """httpok's -g/-d: the worker answering 500 is dumped with the real gcore into the
-        core directory (named after the process and its old pid), then restarted; a -g that
-        fails is logged and the restart still happens."""
+    @staticmethod
+    def _fail_with_gcore(supervisord, tmp_path, gcore: str) -> tuple[int, Path, Path]:
+        """An httpok with ``-g GCORE -d cores`` whose web worker starts answering 500; returns
+        the worker's first pid, the core dir and httpok's log once the worker was restarted."""
         port = free_port()
-        flag, cores = tmp_path / "flag", tmp_path / "cores"
+        flag, cores, log = tmp_path / "flag", tmp_path / "cores", tmp_path / "httpok.log"
         cores.mkdir()
         sup = supervisord(
             program("web", f"{HERE} http {port} {flag}")
             + listener(
                 "httpok",
-                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 -g '/usr/bin/gcore -o'"
-                f" -d {cores} --grace 0 http://127.0.0.1:{port}/",
+                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 -g '{gcore}' -d {cores}"
+                f" --grace 0 http://127.0.0.1:{port}/",
                 "TICK_5",
-                tmp_path / "httpok.log",
+                log,
             )
         )
         sup.wait_state("web:web", "RUNNING")
         first = pid(sup, "web:web")
         flag.touch()  # --grace 0: judged at the next TICK_5
         wait_for(lambda: pid(sup, "web:web") not in (0, first), 60, what="web restarted")
+        return first, cores, log
+
+    @pytest.mark.skipif(not Path("/usr/bin/gcore").exists(), reason="needs gdb's gcore")
+    def test_gcore_and_coredir_dump_the_hung_worker_before_the_restart(self, supervisord, tmp_path):
+        """httpok's -g/-d: the worker answering 500 is dumped with the real gcore into the
+        core directory (named after the process and its old pid), then restarted."""
+        first, cores, log = self._fail_with_gcore(supervisord, tmp_path, "/usr/bin/gcore -o")
         (core,) = wait_for(lambda: list(cores.glob(f"web_web.*.{first}")), 30, what="the core")
         with core.open("rb") as f:
             head = f.read(18)
@@ -442,9 +448,7 @@ class TestHttpok:
         assert head[16] == 4  # e_type ET_CORE: a core file, not an executable
         written = wait_for(
             lambda: [
-                json.loads(ln)
-                for ln in (tmp_path / "httpok.log").read_text().splitlines()
-                if "health.core_written" in ln
+                json.loads(ln) for ln in log.read_text().splitlines() if "health.core_written" in ln
             ],
             10,
             what="health.core_written",
@@ -453,30 +457,9 @@ class TestHttpok:
 
     def test_a_gcore_that_fails_is_logged_and_the_restart_goes_on(self, supervisord, tmp_path):
         """-g naming a program that exits 1: health.gcore_failed says so; web is restarted."""
-        port = free_port()
-        flag, cores = tmp_path / "flag", tmp_path / "cores"
-        cores.mkdir()
-        sup = supervisord(
-            program("web", f"{HERE} http {port} {flag}")
-            + listener(
-                "httpok",
-                f"{PYTHON} -m listeners.httpok -p web -t 2 -c 200 -g /bin/false -d {cores}"
-                f" --grace 0 http://127.0.0.1:{port}/",
-                "TICK_5",
-                tmp_path / "httpok.log",
-            )
-        )
-        sup.wait_state("web:web", "RUNNING")
-        first = pid(sup, "web:web")
-        flag.touch()  # --grace 0: judged at the next TICK_5
-        wait_for(lambda: pid(sup, "web:web") not in (0, first), 60, what="web restarted")
-        failed = wait_for(
-            lambda: "health.gcore_failed" in (tmp_path / "httpok.log").read_text(),
-            10,
-            what="health.gcore_failed",
-        )
-        assert failed
-        assert "/bin/false exited 1" in (tmp_path / "httpok.log").read_text()
+        _, cores, log = self._fail_with_gcore(supervisord, tmp_path, "/bin/false")
+        wait_for(lambda: "health.gcore_failed" in log.read_text(), 10, what="gcore_failed")
+        assert "/bin/false exited 1" in log.read_text()
         assert [] == list(cores.iterdir())
 
 
