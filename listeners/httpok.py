@@ -7,18 +7,21 @@ younger than ``--grace`` is never restarted (superlance restarted one still star
 
 from __future__ import annotations
 
-import getopt
+import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import NoReturn, TypeVar
 
+from listeners.core.cli import DEFAULT_SENDMAIL, HelpFormatter
 from listeners.core.supervisor import Connection, SupervisorError
 from listeners.core.units import parse_count, parse_duration, parse_status
 from listeners.core.watchdog import Check, HttpokOptions, WatchdogConfig, serve, validate
 
-__all__ = ["HTTPOK_USAGE", "main", "parse_args"]
+__all__ = ["build_parser", "main", "parse_args"]
+
+T = TypeVar("T")
 
 
 def _httpok_usage(message: str) -> NoReturn:
@@ -26,88 +29,97 @@ def _httpok_usage(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-_KEYS = {"b": "body", "s": "sendmail_program", "m": "email", "g": "gcore", "d": "coredir"}
-_KEYS |= {"n": "name", "p": "program", "a": "any", "t": "timeout", "c": "code", "e": "eager"}
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr (as the other tools' errors are)."""
+
+    def error(self, message: str) -> NoReturn:
+        _httpok_usage(f"{message}; usage: supervisor-httpok [-p name] [-a] [-t s] [-c code] URL")
 
 
-def _options(opts: list[tuple[str, str]]) -> dict[str, Any]:
-    values: dict[str, Any] = {"programs": [], "statuses": []}
-    for opt, value in opts:
-        name = opt.lstrip("-")
-        name = _KEYS.get(name, name)
-        try:
-            if name == "program":
-                values["programs"].append(value)
-            elif name == "code":
-                values["statuses"].append(parse_status(value))
-            elif name == "timeout":
-                values["timeout"] = float(parse_count(value))
-            elif name in ("eager", "E", "not-eager"):
-                values["eager"] = name == "eager"
-            elif name == "grace":
-                values["grace"] = parse_duration(value)
-            else:
-                values[name] = value or True
-        except ValueError as exc:
-            _httpok_usage(f"{opt} {value}: {exc}")
-    return values
+_USAGE = (
+    "supervisor-httpok [-p NAME]... [-a] [-t SECONDS] [-c CODE]... [-b TEXT] [-m ADDRESS]\n"
+    "                         [-s SENDMAIL] [-g GCORE] [-d COREDIR] [-e|-E] [-n NAME]"
+    " [--grace D] URL"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """superlance httpok's flags, short and long, as an argparse parser (values stay text)."""
+    parser = _OneLineParser(
+        prog="supervisor-httpok",
+        usage=_USAGE,
+        formatter_class=HelpFormatter,
+        description="A drop-in for superlance's httpok: on each TICK event, GET URL and restart"
+        " the RUNNING -p processes (or every process with -a) when the status is not one of -c"
+        " (200) or the body lacks -b, or no answer comes within -t seconds (10). Unlike"
+        " superlance, a process younger than --grace (30s) is never restarted, and restarts"
+        " never block supervisord.",
+    )
+    add = parser.add_argument
+    add("url", nargs="*", metavar="URL", help="the URL to GET on each TICK event")
+    add("-p", "--program", dest="programs", action="append", default=[], metavar="NAME",
+        help="a process to restart, name or group:name (repeatable)")  # fmt: skip
+    add("-a", "--any", action="store_true", help="restart every RUNNING process")
+    add("-t", "--timeout", metavar="SECONDS", help="how long to wait for an answer (10)")
+    add("-c", "--code", dest="codes", action="append", default=[], metavar="CODE",
+        help="a status that means healthy (repeatable; default 200)")  # fmt: skip
+    add("-b", "--body", metavar="TEXT", help="text the body must contain")
+    add("-m", "--email", metavar="ADDRESS", help="mail ADDRESS about each restart")
+    add("-s", "--sendmail_program", metavar="SENDMAIL",
+        help=f"the mail command (default: {DEFAULT_SENDMAIL})")  # fmt: skip
+    add("-g", "--gcore", metavar="GCORE", help="the core dump command (default: /usr/bin/gcore -o)")
+    add("-d", "--coredir", metavar="COREDIR", help="write a core there before each restart")
+    add("-e", "--eager", dest="eager", action="store_true", default=None,
+        help="check even while no watched process runs (the default)")  # fmt: skip
+    add("-E", "--not-eager", dest="eager", action="store_false",
+        help="skip the check while no watched process runs")  # fmt: skip
+    add("-n", "--name", metavar="NAME", help="this httpok's name in mail subjects")
+    add("--grace", metavar="DURATION", help="never restart a process younger than this (30s)")
+    return parser
+
+
+def _convert(flag: str, value: str, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(value)
+    except ValueError as exc:
+        _httpok_usage(f"{flag} {value}: {exc}")
 
 
 def parse_args(argv: Sequence[str]) -> WatchdogConfig:
-    """superlance httpok's command line (getopt, the same short and long flags) to a Config."""
-    longs = [
-        "help",
-        "program=",
-        "any",
-        "timeout=",
-        "code=",
-        "body=",
-        "sendmail_program=",
-        "email=",
-        "gcore=",
-        "coredir=",
-        "eager",
-        "not-eager",
-        "name=",
-        "grace=",
-    ]
-    try:
-        opts, args = getopt.getopt(list(argv), "hp:at:c:b:s:m:g:d:eEn:", longs)
-    except getopt.GetoptError as exc:
-        _httpok_usage(f"{exc}; usage: supervisor-httpok [-p name] [-a] [-t s] [-c code] URL")
-    if any(o in ("-h", "--help") for o, _ in opts):
-        sys.stderr.write(HTTPOK_USAGE)
-        raise SystemExit(0)
-    if len(args) != 1:
+    """superlance httpok's command line (the same short and long flags) to a Config."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        parser.error(f"unknown option {unknown[0]}")
+    if len(args.url) != 1:
         _httpok_usage("give exactly one URL (the last argument)")
-    values = _options(opts)
-    programs: list[str] = values["programs"]
-    statuses: list[int] = values["statuses"]
-    any_ = bool(values.get("any"))
-    grace = float(values.get("grace", 30.0))
-    if not programs and not any_:
+    programs: list[str] = args.programs
+    statuses = [_convert("-c", c, parse_status) for c in args.codes]
+    timeout = 10.0 if args.timeout is None else float(_convert("-t", args.timeout, parse_count))
+    grace = 30.0 if args.grace is None else _convert("--grace", args.grace, parse_duration)
+    if not programs and not args.any:
         _httpok_usage("name the processes to restart with -p NAME (repeatable) or -a (any)")
     try:
         base = Check(
             pattern="*",
-            http=args[0],
+            http=args.url[0],
             statuses=tuple(statuses or (200,)),
-            body=values.get("body"),
-            timeout=values.get("timeout", 10.0),
+            body=args.body,
+            timeout=timeout,
             failures=1,
             where="httpok",
         )
         validate(base)
     except ValueError as exc:
         _httpok_usage(str(exc))
-    checks = (base,) if any_ else tuple(replace(base, pattern=p) for p in programs)
+    checks = (base,) if args.any else tuple(replace(base, pattern=p) for p in programs)
     httpok = HttpokOptions(
-        email=values.get("email"),
-        sendmail=values.get("sendmail_program", HttpokOptions.sendmail),
-        gcore=values.get("gcore", HttpokOptions.gcore),
-        coredir=values.get("coredir"),
-        eager=values.get("eager", True),
-        name=values.get("name"),
+        email=args.email,
+        sendmail=args.sendmail_program or HttpokOptions.sendmail,
+        gcore=args.gcore or HttpokOptions.gcore,
+        coredir=args.coredir,
+        eager=args.eager is not False,
+        name=args.name,
     )
     try:
         connection = Connection.from_env(None)
@@ -121,19 +133,6 @@ def parse_args(argv: Sequence[str]) -> WatchdogConfig:
         connection=connection,
         log_level=os.environ.get("LISTENERS_LOG_LEVEL", "info"),
     )
-
-
-HTTPOK_USAGE = """\
-usage: supervisor-httpok [-p NAME]... [-a] [-t SECONDS] [-c CODE]... [-b TEXT] [-m ADDRESS]
-                         [-s SENDMAIL] [-g GCORE] [-d COREDIR] [-e|-E] [-n NAME] [--grace D] URL
-
-A drop-in for superlance's httpok: on each TICK event, GET URL and restart the RUNNING -p
-processes (or every process with -a) when the status is not one of -c (200) or the body lacks
--b, or no answer comes within -t seconds (10). -m mails ADDRESS through -s; -d writes a core
-with -g before each restart; -E skips the check while no watched process runs; -n names this
-httpok in mail subjects. Unlike superlance, a process younger than --grace (30s) is never
-restarted, and restarts never block supervisord.
-"""
 
 
 def main(argv: list[str] | None = None) -> int:

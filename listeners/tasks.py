@@ -79,6 +79,15 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build()[0]
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser by name (list, check, enable, disable), for the reference."""
+    return _build()[1]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
         prog="supervisor-tasks",
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=60.0,
                 help="how long --wait waits (default: %(default)s)",
             )
-    return parser
+    return parser, dict(sub.choices)
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listeners import health, httpok
+from listeners import crashmail, exporter, health, httpok, memmon, tasks
 from listeners.core import bus
 from listeners.core.backoff import BackoffBook, Schedule
 from listeners.core.guard import RestartGuard
@@ -803,6 +803,20 @@ class TestHttpokFlags:
         assert ["*"] == [c.pattern for c in config.checks]
         assert config.httpok is not None
         assert config.httpok.eager
+
+    def test_clustered_short_flags_and_glued_values(self, monkeypatch):
+        """superlance's getopt spellings still parse: -pNAME, -c204, -Ea, a --grace duration."""
+        monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///x.sock")
+        config = httpok.parse_args(["-pweb", "-c204", "-Ea", "--grace", "5s", "http://x/"])
+        assert ["*"] == [c.pattern for c in config.checks]
+        assert ((204,), 5.0) == (config.checks[0].statuses, config.grace)
+        assert config.httpok is not None
+        assert not config.httpok.eager
+
+    def test_every_command_has_a_public_parser(self):
+        """gen_reference builds every --help from a public build_parser(), httpok's included."""
+        for module in (health, httpok, memmon, crashmail, exporter, tasks):
+            assert module.build_parser().format_help().startswith("usage: supervisor-")
 
     @pytest.mark.parametrize(
         ("argv", "expected"),
