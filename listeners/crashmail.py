@@ -34,7 +34,7 @@ from listeners.core.cli import (
 from listeners.core.crashloop import DEFAULT_LOOP, CrashLoopDetector
 from listeners.core.exits import OomWatch, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
-from listeners.core.names import full_name, info_name, split_name
+from listeners.core.names import full_name, group_of, info_name, split_name
 from listeners.core.resync import Resync
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
@@ -48,7 +48,7 @@ from listeners.notify.courier import Courier
 from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
-from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group, group_of
+from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
 from listeners.notify.lost import lost_message
 from listeners.notify.outbox import Outbox, OutboxHealth, OutboxOwnerError, health_announcer

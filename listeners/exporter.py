@@ -25,7 +25,7 @@ from listeners.core.background import Submitter, Worker
 from listeners.core.crashloop import DEFAULT_LOOP
 from listeners.core.exits import OomWatch, classify, exit_from_log, oom_paths, read_oom_kills
 from listeners.core.log import configure, get_logger
-from listeners.core.names import info_name
+from listeners.core.names import info_name, split_name
 from listeners.core.resync import Resync
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import parse_duration, parse_rate
@@ -355,7 +355,7 @@ class ExporterHandler(protocol.Handler):
                 except SupervisorError as exc:
                     log.info("exporter.exit_status_unavailable", error=str(exc))
                     log_text = ""
-            status, _ = exit_from_log(log_text, name.partition(":")[2])
+            status, _ = exit_from_log(log_text, split_name(name)[1])
             if status is not None:
                 self.state.set_exit_status(name, status)
 

@@ -22,7 +22,7 @@ from listeners.core import bus, cli, protocol
 from listeners.core.background import Submitter, Worker
 from listeners.core.log import configure, get_logger
 from listeners.core.memory import MEASURES, Meter, Reading, Unreadable
-from listeners.core.names import info_name
+from listeners.core.names import group_of, info_name, split_name
 from listeners.core.pools import ConfError, listener_groups, supervisord_conf
 from listeners.core.restart import (
     MassGuard,
@@ -492,7 +492,7 @@ class Memmon(protocol.Handler):
         self._note_unreadable(readings)
         held = self._hold_groups(measured, rules, first=first)
         for key, reading in measured.items():
-            if key.partition(":")[0] in held:
+            if group_of(key) in held:
                 continue
             self._judge(key, targets[key], reading, rules[key])
         self._publish_limits(self._limits())
@@ -532,7 +532,7 @@ class Memmon(protocol.Handler):
         """Groups where most processes are over at once: a wrong ceiling, not many leaks."""
         by_group: dict[str, list[tuple[Reading, Rule]]] = {}
         for key, reading in measured.items():
-            by_group.setdefault(key.partition(":")[0], []).append((reading, rules[key]))
+            by_group.setdefault(group_of(key), []).append((reading, rules[key]))
         over_all = sum(r.bytes > rule.limit for rows in by_group.values() for r, rule in rows)
         if first and looks_misconfigured(over_all, len(measured)):
             log.warning(
@@ -644,7 +644,7 @@ class Memmon(protocol.Handler):
             if len(watch.restarts) >= count:
                 watch.exhausted = True
                 return "restarts_exhausted"
-        group = key.partition(":")[0]
+        group = group_of(key)
         if not self.budget.take(group, sum(1 for r in self.table if r.group == group), key):
             return "deferred"  # --max-unavailable: this group's share is restarting already
         watch.restarts.append(self.clock())
@@ -677,7 +677,7 @@ class Memmon(protocol.Handler):
             log.info("memmon.decision", max_unavailable=self.budget.label, **fields)
             return
         log.warning("memmon.decision", **fields)
-        group, _, name = key.partition(":")
+        group, name = split_name(key)
         if action == "restarts_exhausted":
             count, window = self.config.max_restarts or (0, 0.0)
             message: bus.Message = bus.RestartsExhausted(

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from listeners.core.cli import HelpFormatter, arg_type
 from listeners.core.exits import exit_from_log
+from listeners.core.names import full_name, info_name
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, read_main_log
 from listeners.core.units import parse_positive_duration
 from listeners.taskfiles.check import (
@@ -270,9 +271,8 @@ class Tool:
                     f"  command={prog['command']}"
                 )
             for proc in row["processes"]:
-                self.say(
-                    f"    {proc['group']}:{proc['name']}  {proc['state']}  {proc['description']}"
-                )
+                name = full_name(proc["group"], proc["name"])
+                self.say(f"    {name}  {proc['state']}  {proc['description']}")
         return EXIT_OK
 
     @staticmethod
@@ -367,7 +367,7 @@ class Tool:
             ]
             failed = [i for i in pending if i["statename"] in _FAILED_STATES]
             if not pending:
-                self.say(f"running: {', '.join(_name(i) for i in infos) or 'no processes'}")
+                self.say(f"running: {', '.join(info_name(i) for i in infos) or 'no processes'}")
                 return EXIT_OK
             if failed or self.clock() >= deadline:
                 # getProcessInfo says exit status 0 for a start that failed before startsecs;
@@ -383,12 +383,8 @@ class Tool:
             self.sleep(0.25)
 
 
-def _name(info: dict[str, Any]) -> str:
-    return f"{info['group']}:{info['name']}"
-
-
 def _failure(info: dict[str, Any], log_text: str = "") -> str:
-    parts = [f"{_name(info)} is {info['statename']}"]
+    parts = [f"{info_name(info)} is {info['statename']}"]
     if info.get("spawnerr"):
         parts.append(f"spawn error: {info['spawnerr']}")
     if info["statename"] == "EXITED" and info.get("exitstatus") is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["full_name", "info_name", "split_name"]
+__all__ = ["full_name", "group_of", "info_name", "split_name"]
 
 
 def full_name(group: str, name: str) -> str:
@@ -26,3 +26,8 @@ def split_name(full: str) -> tuple[str, str]:
     """``("group", "name")`` of ``group:name``; a bare ``name`` is its own group."""
     group, sep, name = full.partition(":")
     return (group, name) if sep else (full, full)
+
+
+def group_of(full: str) -> str:
+    """The group of ``group:name`` (a bare ``name`` is its own group)."""
+    return split_name(full)[0]

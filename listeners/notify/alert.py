@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from listeners.core.names import full_name
+from listeners.core.names import full_name, split_name
 from listeners.core.units import duration_words
 
 __all__ = [
@@ -167,7 +167,7 @@ def subject(alert: Alert, prefix: str = "") -> str:
     if alert.kind == "summary" or alert.processes:
         n = len(alert.processes) or alert.count
         what = f"{n} process{'es' if n != 1 else ''} {_TITLES.get(alert.kind, alert.kind)}"
-        names = [p.partition(":")[2] or p for p in alert.processes]
+        names = [split_name(p)[1] for p in alert.processes]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         text = f"[{alert.host}] {what}" + (f": {shown}" if shown else "")
     elif alert.kind == "crash_loop" and alert.details.get("note") == "removed":

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any, NamedTuple
 
 from listeners.core import bus
+from listeners.core.names import full_name
 from listeners.notify.alert import duration_words, mib
 
 __all__ = ["Announced", "announced_alert"]
@@ -112,7 +113,7 @@ def _hung_text(msg: bus.ProcessHung) -> str:
     what = {"probe": "failed its health check", "heartbeat": "stopped sending heartbeats"}.get(
         msg.reason, "went silent"
     )
-    process = f"{msg.group}:{msg.name}"
+    process = full_name(msg.group, msg.name)
     later = _HUNG_NEXT.get(msg.action, "action: {action}").format(
         process=process, action=msg.action
     )

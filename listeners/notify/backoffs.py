@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 
 from listeners.core import bus
-from listeners.core.names import full_name
+from listeners.core.names import full_name, group_of
 from listeners.notify.alert import Alert, iso_time
 
 __all__ = ["KINDS", "MAX_HOLDS", "STALE", "WAIT", "BackoffMemory", "hold_sentence"]
@@ -100,7 +100,7 @@ class BackoffMemory:
     def forget_group(self, group: str) -> int:
         """The group was removed from supervisord: its holds go; returns how many."""
         with self._lock:
-            gone = [k for k in self._held if k.partition(":")[0] == group]
+            gone = [k for k in self._held if group_of(k) == group]
             for key in gone:
                 del self._held[key]
         return len(gone)

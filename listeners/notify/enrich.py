@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from listeners.core.exits import classify, exit_from_log
 from listeners.core.log import get_logger
+from listeners.core.names import info_name
 from listeners.core.supervisor import SupervisorError, read_main_log
 from listeners.notify.alert import Alert, clean_text, collapse_repeats
 
@@ -131,13 +132,13 @@ def _enrich_summary(alert: Alert, rpc: EnrichRPC) -> Alert:
     items = alert.details.get("items", [])
     if any(i.get("exit_status") is None and i.get("kind") == "crash" for i in items):
         try:
-            infos = {f"{i['group']}:{i['name']}": i for i in rpc.all_process_info()}
+            infos = {info_name(i): i for i in rpc.all_process_info()}
         except SupervisorError:
             return alert
         log_tail: str | None = None
         new_items = []
         for it in items:
-            info = infos.get(f"{it['group']}:{it['name']}")
+            info = infos.get(info_name(it))
             if it.get("exit_status") is not None or it["kind"] != "crash" or not info:
                 new_items.append(it)
             elif info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):

@@ -6,7 +6,7 @@ import hashlib
 from collections import deque
 from typing import Any
 
-from listeners.core.names import info_name
+from listeners.core.names import group_of, info_name
 from listeners.notify.alert import Alert
 
 __all__ = ["FloodControl", "fold"]
@@ -36,7 +36,7 @@ class FloodControl:
 
     def forget_group(self, group: str) -> int:
         """The group was removed from supervisord: when its processes last alerted goes."""
-        gone = [k for k in self._last if k[0].partition(":")[0] == group and ":" in k[0]]
+        gone = [k for k in self._last if ":" in k[0] and group_of(k[0]) == group]
         for key in gone:
             del self._last[key]
         return len(gone)

@@ -10,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSet
 from typing import Any
 
-__all__ = ["PRUNE_EVERY", "absent_groups", "drop_group", "group_of"]
+from listeners.core.names import group_of
+
+__all__ = ["PRUNE_EVERY", "absent_groups", "drop_group"]
 
 #: Seconds between two reconciles that look for groups gone unseen (memmon's safety period).
 PRUNE_EVERY = 3600.0
-
-
-def group_of(process: str) -> str:
-    """``web`` of ``web:web_00``."""
-    return process.partition(":")[0]
 
 
 def drop_group(group: str, *maps: MutableMapping[str, Any] | MutableSet[str]) -> int:

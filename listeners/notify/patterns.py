@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from listeners.core.events import ProcessLogEvent
-from listeners.core.names import full_name
+from listeners.core.names import full_name, group_of
 from listeners.core.units import parse_rate
 from listeners.notify.alert import Alert, one_line
 
@@ -307,7 +307,7 @@ class LogWatch:
         """A group was removed: its streams, dead pids and waiting matches go; returns how many."""
 
         def of(process: str) -> bool:
-            return process.partition(":")[0] == group
+            return group_of(process) == group
 
         streams = [k for k in self._streams if of(k[0])]
         dead = [k for k in self._dead if of(k[0])]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from listeners.core.names import info_name
 from listeners.core.supervisor import SupervisorError
 from listeners.taskfiles.check import duplicate_problems, group_error, parser_for, validate_file
 from listeners.taskfiles.files import discover, resolve
@@ -185,7 +186,7 @@ class Toggle:
             if not busy:
                 return True
             if self.clock() >= deadline:
-                names = ", ".join(f"{i['group']}:{i['name']}" for i in busy)
+                names = ", ".join(info_name(i) for i in busy)
                 self.warn(
                     f"warning: {names} still stopping after"
                     f" {budget:g}s; the file stays in {self.layout.disabled_dir} and supervisord"
