@@ -1,11 +1,14 @@
-"""Fakes shared by unit tests: a clock, an in-memory supervisord RPC, an inline worker, events."""
+"""Fakes shared by unit tests: a clock, an in-memory supervisord RPC, an inline worker, events
+and the listener's stdin/stdout as in-memory streams."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
 
+from listeners.core import protocol
 from listeners.core.protocol import (
     Event,
     ProcessStateEvent,
@@ -20,6 +23,13 @@ def make_event(eventname: str, payload: str, serial: int = 1) -> Event:
     raw = format_event(eventname, payload, serial=serial)
     head, _, body = raw.partition("\n")
     return parse_event(parse_header(head), body)
+
+
+def run_listener(handler: protocol.Handler, stdin: str, **options: Any) -> tuple[int, str]:
+    """protocol.run over in-memory streams: (exit code, all that was written to stdout)."""
+    out = io.StringIO()
+    code = protocol.run(handler, io.StringIO(stdin), out, install_signals=False, **options)
+    return code, out.getvalue()
 
 
 def state_event(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 
 import pytest
@@ -23,7 +22,7 @@ from listeners.notify.alert import Alert
 from listeners.notify.enrich import NO_LOG, enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
-from tests.fakes import FakeClock, FakeSupervisor
+from tests.fakes import FakeClock, FakeSupervisor, run_listener
 
 
 def state_event(state, name="w", group="g", serial=1, **fields):
@@ -490,10 +489,9 @@ class TestLoop:
         """Through the real protocol loop, an EXITED is in the outbox when OK is written."""
         h = Harness(tmp_path)
         payload = "processname:w groupname:g from_state:RUNNING expected:0 pid:3"
-        stdin = io.StringIO(protocol.format_event("PROCESS_STATE_EXITED", payload))
-        stdout = io.StringIO()
-        assert protocol.run(h.cm, stdin, stdout, install_signals=False) == 0
-        assert (stdout.getvalue(), h.kinds()) == ("READY\nRESULT 2\nOKREADY\n", [("crash", "w")])
+        code, out = run_listener(h.cm, protocol.format_event("PROCESS_STATE_EXITED", payload))
+        assert 0 == code
+        assert (out, h.kinds()) == ("READY\nRESULT 2\nOKREADY\n", [("crash", "w")])
 
 
 class TestHangingSink:
@@ -526,10 +524,9 @@ class TestHangingSink:
                 )
                 for i in range(256)
             )
-            stdout = io.StringIO()
-            protocol.run(h.cm, io.StringIO(frames), stdout, install_signals=False)
+            _, out = run_listener(h.cm, frames)
             assert entered.wait(10)
-            acks = stdout.getvalue().count("RESULT 2\nOK")
+            acks = out.count("RESULT 2\nOK")
             incidents = h.outbox.counts()["incidents_open"] + h.outbox.counts()["messages"]
             assert (acks, incidents >= 256) == (256, True)
             assert not release.is_set()

@@ -30,15 +30,7 @@ from listeners.core.probes import (
 )
 from listeners.core.supervisor import BAD_NAME, RPCFault, SupervisorError
 from listeners.core.watchdog import Check, HttpokOptions, Watchdog, WatchdogConfig
-from tests.fakes import FakeSupervisor, InlineWorker, make_event, state_event
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock, FakeSupervisor, InlineWorker, make_event, state_event
 
 
 class InlinePool:
@@ -63,7 +55,7 @@ def proc(name: str, state: str = "RUNNING", start: float = 0.0, group: str = "we
 
 
 def make(
-    checks: list[Check], clock: Clock, *, procs: list[dict] | None = None, **cfg: Any
+    checks: list[Check], clock: FakeClock, *, procs: list[dict] | None = None, **cfg: Any
 ) -> tuple[Watchdog, FakeSupervisor, InlinePool]:
     infos = procs if procs is not None else [proc("web_00")]
     fake = FakeSupervisor({f"{p['group']}:{p['name']}": dict(p) for p in infos})
@@ -305,7 +297,7 @@ class TestProbes:
 class TestResync:
     def test_lost_events_are_answered_by_one_read_once_they_settle(self):
         """A stop whose events were lost: the read after the gap ends the probing of it."""
-        clock = Clock()
+        clock = FakeClock()
         dog, fake, pool = make([Check("*", http="http://127.0.0.1:1/", period=1)], clock)
         fake.processes["web:web_00"]["statename"] = "STOPPED"
         dog.on_events_lost(3, state_event("RUNNING", "web_01", "web"))
@@ -324,7 +316,7 @@ class TestResync:
 
     def test_an_hourly_read_catches_what_no_event_said(self):
         """With no gap at all, the safety read still comes once an hour."""
-        clock = Clock()
+        clock = FakeClock()
         dog, fake, _ = make([Check("*", http="http://127.0.0.1:1/", period=60)], clock)
         clock.now += 3599
         dog.on_timer()
@@ -337,7 +329,7 @@ class TestResync:
 class TestWatchdogProbes:
     def test_restart_after_the_failure_threshold(self):
         """Three failed probes in a row restart the process once and announce it as hung."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("web", http="http://127.0.0.1:1/", failures=3, period=1)
         dog, fake, pool = make([check], clock)
         pool.answers["GET http://127.0.0.1:1/"] = False
@@ -353,7 +345,7 @@ class TestWatchdogProbes:
     def test_max_restarts_then_only_reported_as_exhausted(self):
         """max-restarts 2/1h: two restarts, then the third failure spell is announced as
         exhausted and restarts nothing."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
         dog, fake, pool = make([check], clock, max_restarts=(2, 3600.0))
         pool.answers["GET http://127.0.0.1:1/"] = False
@@ -371,7 +363,7 @@ class TestWatchdogProbes:
     def test_the_mass_guard_holds_restarts_when_many_fail_at_once(self):
         """mass-guard 2/1m: two processes restarted, the third failing at the same time is
         held (announced as guarded): a shared dependency, not three hung workers."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
         procs = [proc(f"web_0{i}") for i in range(3)]
         for i, p in enumerate(procs):
@@ -385,7 +377,7 @@ class TestWatchdogProbes:
 
     def test_a_healthy_process_is_never_restarted(self):
         """Probes that pass restart nothing, however many rounds."""
-        clock = Clock()
+        clock = FakeClock()
         dog, fake, pool = make([Check("*", http="http://127.0.0.1:1/", period=1)], clock)
         for _ in range(20):
             dog.round()
@@ -395,7 +387,7 @@ class TestWatchdogProbes:
 
     def test_initial_delay_keeps_probes_off_a_starting_process(self):
         """No probe is judged within the initial delay after RUNNING."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", http="http://127.0.0.1:1/", period=1, initial_delay=10, failures=1)
         dog, fake, pool = make([check], clock, procs=[proc("web_00", start=clock.now)])
         pool.answers["GET http://127.0.0.1:1/"] = False
@@ -407,7 +399,7 @@ class TestWatchdogProbes:
 
     def test_grace_spares_a_process_that_just_started(self):
         """A failing probe on a process younger than the grace restarts nothing."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1)
         dog, fake, pool = make([check], clock, procs=[proc("web_00", start=clock.now)], grace=30)
         pool.answers["GET http://127.0.0.1:1/"] = False
@@ -419,7 +411,7 @@ class TestWatchdogProbes:
 
     def test_alert_only_reports_once_and_restarts_nothing(self):
         """action=alert publishes one hung message per failure spell, no restart."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1, action="alert")
         dog, fake, pool = make([check], clock)
         pool.answers["GET http://127.0.0.1:1/"] = False
@@ -432,7 +424,7 @@ class TestWatchdogProbes:
 
     def test_placeholders_give_each_process_its_own_probe(self):
         """{process_num} in a URL makes one probe per process."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", http="http://127.0.0.1:90{process_num:02d}/", period=1)
         dog, _, pool = make([check], clock, procs=[proc("web_00"), proc("web_07")])
         dog.round()
@@ -442,7 +434,7 @@ class TestWatchdogProbes:
 class TestWatchdogHeartbeats:
     def test_no_heartbeat_is_hung(self):
         """A process without a heartbeat for N is restarted and announced as hung."""
-        clock = Clock()
+        clock = FakeClock()
         dog, fake, _ = make([Check("*", heartbeat=30)], clock, procs=[proc("w", start=1000)])
         clock.now += 20
         dog.handle(
@@ -459,7 +451,7 @@ class TestWatchdogHeartbeats:
 
     def test_heartbeat_text_ignores_other_output(self):
         """With heartbeat-text, plain log lines are not beats."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", heartbeat=30, heartbeat_text="alive")
         dog, fake, _ = make([check], clock, procs=[proc("w", start=1000)])
         for _ in range(4):
@@ -475,7 +467,7 @@ class TestWatchdogHeartbeats:
 
     def test_silence(self):
         """No output at all for the silence limit is a failure."""
-        clock = Clock()
+        clock = FakeClock()
         dog, fake, _ = make([Check("*", silence=60)], clock, procs=[proc("w", start=1000)])
         clock.now += 59
         dog.round()
@@ -486,7 +478,7 @@ class TestWatchdogHeartbeats:
 
     def test_status_carries_probe_and_heartbeat_age(self):
         """The bus status gives probe success and heartbeat age per process."""
-        clock = Clock()
+        clock = FakeClock()
         checks = [Check("a", heartbeat=30), Check("b", http="http://127.0.0.1:1/")]
         dog, _, _ = make([*checks], clock, procs=[proc("a", start=990), proc("b", start=990)])
         dog.round()
@@ -498,7 +490,7 @@ class TestWatchdogHeartbeats:
 class TestWatchdogBackoff:
     def test_crash_holds_the_respawn_and_starts_after_the_delay(self):
         """An unexpected exit holds the autorestarted process, then starts it after the delay."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", backoff=Schedule(10, 60, 100), hold_crashes=True)
         dog, fake, _ = make([check], clock, procs=[proc("w")])
         dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
@@ -525,7 +517,7 @@ class TestWatchdogBackoff:
         worker runs on in STOPPING until it exits by itself. A start then would be a no-op
         ("already running") and leave the worker STOPPED for good.
         """
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", backoff=Schedule(2, 60, 100), hold_crashes=True)
         dog, fake, _ = make([check], clock, procs=[proc("w")])
         dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
@@ -549,7 +541,7 @@ class TestWatchdogBackoff:
 
     def test_a_stop_that_takes_is_not_repeated(self):
         """A held process that reaches STOPPED in time gets no second SIGTERM."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", backoff=Schedule(5, 60, 100), hold_crashes=True)
         dog, fake, _ = make([check], clock, procs=[proc("w")])
         dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
@@ -564,7 +556,7 @@ class TestWatchdogBackoff:
 
     def test_a_process_started_by_hand_during_the_hold_is_left_alone(self):
         """The hold ends while the process runs (an operator started it): no second start."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", backoff=Schedule(2, 60, 100), hold_crashes=True)
         dog, fake, _ = make([check], clock, procs=[proc("w", state="EXITED")])
         dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
@@ -576,7 +568,7 @@ class TestWatchdogBackoff:
     def test_a_start_that_fails_is_tried_again_after_the_delay(self):
         """supervisord cannot be reached when the hold ends: the process is held again for its
         delay and started then, not left stopped for good; a removed process is not retried."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", backoff=Schedule(10, 60, 100), revive_fatal=True)
         dog, fake, _ = make([check], clock, procs=[proc("w", state="BACKOFF")])
         dog.handle(state_event("FATAL", "w", "web"))
@@ -604,7 +596,7 @@ class TestWatchdogBackoff:
 
     def test_fatal_is_revived(self):
         """With revive_fatal, a FATAL process is started again after the backoff."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", backoff=Schedule(5, 60, 100), revive_fatal=True)
         dog, fake, _ = make([check], clock, procs=[proc("w", state="BACKOFF")])
         dog.handle(state_event("FATAL", "w", "web"))
@@ -614,7 +606,7 @@ class TestWatchdogBackoff:
 
     def test_a_process_healthy_once_gets_no_grace(self):
         """The grace covers the startup phase: after one passed probe, a failure restarts."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("*", http="http://127.0.0.1:1/", period=1, failures=1)
         dog, fake, pool = make([check], clock, procs=[proc("w", start=clock.now)], grace=30)
         dog.round()
@@ -625,7 +617,7 @@ class TestWatchdogBackoff:
 
     def test_fatal_stays_without_revive(self):
         """Without revive_fatal a FATAL process is left alone."""
-        clock = Clock()
+        clock = FakeClock()
         dog, fake, _ = make([Check("*", backoff=Schedule(5, 60, 100))], clock, procs=[proc("w")])
         dog.handle(state_event("FATAL", "w", "web"))
         clock.now += 100
@@ -841,7 +833,7 @@ class TestHttpokFlags:
     def test_httpok_probes_on_tick_and_mails(self, tmp_path):
         """On TICK the URL is probed; a failure restarts the RUNNING process and sends mail."""
         out = tmp_path / "mail.txt"
-        clock = Clock()
+        clock = FakeClock()
         check = Check("web_00", http="http://127.0.0.1:1/", failures=1, where="httpok")
         options = HttpokOptions(email="ops@example.com", sendmail=f"tee {out}")
         dog, fake, pool = make([check], clock, httpok=options)
@@ -854,7 +846,7 @@ class TestHttpokFlags:
         """events=TICK_60 only (superlance's setup): the restarted process is a new run, seen
         by polling. It gets the startup grace like a first start, and once past it, failing
         still, it is restarted again; before, one restart per failure spell was all."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("web_00", http="http://127.0.0.1:1/", failures=1, where="httpok")
         dog, fake, pool = make(
             [check], clock, procs=[proc("web_00", start=clock.now - 100)], httpok=HttpokOptions()
@@ -882,7 +874,7 @@ class TestHttpokFlags:
 
     def test_not_eager_skips_the_probe_with_nothing_running(self):
         """-E: no watched process RUNNING means no probe."""
-        clock = Clock()
+        clock = FakeClock()
         check = Check("web_00", http="http://127.0.0.1:1/", failures=1)
         dog, _, pool = make(
             [check],

@@ -14,7 +14,7 @@ from listeners.core import bus, protocol
 from listeners.core.memory import Reading, Unreadable
 from listeners.core.restart import Restarter
 from listeners.memmon import Config, Memmon, Rule, parse_args, resolve_rule
-from tests.fakes import FakeClock, FakeSupervisor
+from tests.fakes import FakeClock, FakeSupervisor, InlineWorker
 
 MB = 1024 * 1024
 ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
@@ -206,15 +206,6 @@ class TestRulePrecedence:
 # --------------------------------------------------------------------------- the handler
 
 
-class SyncWorker:
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        self.calls.append((fn, args))
-        fn(*args)
-
-
 def fake_supervisord(infos: list[dict[str, Any]] | None = None) -> FakeSupervisor:
     """The shared fake as memmon sees supervisord: a stop it polls for is over at once."""
     return FakeSupervisor(infos or [], instant_stop=True)
@@ -255,14 +246,14 @@ def tick() -> protocol.Event:
 def make(*argv: str, infos=None, pools=(), self_key=None):
     client = fake_supervisord(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
     meter = FakeMeter()
-    rpc = SyncWorker()
+    rpc = InlineWorker()
     clock = FakeClock()
     m = Memmon(
         cfg(*argv),
         client,  # type: ignore[arg-type]
         meter=meter,  # type: ignore[arg-type]
         rpc=rpc,
-        checker=SyncWorker(),
+        checker=InlineWorker(),
         restarter=Restarter(client, rpc, clock=clock),  # type: ignore[arg-type]
         clock=clock,
         wall=clock,
@@ -418,8 +409,8 @@ class TestDecisions:
             cfg("-a", "16MB"),
             client,  # type: ignore[arg-type]
             meter=FakeMeter(),  # type: ignore[arg-type]
-            rpc=SyncWorker(),
-            checker=SyncWorker(),
+            rpc=InlineWorker(),
+            checker=InlineWorker(),
             clock=clock,
             wall=clock,
             host="h",
@@ -440,7 +431,7 @@ class TestDecisions:
             "-a", "16MB", "-m", "ops@example.org", "-s", f"tee {out}", "-n", "edge",
             "--alert-file", str(notices),
         )  # fmt: skip
-        m._notifier = SyncWorker()
+        m._notifier = InlineWorker()
         meter.values[100] = Reading(20 * MB)
         m.handle(tick())
         mail = out.read_text()
@@ -457,7 +448,7 @@ class TestDecisions:
             "-a", "16MB", "--max-restarts", "1/1h", "--max-unavailable", "100%",
             "--alert-file", str(notices),
         )  # fmt: skip
-        m._notifier = SyncWorker()
+        m._notifier = InlineWorker()
         meter.values[100] = Reading(20 * MB)
         m.handle(tick())
         m.handle(state_event("web", "web_0", "STOPPED", 100))
@@ -477,7 +468,7 @@ class TestDecisions:
         """-u: a process up longer than the limit is restarted without a notice."""
         notices = tmp_path / "alerts.jsonl"
         m, client, meter, clock = make("-a", "16MB", "-u", "10s", "--alert-file", str(notices))
-        m._notifier = SyncWorker()
+        m._notifier = InlineWorker()
         clock.now += 60
         meter.values[100] = Reading(20 * MB)
         m.handle(tick())
@@ -507,7 +498,7 @@ class TestMassRestartGuard:
         """8 of 8 over: nothing restarted, one RestartsHeld on the bus, one notice, one log."""
         notices = tmp_path / "alerts.jsonl"
         m, client, meter, _ = make("-a", "16MB", "--alert-file", str(notices), infos=php_group())
-        m._notifier = SyncWorker()
+        m._notifier = InlineWorker()
         meter.values = {200 + i: Reading(18 * MB + i * 1024) for i in range(8)}
         for _ in range(3):
             m.handle(tick())

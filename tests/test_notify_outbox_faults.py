@@ -18,14 +18,7 @@ from listeners.notify.sinks import (
     http_status_error,
     parse_retry_after,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 class RecordingSink:

@@ -34,6 +34,7 @@ from listeners.core.protocol import (
     parse_event,
     parse_header,
 )
+from tests.fakes import run_listener
 
 
 def header(eventname: str, length: int = 0, serial: int = 1, poolserial: int = 1):
@@ -72,9 +73,8 @@ class Recorder(Handler):
 
 def run_stream(text: str, handler: Handler | None = None) -> tuple[int, str, Recorder]:
     h = handler or Recorder()
-    out = io.StringIO()
-    code = protocol.run(h, io.StringIO(text), out, install_signals=False)
-    return code, out.getvalue(), h  # type: ignore[return-value]
+    code, out = run_listener(h, text)
+    return code, out, h  # type: ignore[return-value]
 
 
 class TestParseHeader:
@@ -248,10 +248,9 @@ class TestLoop:
         stream = format_event("TICK_5", "when:1") + format_event("TICK_5", "when:2", serial=2)
         stats = LoopStats()
         h = Recorder(fail_on={1})
-        out = io.StringIO()
-        code = protocol.run(h, io.StringIO(stream), out, stats=stats, install_signals=False)
+        code, out = run_listener(h, stream, stats=stats)
         assert 0 == code
-        assert "FAIL" not in out.getvalue()
+        assert "FAIL" not in out
         assert (2, 1) == (len(h.events), stats.handler_errors)
 
     def test_bad_payload_is_answered_ok_and_skipped(self):
@@ -261,9 +260,8 @@ class TestLoop:
         )
         stats = LoopStats()
         h = Recorder()
-        out = io.StringIO()
-        protocol.run(h, io.StringIO(stream), out, stats=stats, install_signals=False)
-        assert 2 == out.getvalue().count("RESULT 2\nOK")
+        _, out = run_listener(h, stream, stats=stats)
+        assert 2 == out.count("RESULT 2\nOK")
         assert ([2], 1) == ([e.serial for e in h.events], stats.bad_payloads)
 
     def test_unparsable_header_exits_nonzero_without_answering(self):
@@ -291,7 +289,7 @@ class TestLoop:
         )
         stats = LoopStats()
         h = Recorder()
-        protocol.run(h, io.StringIO(stream), io.StringIO(), stats=stats, install_signals=False)
+        run_listener(h, stream, stats=stats)
         assert [(4, 20)] == h.lost
         assert (4, 1) == (stats.lost_events, stats.gaps)
 
@@ -346,7 +344,7 @@ class TestLoop:
 
         stream = "".join(format_event("TICK_5", f"when:{i}", serial=i) for i in range(1, 5))
         h = Timed()
-        protocol.run(h, io.StringIO(stream), io.StringIO(), clock=clock, install_signals=False)
+        run_listener(h, stream, clock=clock)
         assert h.timers >= 1
 
     def test_sigterm_while_busy_finishes_the_event_then_exits(self):

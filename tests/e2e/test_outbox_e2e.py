@@ -28,6 +28,7 @@ from listeners.notify.outbox import Outbox
 from listeners.notify.webhook import WebhookSink
 from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
 from tests.e2e.test_exporter_e2e import exporter_conf, fetch, value
+from tests.fakes import FakeClock
 
 REPO = Path(__file__).parents[2]
 
@@ -345,15 +346,7 @@ def scripted() -> Iterator[Any]:
     server.server_close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def one_crash(tmp_path: Path, clock: Clock) -> Outbox:
+def one_crash(tmp_path: Path, clock: FakeClock) -> Outbox:
     box = Outbox(str(tmp_path / "o.sqlite"), clock=clock)
     box.record(Alert(kind="crash", host="h", group="g", name="n", key="k1"), due=0)
     return box
@@ -364,7 +357,7 @@ class TestReceiverAnswers:
         """Retry-After: 30 on a 429 puts the next attempt 30 s out (retry-max is 1 s)."""
         scripted.script.append((429, {"Retry-After": "30"}))
         url = f"http://127.0.0.1:{scripted.server_address[1]}/hook"
-        clock = Clock()
+        clock = FakeClock(time.time())
         box = one_crash(tmp_path, clock)
         sink = WebhookSink(url, name="hook")
         courier = Courier(box, [sink], fold=lambda a: a[0], clock=clock, retry_max=1.0)
@@ -378,7 +371,7 @@ class TestReceiverAnswers:
         self, scripted, tmp_path
     ):
         """Alertmanager sink: 503 with Retry-After as an HTTP-date 120 s ahead waits 120 s."""
-        clock = Clock()
+        clock = FakeClock(time.time())
         scripted.script.append((503, {"Retry-After": formatdate(clock.now + 120, usegmt=True)}))
         box = one_crash(tmp_path, clock)
         sink = AlertmanagerSink(f"http://127.0.0.1:{scripted.server_address[1]}", name="am")
@@ -390,7 +383,7 @@ class TestReceiverAnswers:
     def test_a_404_is_given_up_at_once_and_not_retried(self, scripted, tmp_path):
         """One request, the delivery failed with a reason naming 404, nothing due later."""
         scripted.script.append((404, {}))
-        clock = Clock()
+        clock = FakeClock(time.time())
         box = one_crash(tmp_path, clock)
         sink = WebhookSink(f"http://127.0.0.1:{scripted.server_address[1]}/x", name="hook")
         courier = Courier(box, [sink], fold=lambda a: a[0], clock=clock)
