@@ -16,7 +16,27 @@ import pytest
 #: The real home as the session found it; a session-end check holds it unchanged.
 REAL_HOME = Path(os.path.expanduser("~"))
 WATCHED = (REAL_HOME / ".local" / "state" / "supervisor-listeners",)
-_BEFORE = {p: p.exists() for p in WATCHED}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]] | None:
+    """Every file under ``root`` with its size and mtime, or None when ``root`` does not exist.
+
+    Two snapshots differ when a file was created, removed or written, so the check below sees
+    a test writing into a state dir that was already there, not only one creating it.
+    """
+    if not root.exists():
+        return None
+    found: dict[str, tuple[int, int]] = {}
+    for path in sorted(root.rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+_BEFORE = {p: snapshot(p) for p in WATCHED}
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +63,11 @@ def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if a test created listener state in the real home."""
-    made = [str(p) for p in WATCHED if p.exists() and not _BEFORE[p]]
+    """Fail the run if a test created, wrote or removed listener state in the real home.
+
+    (A crashmail of your own with its default outbox, running beside the suite, also trips it.)
+    """
+    made = [str(p) for p in WATCHED if snapshot(p) != _BEFORE[p]]
     if made:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from listeners.core.cli import default_state_dir
-from tests.conftest import REAL_HOME
+from tests.conftest import REAL_HOME, snapshot
 
 
 class TestPrivateHome:
@@ -17,3 +17,19 @@ class TestPrivateHome:
     def test_crashmails_default_outbox_stays_in_the_temp_home(self, private_home):
         """With default flags, crashmail's state dir is under the test's own home."""
         assert default_state_dir().startswith(str(private_home))
+
+
+class TestRealHomeCheck:
+    def test_a_write_into_an_existing_state_dir_changes_the_snapshot(self, tmp_path):
+        """The session-end check sees a file written, added or removed, not only a new dir."""
+        state = tmp_path / "supervisor-listeners"
+        assert snapshot(state) is None
+        state.mkdir()
+        (state / "outbox.sqlite").write_bytes(b"x")
+        before = snapshot(state)
+        assert before == snapshot(state)
+        (state / "outbox.sqlite").write_bytes(b"xy")
+        written = snapshot(state)
+        assert written != before
+        (state / "outbox.sqlite-wal").write_bytes(b"")
+        assert snapshot(state) != written
