@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -186,3 +187,20 @@ class FakeSupervisor:
 
 def not_running(method: str) -> RPCFault:
     return RPCFault(NOT_RUNNING, "NOT_RUNNING", method)
+
+
+def outbox_counts(path: str) -> dict[str, int]:
+    """What an outbox file holds: open incidents, messages, deliveries by state (read-only)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        out = {
+            "incidents_open": db.execute(
+                "SELECT COUNT(*) FROM incidents WHERE message_id IS NULL"
+            ).fetchone()[0],
+            "messages": db.execute("SELECT COUNT(*) FROM messages").fetchone()[0],
+        }
+        for state, n in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
+            out[f"deliveries_{state}"] = n
+        return out
+    finally:
+        db.close()

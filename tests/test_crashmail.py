@@ -22,7 +22,7 @@ from listeners.notify.alert import Alert
 from listeners.notify.enrich import NO_LOG, enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
-from tests.fakes import FakeClock, FakeSupervisor, run_listener
+from tests.fakes import FakeClock, FakeSupervisor, outbox_counts, run_listener
 
 
 def state_event(state, name="w", group="g", serial=1, **fields):
@@ -527,7 +527,8 @@ class TestHangingSink:
             _, out = run_listener(h.cm, frames)
             assert entered.wait(10)
             acks = out.count("RESULT 2\nOK")
-            incidents = h.outbox.counts()["incidents_open"] + h.outbox.counts()["messages"]
+            counts = outbox_counts(h.outbox.path)
+            incidents = counts["incidents_open"] + counts["messages"]
             assert (acks, incidents >= 256) == (256, True)
             assert not release.is_set()
         finally:

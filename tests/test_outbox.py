@@ -10,7 +10,7 @@ from listeners.notify.alert import Alert
 from listeners.notify.courier import Courier, backoff_delay
 from listeners.notify.outbox import Outbox
 from listeners.notify.sinks import SinkError
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, outbox_counts
 
 
 class RecordingSink:
@@ -68,7 +68,7 @@ class TestOutbox:
             box.delivered(mid, "s")
         assert box.prune(keep=2) == 2
         assert [ids[0]] == [m for m, _, _ in box.pending("s", 10**12)]
-        assert box.counts()["messages"] == 3
+        assert outbox_counts(box.path)["messages"] == 3
 
 
 class TestCourier:
@@ -136,7 +136,7 @@ class TestCourier:
         courier.flush_once()
         clock.now += 120
         courier.deliver_once(down)
-        assert box.counts()["deliveries_expired"] == 1
+        assert outbox_counts(box.path)["deliveries_expired"] == 1
 
     def test_threads_deliver_without_being_asked_twice(self, tmp_path):
         """Started courier threads deliver a recorded incident after one wake()."""

@@ -57,19 +57,8 @@ class CrashLoopDetector:
         self.clock = clock
         self._tracks: dict[str, _Track] = {}
 
-    def is_looping(self, name: str) -> bool:
-        track = self._tracks.get(name)
-        return bool(track and track.looping)
-
     def looping(self) -> set[str]:
         return {name for name, t in self._tracks.items() if t.looping}
-
-    def exits_in_window(self, name: str) -> int:
-        track = self._tracks.get(name)
-        if track is None:
-            return 0
-        self._prune(track, self.clock())
-        return len(track.exits)
 
     def forget(self, name: str) -> None:
         self._tracks.pop(name, None)

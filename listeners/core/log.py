@@ -92,9 +92,6 @@ class Logger:
     def error(self, event: str, **fields: Any) -> None:
         self._log("error", event, fields)
 
-    def critical(self, event: str, **fields: Any) -> None:
-        self._log("critical", event, fields)
-
     def exception(self, event: str, **fields: Any) -> None:
         """An error with the traceback of the exception being handled."""
         self._log("error", event, fields, exc=True)

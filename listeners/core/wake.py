@@ -275,9 +275,6 @@ class DeathWatch:
         """``{name: pid}`` of the pidfds open now (read it from the watch thread or in tests)."""
         return {name: pid for name, (pid, _) in self._held.items()}
 
-    def fds(self) -> list[int]:
-        return [fd for _, fd in self._held.values()]
-
     def _interrupt(self) -> None:
         # A full pipe already interrupts; a closed one (-1) means stopped.
         with contextlib.suppress(OSError):

@@ -13,8 +13,9 @@ def lost_message(lost: int, found: Sequence[str], restarted: Sequence[str]) -> s
     text = (
         f"{lost} events were lost: supervisord's event buffer for this listener overflowed."
         " Raise buffer_size in its [eventlistener:x] section (4 x the number of processes,"
-        f" see docs/crashmail.md). The reconcile found {len(found)} process(es) in"
-        " BACKOFF/FATAL/EXITED that no event reported" + (": " + ", ".join(found) if found else ".")
+        " see docs/crashmail.md in the source tree). The reconcile found"
+        f" {len(found)} process(es) in BACKOFF/FATAL/EXITED that no event reported"
+        + (": " + ", ".join(found) if found else ".")
     )
     if restarted:
         text += f" {len(restarted)} process(es) restarted unseen (exit status lost): " + ", ".join(

@@ -590,18 +590,6 @@ class Outbox:
                     db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)  # noqa: S608
             return len(done)
 
-    def counts(self) -> dict[str, int]:
-        db = self._db()
-        out = {
-            "incidents_open": db.execute(
-                "SELECT COUNT(*) FROM incidents WHERE message_id IS NULL"
-            ).fetchone()[0],
-            "messages": db.execute("SELECT COUNT(*) FROM messages").fetchone()[0],
-        }
-        for state, n in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
-            out[f"deliveries_{state}"] = n
-        return out
-
     # ---------------------------------------------------------------- incidents, owner, health
 
     def claim(self, identity: str) -> None:

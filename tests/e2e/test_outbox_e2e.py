@@ -28,7 +28,7 @@ from listeners.notify.outbox import Outbox
 from listeners.notify.webhook import WebhookSink
 from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
 from tests.e2e.test_exporter_e2e import exporter_conf, fetch, value
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, outbox_counts
 
 REPO = Path(__file__).parents[2]
 
@@ -391,7 +391,11 @@ class TestReceiverAnswers:
         courier.deliver_once(sink)
         clock.now += 3600
         courier.deliver_once(sink)
-        assert (scripted.seen, box.next_attempt("hook"), box.counts().get("deliveries_failed")) == (
+        assert (
+            scripted.seen,
+            box.next_attempt("hook"),
+            outbox_counts(box.path).get("deliveries_failed"),
+        ) == (
             [404],
             None,
             1,
