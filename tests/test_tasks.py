@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from listeners import tasks
 from listeners.core.supervisor import RPCFault, SupervisorError
+from listeners.taskfiles import toggle
 from listeners.taskfiles.check import validate_file
 from listeners.taskfiles.files import discover, resolve, scan_sections
 from listeners.taskfiles.layout import ConfError, NameRefused, Section, Task, load_layout
@@ -480,6 +481,30 @@ class TestToggle:
         assert first.path.is_file()
         assert second.path.is_file()
         assert "keep me" == (home / "tasks_disabled" / second.path.name).read_text()
+
+    def test_a_move_that_fails_and_cannot_be_put_back_says_which_file_is_where(
+        self, home, monkeypatch
+    ):
+        """A full disk on the second move and on the way back: no false "nothing was moved"."""
+        real = toggle._move_no_clobber
+        calls: list[tuple[str, str]] = []
+
+        def move(src: Path, dst: Path) -> None:
+            calls.append((src.parent.name, dst.parent.name))
+            if len(calls) > 1:
+                raise OSError(28, "No space left on device")
+            real(src, dst)
+
+        monkeypatch.setattr(toggle, "_move_no_clobber", move)
+        fake = FakeSupervisor(home)
+        code, out, err = run(home, fake, "disable", "mailer", "indexer")
+        assert (1, "") == (code, out)
+        assert "nothing was moved" not in err
+        assert "No space left on device; left moved:" in err
+        moved = next(p for p in (home / "tasks_disabled").iterdir() if p.name != "reports.conf")
+        assert f"{moved} (could not move it back to {home / 'tasks' / moved.name}" in err
+        assert "supervisord was not changed" in err
+        assert [] == [c for c in fake.calls if "update" in c[0] or "reread" in c[0]]
 
 
 class TestWait:

@@ -118,6 +118,9 @@ class Toggle:
                 return Outcome(EXIT_FAILED, tuple(chosen))
         try:
             moved = self._move_all(to_move, enable)
+        except MoveError as exc:
+            self.warn(f"error: cannot move: {exc}; supervisord was not changed")
+            return Outcome(EXIT_FAILED, tuple(chosen))
         except OSError as exc:
             self.warn(f"error: cannot move: {exc}; nothing was moved")
             return Outcome(EXIT_FAILED, tuple(chosen))
@@ -230,9 +233,16 @@ class Toggle:
                 _move_no_clobber(task.path, dest)
                 self._written[dest] = _identity(dest)
                 moved.append((task, dest))
-        except OSError:
+        except OSError as exc:
+            stuck = []
             for task, dest in reversed(moved):
-                _move_no_clobber(dest, task.path)
+                try:
+                    _move_no_clobber(dest, task.path)
+                except OSError as back:
+                    stuck.append(f"{dest} (could not move it back to {task.path}: {back})")
+            if stuck:
+                # "nothing was moved" would be false: say which files are not where they were
+                raise MoveError(f"{exc}; left moved: {', '.join(stuck)}") from exc
             raise
         return moved
 
@@ -266,6 +276,10 @@ class Toggle:
             self.client.update(only=groups)
         except SupervisorError as exc:
             self.warn(f"warning: could not re-sync supervisord after the rollback: {exc}")
+
+
+class MoveError(OSError):
+    """A move failed and some files already moved could not be put back."""
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

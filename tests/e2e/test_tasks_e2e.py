@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -249,3 +252,70 @@ class TestSlowStopsAndBrokenFiles:
         assert 0 == run(stack, "disable", "broken")[0]
         assert 0 == run(stack, "enable", "reports")[0]
         assert "reports" in groups(stack)
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs of 32 inodes (needs root and mount); skipped where it cannot be mounted."""
+    where = tmp_path / "vol"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=32", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill_up(volume: Path) -> list[Path]:
+    """Take every block and every inode of ``volume``; the files made, to free it again."""
+    made = [volume / "filler"]
+    fd = os.open(made[0], os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        while True:
+            made.append(volume / f"inode{len(made)}")
+            made[-1].touch()
+    return made
+
+
+class TestFullDisk:
+    def test_disable_on_a_full_disk_moves_and_stops_nothing_and_works_once_there_is_room(
+        self, supervisord, small_volume
+    ):
+        """No room even for tasks_disabled/: one clear error, the worker keeps running."""
+        include = f"[include]\nfiles = {small_volume}/tasks/*.conf\n"
+        sup: Supervisord = supervisord("", start=False, extra_conf=include)
+        (small_volume / "tasks").mkdir()
+        conf = small_volume / "tasks" / "indexer.conf"
+        conf.write_text(program("indexer"))
+        sup.start()
+        sup.wait_all("RUNNING")
+        before = pids(sup)
+        fillers = fill_up(small_volume)
+        dirs = ["--tasks-dir", str(small_volume / "tasks")]
+        dirs += ["--disabled-dir", str(small_volume / "tasks_disabled")]
+
+        code, out, err = run(sup, *dirs, "disable", "indexer")
+
+        assert (1, "") == (code, out)
+        assert "error: cannot move: [Errno 28] No space left on device" in err
+        assert "nothing was moved" in err
+        assert conf.is_file()
+        assert before == pids(sup)
+        for filler in fillers:
+            filler.unlink(missing_ok=True)
+
+        code, out, err = run(sup, *dirs, "disable", "indexer")
+
+        assert 0 == code, err
+        assert (small_volume / "tasks_disabled" / "indexer.conf").is_file()
+        assert "indexer" not in groups(sup)
