@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import select
 import socket
@@ -9,15 +10,18 @@ import ssl
 import subprocess
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from tests.e2e.support import PYTHON, WORKER, free_port, wait_for
 
 ROOT = Path(__file__).parents[2]
 SLOW_CLIENTS = 64
+USER, PASSWORD = "prometheus", "s3cret-scrape"
 CERT_CMD = [
     "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
     "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem",
@@ -38,12 +42,23 @@ def programs(port: int, extra: str) -> str:
         """)
 
 
-def scrape(port: int, ctx: ssl.SSLContext | None) -> tuple[int, bytes]:
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def scrape(
+    port: int, ctx: ssl.SSLContext | None, authorization: str | None = None
+) -> tuple[int, bytes]:
     scheme = "https" if ctx else "http"
-    with urllib.request.urlopen(  # noqa: S310 - loopback
-        f"{scheme}://127.0.0.1:{port}/metrics", timeout=10, context=ctx
-    ) as resp:
-        return resp.status, resp.read()
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/metrics")  # noqa: S310 - loopback
+    if authorization is not None:
+        req.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:  # noqa: S310 - loopback
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # 401 and the like: the answer, not a failure
+        with exc:
+            return exc.code, exc.read()
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -59,22 +74,38 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
+@pytest.mark.parametrize("auth", [False, True], ids=["open", "basic-auth"])
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_64_slowloris_connections_do_not_lock_out_scrapes(supervisord, tmp_path, tls):
-    """With 64 clients trickling header bytes, /metrics still answers and they get cut off."""
+def test_64_slowloris_connections_do_not_lock_out_scrapes(supervisord, tmp_path, tls, auth):
+    """With 64 clients trickling header bytes, /metrics still answers and they get cut off.
+
+    With basic auth (a bcrypt user in the web config) the scrapes carry the right credentials
+    and get 200, and a wrong password gets 401 while the slow clients hold their connections.
+    """
     port = free_port()
     ctx: ssl.SSLContext | None = None
-    extra = ""
+    config = ""
     if tls:
         subprocess.run(CERT_CMD, cwd=tmp_path, check=True, capture_output=True)
-        (tmp_path / "web.yml").write_text(
-            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
-        )
-        extra = f"--web.config.file {tmp_path / 'web.yml'}"
+        config += "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
         ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         ctx.check_hostname = False
+    authorization: str | None = None
+    if auth:
+        # cost 4 keeps the one uncached check short; the checker is the same at any cost
+        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+        config += f"basic_auth_users:\n  {USER}: '{hashed}'\n"
+        authorization = basic(USER, PASSWORD)
+    extra = ""
+    if config:
+        (tmp_path / "web.yml").write_text(config)
+        extra = f"--web.config.file {tmp_path / 'web.yml'}"
     supervisord(programs(port, extra))
-    wait_for(lambda: scrape(port, ctx)[0] == 200, timeout=30, what="the exporter answers")
+    wait_for(
+        lambda: scrape(port, ctx, authorization)[0] == 200,
+        timeout=30,
+        what="the exporter answers",
+    )
 
     slow: list[socket.socket] = []
     try:
@@ -87,10 +118,14 @@ def test_64_slowloris_connections_do_not_lock_out_scrapes(supervisord, tmp_path,
         # every slow client is connected and mid-request: all of them would hold a slot now
         answers = []
         for _ in range(3):
-            answers.append(scrape(port, ctx))
+            answers.append(scrape(port, ctx, authorization))
             time.sleep(0.3)
         assert [200, 200, 200] == [status for status, _ in answers]
         assert all(b"supervisord_up 1\n" in body for _, body in answers)
+        if auth:
+            status, body = scrape(port, ctx, basic(USER, "wrong-" + PASSWORD))
+            assert (401, b"") == (status, body)
+            assert 401 == scrape(port, ctx)[0]  # no credentials at all
 
         # keep trickling (one byte a second, far inside any per-read timeout): the server
         # still closes them, because the whole head has one deadline
@@ -104,7 +139,7 @@ def test_64_slowloris_connections_do_not_lock_out_scrapes(supervisord, tmp_path,
                     s.sendall(b"E")
             time.sleep(1.0)
         assert [] == open_ones
-        assert 200 == scrape(port, ctx)[0]
+        assert 200 == scrape(port, ctx, authorization)[0]
     finally:
         for s in slow:
             s.close()
