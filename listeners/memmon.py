@@ -406,6 +406,10 @@ class Memmon(protocol.Handler):
             if not any(r.group == group.pattern for r in self.table):
                 log.warning("memmon.unknown_group", group=group.pattern, rule=group.label)
         self._publish_limits(limits)
+        # A first look now, not at the first TICK (up to 60 s with superlance's events=TICK_60):
+        # processes memmon may not read are reported at start, and a worker already over its
+        # limit is judged (young ones are still spared by --grace).
+        self.schedule_check()
 
     def _rules(self) -> list[Rule]:
         return [*self.config.programs, *self.config.groups, *filter(None, [self.config.any])]

@@ -74,6 +74,13 @@ class InlineWorker:
         """Nothing runs later, so nothing is left to wait for."""
 
 
+class HeldWorker(InlineWorker):
+    """background.Worker's interface that only records what it was given (nothing runs)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.calls.append(getattr(fn, "__name__", "?"))
+
+
 class FakeSupervisor:
     """The subset of listeners.core.supervisor.Supervisor the listeners use, in memory.
 

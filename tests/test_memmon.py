@@ -14,7 +14,7 @@ from listeners.core import bus, protocol
 from listeners.core.memory import Reading, Unreadable
 from listeners.core.restart import Restarter
 from listeners.memmon import Config, Memmon, Rule, parse_args, resolve_rule
-from tests.fakes import FakeClock, FakeSupervisor, InlineWorker
+from tests.fakes import FakeClock, FakeSupervisor, HeldWorker, InlineWorker
 
 MB = 1024 * 1024
 ENV = {"SUPERVISOR_SERVER_URL": "unix:///tmp/x.sock"}
@@ -243,9 +243,9 @@ def tick() -> protocol.Event:
     return protocol.parse_event(protocol.parse_header(text.partition("\n")[0]), "when:1")
 
 
-def make(*argv: str, infos=None, pools=(), self_key=None):
+def make(*argv: str, infos=None, pools=(), self_key=None, meter=None, check_at_start=False):
     client = fake_supervisord(infos or [info("web", "web_0", 100), info("web", "web_1", 101)])
-    meter = FakeMeter()
+    meter = meter or FakeMeter()
     rpc = InlineWorker()
     clock = FakeClock()
     m = Memmon(
@@ -262,7 +262,15 @@ def make(*argv: str, infos=None, pools=(), self_key=None):
         own_pid=1,
         pools=lambda: frozenset(pools),
     )
+    # start() queues a first check; these tests run each check themselves, from a known state
+    if check_at_start:
+        m.start(client.all_process_info())
+        return m, client, meter, clock
+    m.checker, inline = HeldWorker(), m.checker
     m.start(client.all_process_info())
+    assert ["_run_check"] == m.checker.calls  # type: ignore[attr-defined]
+    m.checker = inline
+    m._check_queued = False
     # Events flow: memmon has seen PROCESS_STATE, so restarts are the event-driven kind.
     m.handle(state_event("web", "web_0", "RUNNING", 100))
     return m, client, meter, clock
@@ -554,6 +562,15 @@ class TestMassRestartGuard:
 
 
 class TestUnreadableAndPruning:
+    def test_denied_processes_are_reported_at_start_not_at_the_first_tick(self, capsys):
+        """start() checks once: with events=TICK_60 the warning would otherwise wait 60 s."""
+        meter = FakeMeter()
+        meter.values = {101: Unreadable("denied", "Permission denied")}
+        m, client, _, _ = make("-a", "16MB", meter=meter, check_at_start=True)
+        assert 1 == capsys.readouterr().err.count("memmon.unreadable")
+        assert [["web:web_1"]] == [msg["processes"] for msg in client.bus("processes_unreadable")]
+        assert 1 == m.checks
+
     def test_denied_processes_are_named_once_and_announced(self, capsys):
         """Permission denied: one warning naming them, one ProcessesUnreadable on the bus."""
         m, client, meter, _ = make("-a", "16MB")

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from listeners.core import pools
 from listeners.core.pools import ConfError, listener_groups, supervisord_conf
 
 
@@ -55,6 +56,24 @@ class TestSupervisordConf:
         """Run outside supervisord: a ConfError, so memmon warns and judges everything."""
         proc = self.fake_proc(tmp_path, ["bash"], tmp_path)
         with pytest.raises(ConfError, match="not supervisord"):
+            supervisord_conf(42, proc)
+
+    def test_a_conf_in_a_dir_this_user_may_not_enter_says_so_not_not_found(
+        self, tmp_path, monkeypatch
+    ):
+        """memmon as another user than supervisord's: "permission denied", not "not found"."""
+        write(tmp_path / "etc" / "s.conf", "[supervisord]\n")
+        proc = self.fake_proc(
+            tmp_path, ["/usr/bin/python3", "/bin/supervisord", "-c", "etc/s.conf"], tmp_path
+        )
+
+        def denied(path, *args, **kwargs):
+            if str(path).endswith("s.conf"):
+                raise PermissionError(13, "Permission denied", path)
+            return os.lstat(path)
+
+        monkeypatch.setattr(pools.os, "stat", denied)
+        with pytest.raises(ConfError, match=r"s\.conf' may not be read by this user"):
             supervisord_conf(42, proc)
 
 

@@ -20,7 +20,13 @@ from listeners.metrics import routes
 from listeners.metrics.proc import ProcReader
 from listeners.metrics.snapshot import Snapshot
 from listeners.metrics.web import RateLimitedLog, make_server
-from listeners.metrics.webconfig import BasicAuth, WebConfig, load_web_config
+from listeners.metrics.webconfig import (
+    AUTH_WAITING,
+    AuthBusyError,
+    BasicAuth,
+    WebConfig,
+    load_web_config,
+)
 
 GOOD = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
 
@@ -151,6 +157,42 @@ class TestBasicAuth:
         for t in threads:
             t.join(timeout=30)
         assert (8, 1) == (len(rec.calls), rec.most)
+
+    def test_a_guessing_flood_beyond_the_queue_is_refused_at_once_and_cached_scrapes_pass(self):
+        """AUTH_WAITING checks may queue behind the running one; the next raises AuthBusyError
+        without bcrypt (guessers cannot hold every request slot); a cached scrape still passes."""
+        gate = threading.Event()
+        rec = Recorder()
+
+        def slow(password: bytes, hashed: bytes) -> bool:
+            if password != b"s3cret":
+                gate.wait(30)
+            return rec(password, hashed)
+
+        auth = BasicAuth({"prom": GOOD}, checkpw=slow)
+        assert auth.check(basic("prom", "s3cret"))  # cached from now on
+        threads = [
+            threading.Thread(target=auth.check, args=(basic("prom", f"guess{i}"),))
+            for i in range(AUTH_WAITING + 1)
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while auth._waiting._value and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        try:
+            for user in ("nobody", "prom"):
+                with pytest.raises(AuthBusyError):
+                    auth.check(basic(user, "guess"))
+            assert 2 == auth.refused_busy
+            assert auth.check(basic("prom", "s3cret"))
+        finally:
+            gate.set()
+            for t in threads:
+                t.join(timeout=30)
+        assert 1 + AUTH_WAITING + 1 == len(rec.calls)
+        assert not auth.check(basic("prom", "after"))  # the queue is free again: bcrypt runs
+        assert 2 == auth.refused_busy
 
     @pytest.mark.parametrize(
         "header", [None, "", "Bearer x", "Basic !!!", "Basic " + base64.b64encode(b"noco").decode()]

@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import socket
+import stat
 from collections.abc import Sequence
 
 __all__ = ["ConfError", "listener_groups", "supervisord_conf"]
@@ -65,8 +66,15 @@ def supervisord_conf(ppid: int | None = None, proc: str = "/proc") -> str:
     candidates = [given] if given else list(_SEARCH)
     for candidate in candidates:
         path = os.path.normpath(os.path.join(cwd, os.path.expanduser(candidate)))
-        if os.path.isfile(path):
-            return path
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode):
+                return path
+        except PermissionError:
+            raise ConfError(
+                f"supervisord's conf {path!r} may not be read by this user (permission denied)"
+            ) from None
+        except OSError:
+            continue
     raise ConfError(f"supervisord's conf {(given or ' or '.join(_SEARCH))!r} was not found")
 
 

@@ -31,7 +31,7 @@ from listeners.metrics import routes
 from listeners.metrics.proc import ProcReader, sample
 from listeners.metrics.render import Renderer
 from listeners.metrics.snapshot import Snapshot, SnapshotSource, Usage
-from listeners.metrics.webconfig import BasicAuth, WebConfig, load_web_config
+from listeners.metrics.webconfig import AuthBusyError, BasicAuth, WebConfig, load_web_config
 
 __all__ = ["RateLimitedLog", "WebConfig", "load_web_config", "make_server"]
 
@@ -202,6 +202,7 @@ class _Server(ThreadingHTTPServer):
         self.extra_headers = dict(web_config.headers)
         self.log_busy = RateLimitedLog("exporter.too_many_connections")
         self.log_dropped = RateLimitedLog("exporter.slow_client_dropped")
+        self.log_auth_busy = RateLimitedLog("exporter.too_many_password_checks")
         # per-connection troubles: a scanner or a plain-HTTP client on a TLS port makes one
         # per connection, so they are logged once per interval with how many were skipped
         self.log_handshake = RateLimitedLog("exporter.tls_handshake_failed", emit=log.info)
@@ -385,8 +386,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def _authenticated(self) -> bool:
-        if self.server.check_auth(self.headers.get("Authorization")):
-            return True
+        try:
+            if self.server.check_auth(self.headers.get("Authorization")):
+                return True
+        except AuthBusyError:
+            self.server.log_auth_busy(client=self.client_address[0])
+            body = b"too many password checks at once, retry shortly\n"
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return False
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="supervisor-exporter"')
         self.send_header("Content-Length", "0")

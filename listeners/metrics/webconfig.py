@@ -39,6 +39,15 @@ SETTABLE_HEADERS = (
 # $2a$/$2b$/$2y$, a two-digit cost, 22 characters of salt and 31 of hash (bcrypt's base64).
 _BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 AUTH_CACHE_SIZE = 1024
+#: bcrypt checks that may wait for the one running: half the request slots, and 32 x 70 ms
+#: (cost 10) stays inside Prometheus's 10 s scrape timeout. More are refused at once with
+#: AuthBusyError, without bcrypt and whoever the user is (so nothing leaks by timing); without the
+#: bound 64 guessing connections held every request slot and locked out even cached scrapes.
+AUTH_WAITING = 32
+
+
+class AuthBusyError(Exception):
+    """Too many password checks queued: answer 503, the client retries (no bcrypt ran)."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +235,9 @@ class BasicAuth:
     long as for a known user with a wrong password (no user names by timing). bcrypt runs
     under one lock, so guessing clients cost one core at most; successful checks are cached
     by a keyed digest of user and password (as exporter-toolkit does), so a scraper pays
-    bcrypt once, not per scrape.
+    bcrypt once, not per scrape. At most AUTH_WAITING checks queue for bcrypt; beyond that
+    ``check`` raises AuthBusyError at once, so a guessing flood cannot hold the server's request
+    slots (a cached scrape never waits).
     """
 
     def __init__(
@@ -237,6 +248,8 @@ class BasicAuth:
     ) -> None:
         self.users = dict(users)
         self._lock = threading.Lock()
+        self._waiting = threading.BoundedSemaphore(AUTH_WAITING + 1)  # + the one running
+        self.refused_busy = 0
         self._cache: dict[bytes, None] = {}
         self._key = os.urandom(32)  # secrets would load hmac, and OpenSSL with it
         self.dummy = dummy or b""
@@ -270,11 +283,17 @@ class BasicAuth:
         if key in self._cache:
             return True
         hashed = self.users.get(user)
-        with self._lock:
-            try:
-                ok = self._checkpw(password.encode(), hashed or self.dummy)
-            except ValueError:  # a hash the config check let through: refuse, never crash
-                ok = False
+        if not self._waiting.acquire(blocking=False):
+            self.refused_busy += 1  # too many checks queued (a guessing flood): no bcrypt
+            raise AuthBusyError
+        try:
+            with self._lock:
+                try:
+                    ok = self._checkpw(password.encode(), hashed or self.dummy)
+                except ValueError:  # a hash the config check let through: refuse, never crash
+                    ok = False
+        finally:
+            self._waiting.release()
         if ok and hashed is not None:
             if len(self._cache) >= AUTH_CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
