@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import json
 
 import pytest
@@ -61,6 +63,21 @@ class TestSmtpRendering:
         ) == ("cm@example.com", "a@example.com, b@example.com", "<k1@supervisor-listeners>")
         assert msg["Subject"].startswith("[x] [h1] web:w_1 crashed")
         assert "Exit status: 3" in msg.get_content()
+
+    @pytest.mark.parametrize("length", [40, 56, 60, 64])
+    def test_a_subject_is_one_line_on_the_wire_and_reads_back_without_a_leading_space(self, length):
+        """At 70-78 characters the email package folded right after "Subject:"."""
+        msg = build_message(crash(name="w" * length), "cm@example.com", ["a@example.com"])
+        wire = msg.as_bytes()
+        line = next(
+            ln
+            for ln in wire.split(b"\r\n" if b"\r\n" in wire else b"\n")
+            if ln.startswith(b"Subject:")
+        )
+        assert line.startswith(b"Subject: [h1] web:")
+        parsed = email.message_from_bytes(wire, policy=email.policy.default)
+        assert str(parsed["Subject"]) == str(msg["Subject"])
+        assert not str(parsed["Subject"]).startswith(" ")
 
     def test_a_process_name_cannot_inject_headers(self):
         """CR/LF in a name stays inside the Subject; no Bcc header appears."""

@@ -6,6 +6,7 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import default as _default_policy
 from email.utils import formatdate
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -51,12 +52,17 @@ def _smtplib(tls: bool) -> ModuleType:
                 del sys.modules[name]
 
 
+_POLICY = _default_policy.clone(max_line_length=998)
+
+
 def build_message(
     alert: Alert, sender: str, to: list[str], subject_prefix: str = ""
 ) -> EmailMessage:
     """The mail for one alert; Message-ID comes from the alert key so duplicates are visible."""
     subj, body = render_text(alert, subject_prefix)
-    msg = EmailMessage()
+    # 998 is RFC 5322's line limit: at 78 the email package folds a 70-78 character subject
+    # right after "Subject:", and some readers then show it with a leading space
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = header(sender)
     msg["To"] = ", ".join(header(a) for a in to)
     msg["Subject"] = header(subj, 900)
