@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import socketserver
-import subprocess
 import textwrap
 import threading
 import time
@@ -26,7 +25,7 @@ from listeners.notify.alertmanager import AlertmanagerSink
 from listeners.notify.courier import Courier
 from listeners.notify.outbox import Outbox
 from listeners.notify.webhook import WebhookSink
-from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, wait_for
+from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port, small_tmpfs, wait_for
 from tests.e2e.test_exporter_e2e import exporter_conf, fetch, value
 from tests.fakes import FakeClock, outbox_counts
 
@@ -63,19 +62,8 @@ def crashmail_log(sup: Supervisord) -> str:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (needs root and mount); skipped where it cannot be mounted."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "size=1m,mode=0700") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
 
 
 def fill(disk: Path) -> Path:

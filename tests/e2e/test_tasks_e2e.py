@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from listeners import tasks
-from tests.e2e.support import PYTHON, WORKER, Supervisord
+from tests.e2e.support import PYTHON, WORKER, Supervisord, small_tmpfs
 
 ROOT = Path(__file__).parents[2]
 
@@ -257,19 +257,8 @@ class TestSlowStopsAndBrokenFiles:
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs of 32 inodes (needs root and mount); skipped where it cannot be mounted."""
-    where = tmp_path / "vol"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=32", "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with small_tmpfs(tmp_path / "vol", "size=256k,nr_inodes=32") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
 
 
 def fill_up(volume: Path) -> list[Path]:
