@@ -85,9 +85,15 @@ class IncidentBook:
         self._open: dict[str, LoopIncident] = {}
         for process, body in outbox.open_loops().items():
             try:
-                self._open[process] = LoopIncident(**json.loads(body))
+                inc = LoopIncident(**json.loads(body))
             except (TypeError, ValueError):
                 outbox.close_loop(process)
+                continue
+            # A saved stable clock may have run through a downtime: supervisord stops its
+            # listeners before it hands them the STOPPED of its last group, so no stop reset
+            # it. It starts again from the first snapshot (seed_running) or the next RUNNING.
+            inc.running_since = None
+            self._open[process] = inc
 
     def get(self, process: str) -> LoopIncident | None:
         return self._open.get(process)
