@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from listeners.core import child
+
 __all__ = [
     "CommandProbe",
     "HttpProbe",
@@ -183,14 +185,7 @@ def _tcp(probe: TcpProbe, clock: Callable[[], float] = time.monotonic) -> tuple[
 
 
 def _command(probe: CommandProbe) -> tuple[bool, str]:
-    done = subprocess.run(
-        probe.argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=probe.timeout,
-        check=False,
-    )
+    done = child.run(probe.argv, probe.timeout)
     if done.returncode == 0:
         return True, "exit 0"
     tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from listeners.core import bus, cli, protocol
+from listeners.core import bus, child, cli, protocol
 from listeners.core.background import Submitter, Worker
 from listeners.core.backoff import BackoffBook, Schedule
 from listeners.core.guard import RestartGuard
@@ -61,6 +61,8 @@ DOWN_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 STOP_REPEAT_AFTER = 1.0
 #: The least wait before a held process's failed start is tried again (else its own delay).
 START_RETRY = 5.0
+# how long gcore may take to dump a worker (the restart waits for it, as in superlance)
+GCORE_TIMEOUT = 120.0
 
 #: Placeholders a probe's URL, address or command may use, filled per process.
 PLACEHOLDERS = {"group": "g", "name": "n_00", "process_num": 0}
@@ -596,13 +598,7 @@ class Watchdog(protocol.Handler):
             return
         target = os.path.join(httpok.coredir, f"{key.replace(':', '_')}.{int(self.clock())}")
         try:
-            done = subprocess.run(
-                [*shlex.split(httpok.gcore), target, str(pid)],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
+            done = child.run([*shlex.split(httpok.gcore), target, str(pid)], GCORE_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("health.gcore_failed", process=key, error=str(exc))
             return
@@ -630,13 +626,7 @@ class Watchdog(protocol.Handler):
         )
         text = f"To: {httpok.email}\nSubject: {subject}\n\n{body}\n"
         try:
-            subprocess.run(
-                shlex.split(httpok.sendmail),
-                input=text.encode(),
-                stdout=subprocess.DEVNULL,
-                timeout=60,
-                check=False,
-            )
+            child.run(shlex.split(httpok.sendmail), 60, data=text.encode())
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.warning("health.mail_failed", error=str(exc))
 

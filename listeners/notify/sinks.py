@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
+from listeners.core import child
 from listeners.core.cli import DEFAULT_SENDMAIL
 from listeners.notify.alert import Alert, clean_alert, file_record, one_line, render_text
 
@@ -162,9 +163,7 @@ class SendmailSink:
     def send(self, alert: Alert) -> None:
         data = self.message(alert).as_bytes()
         try:
-            proc = subprocess.run(
-                self.argv, input=data, capture_output=True, timeout=self.timeout, check=False
-            )
+            proc = child.run(self.argv, self.timeout, data=data)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SinkError(f"cannot run {self.argv[0]}: {exc}") from None
         if proc.returncode != 0:

@@ -433,7 +433,12 @@ class TestHttpok:
         sup.wait_state("web:web", "RUNNING")
         first = pid(sup, "web:web")
         flag.touch()  # --grace 0: judged at the next TICK_5
-        wait_for(lambda: pid(sup, "web:web") not in (0, first), 60, what="web restarted")
+        try:
+            # the restart waits for the dump, and gcore may take up to its 120 s timeout
+            wait_for(lambda: pid(sup, "web:web") not in (0, first), 150, what="web restarted")
+        except AssertionError as exc:
+            said = log.read_text() if log.exists() else "(no httpok log)"
+            raise AssertionError(f"{exc}\nhttpok's log:\n{said[-4000:]}") from None
         return first, cores, log
 
     @pytest.mark.skipif(not Path("/usr/bin/gcore").exists(), reason="needs gdb's gcore")
