@@ -208,6 +208,17 @@ class TestBasicAuth:
         auth = BasicAuth({"prom": b"$2b$04$broken"}, dummy=GOOD)
         assert not auth.check(basic("prom", "x"))
 
+    def test_a_password_over_72_bytes_opens_the_hash_htpasswd_made_of_it(self):
+        """htpasswd and bcrypt < 5 hash the first 72 bytes; bcrypt 5 refuses longer input.
+        The real bcrypt: the long password opens its hash, a different 73rd byte too (bcrypt
+        never saw it), a different 72nd byte does not."""
+        long = "p" * 71 + "q" + "tail beyond bcrypt's 72 bytes"
+        hashed = bcrypt.hashpw(long.encode()[:72], bcrypt.gensalt(4))
+        auth = BasicAuth({"prom": hashed})
+        assert auth.check(basic("prom", long))
+        assert auth.check(basic("prom", long[:72] + "X"))
+        assert not auth.check(basic("prom", "p" * 71 + "r" + long[72:]))
+
     def test_no_users_means_no_auth(self):
         """Without basic_auth_users every request passes."""
         assert BasicAuth({}).check(None)

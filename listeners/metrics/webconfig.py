@@ -44,6 +44,8 @@ AUTH_CACHE_SIZE = 1024
 #: AuthBusyError, without bcrypt and whoever the user is (so nothing leaks by timing); without the
 #: bound 64 guessing connections held every request slot and locked out even cached scrapes.
 AUTH_WAITING = 32
+# bcrypt uses the first 72 bytes of a password
+BCRYPT_MAX_BYTES = 72
 
 
 class AuthBusyError(Exception):
@@ -289,7 +291,11 @@ class BasicAuth:
         try:
             with self._lock:
                 try:
-                    ok = self._checkpw(password.encode(), hashed or self.dummy)
+                    # bcrypt reads 72 bytes: htpasswd and bcrypt < 5 cut longer passwords
+                    # there silently, bcrypt 5 refuses them; cut them, so the same password
+                    # opens the same hash on every version
+                    secret = password.encode()[:BCRYPT_MAX_BYTES]
+                    ok = self._checkpw(secret, hashed or self.dummy)
                 except ValueError:  # a hash the config check let through: refuse, never crash
                     ok = False
         finally:
