@@ -244,6 +244,22 @@ class TestFloodControl:
         assert (s.kind, s.processes, s.count) == ("summary", ("g:a", "g:b"), 3)
         assert "g:a: crash x2" in s.message
 
+    def test_a_summary_says_when_and_the_latest_exit_status_in_time_order(self):
+        """One line per process in the order they first failed, ISO 8601 UTC times (the span
+        for repeats) and the latest exit status when the alerts carry one."""
+        t0 = 1_790_000_000.0  # 2026-09-21T14:13:20Z
+        alerts = [
+            Alert(kind="crash", host="h", group="g", name="b", key="k2", time=t0 + 5),
+            Alert(kind="crash", host="h", group="g", name="a", key="k1", time=t0, exit_status=3),
+            Alert(
+                kind="crash", host="h", group="g", name="a", key="k3", time=t0 + 70, exit_status=4
+            ),
+        ]
+        assert fold(alerts).message.splitlines() == [
+            "g:a: crash x2 from 2026-09-21T14:13:20Z to 2026-09-21T14:14:30Z (exit status 4)",
+            "g:b: crash x1 at 2026-09-21T14:13:25Z",
+        ]
+
 
 def enrich_rpc(info, tail="line1\nline2\n", log="", no_file=False):
     """supervisord knowing one process g:w; no_file: it logs stderr nowhere tailable."""
@@ -281,6 +297,18 @@ class TestEnrich:
             alert, enrich_rpc({"statename": "FATAL", "spawnerr": "Exited too quickly"})
         )
         assert "spawnerr: Exited too quickly" in out.message
+
+    def test_a_summarys_text_gets_the_exit_statuses_it_was_enriched_with(self):
+        """The statuses looked up at delivery reach the summary's body, not only its details."""
+        alerts = [
+            Alert(kind="crash", host="h", group="g", name="w", key=f"k{i}", time=1e9 + i)
+            for i in range(2)
+        ]
+        summary = fold(alerts)
+        assert "exit status" not in summary.message
+        out = enrich_alert(summary, enrich_rpc({"statename": "EXITED", "exitstatus": 7}))
+        assert 7 == out.details["items"][0]["exit_status"]
+        assert out.message.endswith("(exit status 7)"), out.message
 
     def test_signal_deaths_are_recognised_in_the_log(self):
         """`terminated by SIGKILL` gives no status and names the signal."""

@@ -14,6 +14,7 @@ from listeners.core.log import get_logger
 from listeners.core.names import info_name
 from listeners.core.supervisor import SupervisorError, read_main_log
 from listeners.notify.alert import Alert, clean_text, collapse_repeats
+from listeners.notify.flood import summary_text
 
 log = get_logger("listeners.notify.enrich")
 
@@ -147,5 +148,7 @@ def _enrich_summary(alert: Alert, rpc: EnrichRPC) -> Alert:
                 if log_tail is None:
                     log_tail = read_main_log(rpc, 262144)
                 new_items.append({**it, "exit_status": exit_from_log(log_tail, it["name"])[0]})
-        return replace(alert, details={**alert.details, "items": new_items})
+        return replace(
+            alert, details={**alert.details, "items": new_items}, message=summary_text(new_items)
+        )
     return alert

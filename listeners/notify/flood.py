@@ -7,9 +7,9 @@ from collections import deque
 from typing import Any
 
 from listeners.core.names import group_of, info_name
-from listeners.notify.alert import Alert
+from listeners.notify.alert import Alert, iso_time
 
-__all__ = ["FloodControl", "fold"]
+__all__ = ["FloodControl", "fold", "summary_text"]
 
 
 class FloodControl:
@@ -76,26 +76,44 @@ def fold(alerts: list[Alert]) -> Alert:
                 "name": a.name,
                 "count": a.count,
                 "time": a.time,
+                "last": a.time,
                 "exit_status": a.exit_status,
                 "resolves": a.resolves,
             }
         else:
             item["count"] += a.count
+            item["last"] = a.time
+            if a.exit_status is not None:
+                item["exit_status"] = a.exit_status  # the latest reason
     # In time order: the first to fail is usually the cause.
     processes = list(dict.fromkeys(a.process for a in alerts if a.process))
-    lines = []
-    for it in items.values():
-        target = info_name(it) if it["group"] or it["name"] else "(host)"
-        what = f"resolved ({it['resolves']})" if it["kind"] == "resolved" else it["kind"]
-        lines.append(f"{target}: {what} x{it['count']}")
     key = hashlib.sha256(",".join(sorted(a.key for a in alerts)).encode()).hexdigest()[:24]
     return Alert(
         kind="summary",
         host=alerts[0].host,
         time=min(a.time for a in alerts),
         count=sum(a.count for a in alerts),
-        message="\n".join(lines),
+        message=summary_text(list(items.values())),
         processes=tuple(processes),
         details={"items": list(items.values())},
         key=key,
     )
+
+
+def summary_text(items: list[dict[str, Any]]) -> str:
+    """A summary's body, one line per process and kind, in the order the items came (time
+    order): count, when (ISO 8601, UTC) and, for exits, the latest exit status."""
+    lines = []
+    for it in items:
+        target = info_name(it) if it["group"] or it["name"] else "(host)"
+        what = f"resolved ({it['resolves']})" if it["kind"] == "resolved" else it["kind"]
+        first, last = it.get("time"), it.get("last", it.get("time"))
+        line = f"{target}: {what} x{it['count']}"
+        if first is not None and last is not None and it["count"] > 1 and last != first:
+            line += f" from {iso_time(first)} to {iso_time(last)}"
+        elif first is not None:
+            line += f" at {iso_time(first)}"
+        if it.get("exit_status") is not None:
+            line += f" (exit status {it['exit_status']})"
+        lines.append(line)
+    return "\n".join(lines)

@@ -186,6 +186,12 @@ class TestSummaryMail:
         assert when, body
         assert ISO_UTC.fullmatch(when[1]), body
         assert int(began) <= epoch(when[1]) <= ended, (began, when[1], ended)
+        # each held crash: when it happened and its exit status, looked up at delivery
+        at = re.findall(r"^\S+: crash x1 at (\S+) \(exit status 3\)$", body, re.M)
+        assert 3 == len(at), body
+        assert at == sorted(at), body
+        assert at[0] == when[1], body
+        assert int(began) <= epoch(at[0]) <= epoch(at[-1]) <= ended, (began, at, ended)
         assert (
             textwrap.dedent(f"""\
             Host: {HOST}
@@ -193,9 +199,9 @@ class TestSummaryMail:
             Kind: summary
             Count: 3
 
-            c:c: crash x1
-            a:a: crash x1
-            b:b: crash x1
+            c:c: crash x1 at {at[0]} (exit status 3)
+            a:a: crash x1 at {at[1]} (exit status 3)
+            b:b: crash x1 at {at[2]} (exit status 3)
 
             Processes:
               c:c
