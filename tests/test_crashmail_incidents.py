@@ -176,6 +176,22 @@ class TestFailedStarts:
         assert got[0].details["fatal"] is True
         assert "supervisorctl start g:w" in got[0].message
 
+    def test_a_fatal_slowed_by_a_busy_disk_still_folds_into_the_loop_alert(self, tmp_path):
+        """FATAL 3 s after the last BACKOFF (the answer waited for a slow commit): whatever
+        the courier found due by then went out, and it was not the loop alert."""
+        h = Harness(tmp_path)
+        for _ in range(3):
+            h.send("STARTING")
+            h.send("BACKOFF")
+            h.clock.now += 1
+        h.clock.now += 2
+        due = [i.id for i in h.outbox.due_incidents(h.clock.now)]
+        assert [] == due
+        h.send("FATAL")
+        got = alerts(h)
+        assert [a.kind for a in got] == ["crash_loop"]
+        assert got[0].details["fatal"] is True
+
     def test_fatal_long_after_the_loop_alert_is_its_own_alert_once(self, tmp_path):
         """A FATAL after the loop alert went out is sent once, inside the incident."""
         h = Harness(tmp_path)

@@ -27,8 +27,10 @@ __all__ = ["DEFAULT_REPEAT", "FATAL_HOLD", "REMOVED_KEEP", "IncidentBook", "Loop
 #: ``--repeat`` default: a reminder every 4 hours, Alertmanager's repeat_interval.
 DEFAULT_REPEAT = 4 * 3600.0
 #: Seconds a loop alert opened by a failed start waits: supervisord enters FATAL right after
-#: the last BACKOFF (process.py transition()), and the two belong in one message.
-FATAL_HOLD = 1.0
+#: the last BACKOFF (process.py transition()), and the two belong in one message. FATAL comes
+#: only once the BACKOFF is answered, which waits for the outbox's commit: on a busy disk
+#: that took over a second, and the FATAL then went as a second alert.
+FATAL_HOLD = 5.0
 #: Seconds an incident of a removed group is kept for its return; then it is dropped silently.
 #: The same as the Alertmanager sink's hold for state alerts, so both end together.
 REMOVED_KEEP = 7 * 86400.0
