@@ -90,10 +90,11 @@ class TestPhpWorkers:
         assert 1 == len([m for m in messages(bus_out) if m["kind"] == "restarts_held"])
         # the guard fires on the first check that finds most of the judged processes over:
         # workers still STARTING then are not judged yet (a busy CI host saw 16 of 32), so the
-        # message names how many it judged; every one of those was over
+        # message names how many it judged; most of those were over (a worker still loading
+        # PHP can be under 16 MB for a moment: a loaded CI host saw 31 of 32)
         assert "php_mail" == held[0]["group"]
         assert held[0]["judged"] >= 1
-        assert held[0]["over"] == held[0]["judged"]
+        assert held[0]["judged"] >= held[0]["over"] > held[0]["judged"] / 2
         assert [] == [m for m in messages(bus_out) if m["kind"] == "memory_restart"]
         after = pids(sup)
         assert [] == [n for n in names if before[n] != after[n]]
