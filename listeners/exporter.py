@@ -461,7 +461,13 @@ def sample_memory(state: ExporterState, reader: ProcReader, stop: threading.Even
         except Exception:  # a bad /proc read must not end the sampling thread
             log.exception("exporter.history_sample_failed")
             continue
-        state.history.add_samples({k: u.memory_bytes for k, u in usages.items()})
+        # the chart draws memmon's ceiling: plot what memmon compares with it
+        state.history.add_samples(
+            {
+                k: u.memory_bytes if u.judged_bytes is None else u.judged_bytes
+                for k, u in usages.items()
+            }
+        )
 
 
 # --------------------------------------------------------------------------- main

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from listeners.core import bus, protocol
 from listeners.core.background import Worker
 from listeners.exporter import ExporterHandler, parse_args
+from listeners.metrics.api import status_json
 from listeners.metrics.page import render_status_page
 from listeners.metrics.proc import ProcReader, sample
 from listeners.metrics.render import Renderer, collector
@@ -68,12 +70,22 @@ def info(group: str, name: str, state: str, pid: int = 0, exitstatus: int = 0) -
 
 
 class FakeReader(ProcReader):
-    def __init__(self, usages: dict[int, Usage] | None = None) -> None:
+    """Usage by pid; asked to judge (memmon's measure), it answers ``judged[pid]``."""
+
+    def __init__(
+        self, usages: dict[int, Usage] | None = None, judged: dict[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.usages = usages or {}
+        self.judged = judged or {}
+        self.judges: list[tuple[int, tuple[str, bool] | None]] = []
 
-    def usage(self, pid: int) -> Usage | None:
-        return self.usages.get(pid)
+    def usage(self, pid: int, judge: tuple[str, bool] | None = None) -> Usage | None:
+        self.judges.append((pid, judge))
+        usage = self.usages.get(pid)
+        if usage is not None and judge is not None:
+            return usage._replace(judged_bytes=self.judged.get(pid))
+        return usage
 
 
 @pytest.fixture
@@ -292,6 +304,41 @@ class TestCollector:
         assert 1.5 == val(reg, "supervisord_process_cpu_seconds_total", group="a", name="a")
         assert val(reg, "supervisord_process_memory_bytes", group="b", name="b") is None
 
+    def test_memory_is_judged_the_way_memmon_announced_it_measures(self, worker):
+        """memmon announced ``--measure pss`` and ceilings for a and c: the reader measures
+        those two as memmon does; the ceiling is compared with that, not with the tree's RSS
+        (an idle PHP worker: 17.5 MiB RSS, 4.4 MiB PSS under a 16 MiB ceiling)."""
+        state, handler, _ = make(
+            worker,
+            [info(n, n, "RUNNING", pid=pid) for n, pid in (("a", 7), ("b", 8), ("c", 9))],
+        )
+        limits = bus.MemoryLimits("h", {"a:a": 16 << 20, "c:c": 16 << 20}, measure="pss")
+        handler.handle(ev("REMOTE_COMMUNICATION", f"type:{bus.MEMMON_TYPE}\n{bus.encode(limits)}"))
+        idle, leak = int(17.5 * 2**20), 30 << 20
+        reader = FakeReader(
+            {7: Usage(idle, 1.0), 8: Usage(idle, 1.0), 9: Usage(leak, 1.0)},
+            judged={7: int(4.4 * 2**20), 9: 20 << 20},
+        )
+        snap, usages = sample(state, reader)
+        assert sorted(reader.judges) == [(7, ("pss", False)), (8, None), (9, ("pss", False))]
+        reg = CollectorRegistry()
+        reg.register(collector(lambda: (snap, usages)))
+        judged = "supervisord_process_memory_judged_bytes"
+        assert int(4.4 * 2**20) == val(reg, judged, group="a", name="a")
+        assert val(reg, judged, group="b", name="b") is None
+        assert idle == val(reg, "supervisord_process_memory_bytes", group="a", name="a")
+        text = Renderer().render(snap, usages)
+        assert f'{judged}{{group="c",name="c"}} {20 << 20}' in text
+        doc = json.loads(status_json(snap, usages, now=0.0))
+        assert 1 == doc["counts"]["over_ceiling"]
+        row = {p["name"]: p for p in doc["processes"]}
+        assert (row["a"]["over_ceiling"], row["c"]["over_ceiling"]) == (False, True)
+        assert (row["a"]["memory_bytes"], row["a"]["memory_judged_bytes"]) == (
+            idle,
+            int(4.4 * 2**20),
+        )
+        assert row["a"]["headroom_bytes"] == (16 << 20) - int(4.4 * 2**20)
+
     def test_unreachable_supervisord_sets_up_0_and_drops_process_series(self, worker):
         """A failed reconcile: up 0, reconcile_errors 1, no per-process series."""
         state, handler, rpc = make(worker, [info("a", "a", "RUNNING", pid=7)])
@@ -387,7 +434,10 @@ def demo_snapshot(n: int = 50) -> tuple[Snapshot, dict[str, Usage]]:
     ]
     procs.append(NASTY)
     procs.append(ProcessView("odd", "odd", "WEIRD", None, None, None, 0, 0, 0, None, 0, False))
-    usages = {f"w:w_{i}": Usage(8_000_000 + i, i * 0.25) for i in range(0, n, 2)}
+    usages = {
+        f"w:w_{i}": Usage(8_000_000 + i, i * 0.25, 3_000_000 + i if i % 4 == 0 else None)
+        for i in range(0, n, 2)
+    }
     unreadable = tuple(f"w:w_{i}" for i in range(n) if i % 4 in (1, 2))
     snap = Snapshot(True, "4.3.0", 'id "x"', tuple(procs), 7, 2, 1, memmon_unreadable=unreadable)
     return snap, usages

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from listeners.core.memory import Meter, Reading, Unreadable, _parse_rollup
+from listeners.core.memory import Meter, Reading, Unreadable, parse_rollup
 
 CHILD = (
     "import time; b = bytearray(24 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]);"
@@ -92,5 +92,5 @@ class TestParsing:
     def test_rollup_fields(self):
         """PSS is Pss; USS is Private_Clean + Private_Dirty; values are kB."""
         text = b"Rss: 100 kB\nPss: 60 kB\nPrivate_Clean: 10 kB\nPrivate_Dirty: 20 kB\n"
-        assert 60 * 1024 == _parse_rollup(text, "pss")
-        assert 30 * 1024 == _parse_rollup(text, "uss")
+        assert 60 * 1024 == parse_rollup(text, "pss")
+        assert 30 * 1024 == parse_rollup(text, "uss")

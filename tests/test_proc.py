@@ -68,3 +68,36 @@ class TestBigTree:
         usage = ProcReader().usage(big_tree)
         assert usage is not None
         assert pages * os.sysconf("SC_PAGE_SIZE") == usage.memory_bytes
+
+
+class TestJudged:
+    """Measured as memmon measures (its --measure and -c), beside the tree's RSS."""
+
+    def test_rss_of_the_top_process_or_of_the_tree(self, big_tree):
+        reader = ProcReader()
+        alone = reader.usage(big_tree, ("rss", False))
+        tree = reader.usage(big_tree, ("rss", True))
+        assert alone is not None
+        assert tree is not None
+        assert alone.judged_bytes == rss_pages(big_tree) * os.sysconf("SC_PAGE_SIZE")
+        assert tree.judged_bytes == tree.memory_bytes
+        assert tree.memory_bytes > 100 * alone.judged_bytes // 2  # 1,000 sleeps beside one shell
+
+    def test_pss_and_uss_from_smaps_rollup(self):
+        """This process's PSS and USS as memmon reads them: above zero, under its RSS, USS
+        not above PSS."""
+        reader = ProcReader()
+        pss = reader.usage(os.getpid(), ("pss", False))
+        uss = reader.usage(os.getpid(), ("uss", False))
+        assert pss is not None
+        assert uss is not None
+        assert pss.judged_bytes is not None
+        assert uss.judged_bytes is not None
+        assert 0 < uss.judged_bytes <= pss.judged_bytes < pss.memory_bytes
+
+    def test_no_judge_or_an_unknown_measure_judges_nothing(self):
+        reader = ProcReader()
+        assert reader.usage(os.getpid()).judged_bytes is None  # type: ignore[union-attr]
+        odd = reader.usage(os.getpid(), ("vsz", False))
+        assert odd is not None
+        assert odd.judged_bytes is None

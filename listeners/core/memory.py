@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["MEASURES", "Meter", "Reading", "Unreadable"]
+__all__ = ["MEASURES", "Meter", "Reading", "Unreadable", "parse_rollup"]
 
 MEASURES = ("rss", "pss", "uss")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -39,7 +39,7 @@ class Unreadable:
     detail: str = ""
 
 
-def _parse_rollup(text: bytes, measure: str) -> int:
+def parse_rollup(text: bytes, measure: str) -> int:
     """PSS or USS in bytes from ``smaps_rollup`` (or ``smaps``) text; values are in kB."""
     total = 0
     wanted = (b"Pss:",) if measure == "pss" else (b"Private_Clean:", b"Private_Dirty:")
@@ -94,7 +94,7 @@ class Meter:
                 chunks.append(chunk)
         finally:
             os.close(fd)
-        return _parse_rollup(b"".join(chunks), self.measure_name)
+        return parse_rollup(b"".join(chunks), self.measure_name)
 
     def one(self, pid: int) -> int:
         """Bytes of one pid through its cached descriptor; raises OSError."""

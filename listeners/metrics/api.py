@@ -51,6 +51,11 @@ class Row(NamedTuple):
     exit_reason: str | None
     rank: int
     trouble: tuple[str, ...]
+    #: resident memory of the process tree (``memory_bytes`` is what memmon's ceiling is
+    #: compared with: memmon's measure once it announced it, else this)
+    rss_bytes: int | None = None
+    #: the memory as memmon measures it; None where memmon has no ceiling or said no measure
+    judged_bytes: int | None = None
 
     @property
     def full_name(self) -> str:
@@ -58,7 +63,12 @@ class Row(NamedTuple):
 
 
 def _row(p: ProcessView, usage: Usage | None) -> Row:
-    mem = usage.memory_bytes if usage else None
+    # against memmon's ceiling: the memory as memmon measures it (PSS of one process, say),
+    # not the tree's RSS, which counts the shared pages in every worker; RSS where memmon has
+    # not said how it measures
+    rss = usage.memory_bytes if usage else None
+    judged = usage.judged_bytes if usage else None
+    mem = judged if judged is not None else rss
     over = bool(mem is not None and p.memory_limit and mem > p.memory_limit)
     # Fields a later snapshot may carry (health listener, exit reasons): None when absent.
     # supervisor-health's view comes over the bus; None where health does not watch it.
@@ -79,7 +89,7 @@ def _row(p: ProcessView, usage: Usage | None) -> Row:
     )
     trouble = [label for holds, label, _ in checks if holds]
     rank = next((r for holds, _, r in checks if holds), _CALM.get(p.state, _OK))
-    return Row(p, mem, over, hung, probe, reason, rank, tuple(trouble))
+    return Row(p, mem, over, hung, probe, reason, rank, tuple(trouble), rss, judged)
 
 
 def rows(snap: Snapshot, usages: dict[str, Usage]) -> list[Row]:
@@ -118,7 +128,8 @@ def _process(r: Row, now: float) -> dict[str, Any]:
         "uptime_seconds": (
             round(now - p.start_time, 1) if p.state == "RUNNING" and p.start_time else None
         ),
-        "memory_bytes": r.memory_bytes,
+        "memory_bytes": r.rss_bytes,
+        "memory_judged_bytes": r.judged_bytes,
         "memory_limit_bytes": limit,
         "headroom_bytes": (
             limit - r.memory_bytes if limit is not None and r.memory_bytes is not None else None

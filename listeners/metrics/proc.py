@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
+from listeners.core.memory import MEASURES, parse_rollup
 from listeners.metrics.snapshot import Snapshot, SnapshotSource, Usage
 
 __all__ = ["ProcReader", "sample"]
@@ -77,12 +78,27 @@ class ProcReader:
                 kids.extend(int(k) for k in data.split())
         return kids
 
-    def usage(self, pid: int) -> Usage | None:
-        """The tree rooted at ``pid``; None when ``pid`` is gone."""
+    def _judged(self, pid: int, rss_pages: int, measure: str) -> int | None:
+        """One process's memory the way memmon measures it; None when it cannot be read."""
+        if measure == "rss":
+            return rss_pages * self.page_size
+        data = self._read(f"{self.proc}/{pid}/smaps_rollup", whole=True)
+        return parse_rollup(data, measure) if data else None
+
+    def usage(self, pid: int, judge: tuple[str, bool] | None = None) -> Usage | None:
+        """The tree rooted at ``pid``; None when ``pid`` is gone.
+
+        ``judge`` = (measure, cumulative) also measures it as memmon does (rss, pss or uss;
+        of the tree or of ``pid`` alone), so the page and the metrics compare memmon's ceiling
+        with what memmon compares it with, not with the tree's RSS.
+        """
         top = self._stat(pid)
         if top is None:
             return None
+        if judge is not None and judge[0] not in MEASURES:
+            judge = None
         rss, ticks = top[0], top[1] + top[2]
+        judged = self._judged(pid, top[0], judge[0]) if judge else None
         seen = {pid}
         todo = self._children(pid, top[3])
         while todo:
@@ -95,13 +111,21 @@ class ProcReader:
                 continue
             rss += stat[0]
             ticks += stat[1]
+            if judge and judge[1] and judged is not None:
+                judged += self._judged(child, stat[0], judge[0]) or 0
             todo.extend(self._children(child, stat[3]))
-        return Usage(rss * self.page_size, ticks / self.ticks)
+        return Usage(rss * self.page_size, ticks / self.ticks, judged)
 
-    def usage_many(self, pids: Mapping[str, int]) -> dict[str, Usage]:
+    def usage_many(
+        self,
+        pids: Mapping[str, int],
+        judge: tuple[str, bool] | None = None,
+        judged: Collection[str] = (),
+    ) -> dict[str, Usage]:
+        """Usage of each ``name -> pid``; those in ``judged`` also measured as ``judge`` says."""
         out: dict[str, Usage] = {}
         for key, pid in pids.items():
-            usage = self.usage(pid)
+            usage = self.usage(pid, judge if key in judged else None)
             if usage is not None:
                 out[key] = usage
         return out
@@ -111,4 +135,5 @@ def sample(state: SnapshotSource, reader: ProcReader) -> tuple[Snapshot, dict[st
     """What one scrape needs: the state copied under its lock, then /proc read outside it."""
     snap = state.snapshot()
     pids = {p.full_name: p.pid for p in snap.processes if p.pid} if snap.up else {}
-    return snap, reader.usage_many(pids)
+    ceilinged = {p.full_name for p in snap.processes if p.memory_limit}
+    return snap, reader.usage_many(pids, snap.memmon_measure, ceilinged)

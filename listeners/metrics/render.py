@@ -62,6 +62,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "gauge",
         "Memory ceiling memmon enforces for the process.",
     ),
+    "supervisord_process_memory_judged_bytes": (
+        "gauge",
+        "Memory of the process as memmon judges it against its ceiling (memmon's --measure,"
+        " of its tree with -c); only processes memmon has a ceiling for.",
+    ),
     "supervisord_process_memory_restarts_total": (
         "counter",
         "Restarts memmon performed because the process exceeded its ceiling.",
@@ -264,6 +269,11 @@ class Renderer:
             )
             self._family(
                 out,
+                "supervisord_process_memory_judged_bytes",
+                ((lb, u.judged_bytes) for lb, u in used if u.judged_bytes is not None),
+            )
+            self._family(
+                out,
                 "supervisord_process_memory_restarts_total",
                 ((lb, p.memory_restarts) for lb, p in pairs),
             )
@@ -376,6 +386,7 @@ def collector(source: Callable[[], tuple[Snapshot, Mapping[str, Usage]]]) -> Any
                     if usage is not None:
                         rows["supervisord_process_memory_bytes"] = usage.memory_bytes
                         rows["supervisord_process_cpu_seconds_total"] = usage.cpu_seconds
+                        rows["supervisord_process_memory_judged_bytes"] = usage.judged_bytes
                     for n, v in rows.items():
                         if v is not None:
                             fams[n].add_metric(lv, v)

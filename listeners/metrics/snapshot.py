@@ -80,6 +80,9 @@ class Snapshot(NamedTuple):
     memmon_unreadable: tuple[str, ...] | None = None
     #: crashmail's outbox; None until crashmail announced anything on the bus.
     outbox: OutboxView | None = None
+    #: how memmon measures against its ceilings, as it announced: (measure, cumulative);
+    #: None until it announced its limits
+    memmon_measure: tuple[str, bool] | None = None
 
 
 class Usage(NamedTuple):
@@ -87,6 +90,9 @@ class Usage(NamedTuple):
 
     memory_bytes: int
     cpu_seconds: float
+    #: the memory as memmon judges it against its ceiling (its measure, its tree or not);
+    #: None for a process without a ceiling or that could not be read that way
+    judged_bytes: int | None = None
 
 
 class SnapshotSource(Protocol):

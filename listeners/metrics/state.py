@@ -45,6 +45,7 @@ class ExporterState:
         self.alert_sinks: dict[str, tuple[int, int]] = {}
         #: memmon's last word on what it may not read (None: memmon never announced anything)
         self.memmon_unreadable: tuple[str, ...] | None = None
+        self.memmon_measure: tuple[str, bool] | None = None
         #: crashmail's outbox as it last announced (None: crashmail never spoke)
         self.outbox: OutboxView | None = None
         self.up = False
@@ -118,6 +119,7 @@ class ExporterState:
                 self.memmon_unreadable = tuple(sorted(set(message.processes)))
             elif isinstance(message, bus.MemoryLimits):
                 self.limits = dict(message.limits)
+                self.memmon_measure = (message.measure, message.cumulative)
             elif isinstance(message, bus.MemoryRestart) and not message.dry_run:
                 key = full_name(message.group, message.name)
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
@@ -244,6 +246,7 @@ class ExporterState:
                 tuple((n, p, f) for n, (p, f) in sorted(self.alert_sinks.items())),
                 self.memmon_unreadable,
                 self.outbox,
+                self.memmon_measure,
             )
 
 

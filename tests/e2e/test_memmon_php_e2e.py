@@ -7,9 +7,11 @@ restart a whole group at once.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -136,3 +138,60 @@ class TestPhpWorkers:
         assert leaker in limits
         assert [] == [m for m in messages(bus_out) if m["kind"] == "restarts_held"]
         assert 0 == log_events(log, "memmon.listeners_unknown")
+
+
+class TestExporterJudgesAsMemmon:
+    def test_idle_php_under_the_shipped_pss_ceiling_is_not_over_it_on_the_page(
+        self, supervisord, tmp_path
+    ):
+        """The shipped memmon (PSS, 16 MB) and a real exporter over 8 idle PHP workers: each
+        has more RSS (the tree's, what memory_bytes says) than memmon's ceiling, but the
+        exporter compares the ceiling with PSS as memmon does: judged bytes under the
+        ceiling, nothing over it in /api/status, and memmon restarted none of them."""
+        from tests.e2e.support import free_port
+        from tests.e2e.test_exporter_e2e import exporter_conf, fetch, samples
+
+        port = free_port()
+        log = tmp_path / "memmon.log"
+        sup: Supervisord = supervisord(
+            # php_group's and shipped_memmon's text is indented: dedent it before the
+            # exporter's, which is not, or supervisord reads it as continuation lines
+            textwrap.dedent(php_group("php_mail", IDLE, 8) + shipped_memmon(log))
+            + exporter_conf(port)
+        )
+        names = [f"php_mail_{i:02d}" for i in range(8)]
+        sup.wait_all("RUNNING", names=[f"php_mail:{n}" for n in names], timeout=60)
+        wait_for(lambda: started(log), what="memmon started")
+        judged = "supervisord_process_memory_judged_bytes"
+
+        def figures() -> dict[str, tuple[float, float, float]] | None:
+            got = samples(fetch(port))
+            out = {}
+            for n in names:
+                labels = frozenset({"group": "php_mail", "name": n}.items())
+                row = [
+                    got.get((m, labels))
+                    for m in (
+                        "supervisord_process_memory_bytes",
+                        judged,
+                        "supervisord_process_memory_limit_bytes",
+                    )
+                ]
+                if None in row:
+                    return None
+                out[n] = (row[0], row[1], row[2])
+            return out
+
+        seen = wait_for(figures, 60, 0.5, what="judged memory of every PHP worker")
+        for name, (rss, pss, limit) in seen.items():
+            assert limit == 16 << 20, name
+            assert 0 < pss < limit, (name, pss)
+            assert pss < rss, (name, pss, rss)
+        doc = json.loads(fetch(port, "/api/status"))
+        assert 0 == doc["counts"]["over_ceiling"], doc["counts"]
+        rows = {p["name"]: p for p in doc["processes"] if p["group"] == "php_mail"}
+        for name in names:
+            assert rows[name]["over_ceiling"] is False
+            assert 0 < rows[name]["headroom_bytes"] < 16 << 20
+            assert rows[name]["memory_judged_bytes"] < rows[name]["memory_bytes"]
+        assert 0 == log_events(log, "memmon.restarted")
