@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import socket
 import threading
 import time
@@ -124,55 +125,50 @@ def _drop(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _read_head(sock: socket.socket, deadline: float) -> bytes | None:
-    """The request line and headers, or None if they do not all arrive before ``deadline``.
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d{1,9})[ \t]*\r?$", re.I | re.M)
 
-    Stops at the blank line or at ``MAX_HEAD_BYTES`` (the handler then refuses the request).
+
+def _head_end(data: bytes | bytearray) -> int:
+    """Where the blank line that ends the head ends (LF, CRLF or the two mixed); -1 if none."""
+    ends = [i + n for i, n in ((data.find(b"\n\r\n"), 3), (data.find(b"\n\n"), 2)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def _read_head(sock: socket.socket, deadline: float) -> tuple[bytes, bool] | None:
+    """The request line, headers and a form's body; None when the head does not all arrive
+    before ``deadline``. The flag is False when the head came but not the body it announced.
+
+    The body is read here, before the request takes one of the handler slots: a client that
+    sends a head and then trickles its body would otherwise hold a slot per connection, and
+    64 of them would lock every scraper out. Stops at ``MAX_HEAD_BYTES`` (the handler then
+    refuses the request) and never reads more body than a form may have (the handler
+    refuses a longer one from its Content-Length).
     """
     data = bytearray()
+    want = -1  # the request's whole length, once the head is in
     while True:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            end = data.find(b"\n\n")
-        if end >= 0 or len(data) >= MAX_HEAD_BYTES:
-            return bytes(data)
+        if want < 0:
+            end = _head_end(data)
+            if end >= 0:
+                declared = _CONTENT_LENGTH.search(bytes(data[:end]))
+                body = int(declared[1]) if declared else 0
+                want = end + (body if body <= routes.MAX_FORM_BYTES else 0)
+            elif len(data) >= MAX_HEAD_BYTES:
+                return bytes(data), True
+        if 0 <= want <= len(data):
+            return bytes(data), True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None
+            return (bytes(data), False) if want >= 0 else None
         sock.settimeout(remaining)
         try:
-            chunk = sock.recv(MAX_HEAD_BYTES - len(data))
+            room = (want if want >= 0 else MAX_HEAD_BYTES) - len(data)
+            chunk = sock.recv(max(1, room))
         except OSError:  # ssl.SSLError is an OSError
-            return None
+            return (bytes(data), False) if want >= 0 else None
         if not chunk:
-            return None
+            return (bytes(data), False) if want >= 0 else None
         data += chunk
-
-
-class _HeadThenSocket(io.RawIOBase):
-    """What reception read (the head, maybe the start of a body), then the socket itself,
-    within one deadline: a form body may come in a later segment than its headers."""
-
-    def __init__(self, head: bytes, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._head = memoryview(head)
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._head:
-            n = min(len(buffer), len(self._head))
-            buffer[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the request body did not arrive in time")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
 
 
 class _Server(ThreadingHTTPServer):
@@ -220,14 +216,19 @@ class _Server(ThreadingHTTPServer):
             _drop(oldest)
         try:
             sock = self._receive(request, client, key, deadline)
-            head = None if sock is None else _read_head(sock, deadline)
+            got = None if sock is None else _read_head(sock, deadline)
         finally:
             waited = self.reception.leave(key)
         if sock is None:
             return
         try:
-            if head is None or not waited:
+            if got is None or not waited:
                 log.debug("exporter.incomplete_request", client=client)
+                return
+            head, whole = got
+            if not whole:
+                log.debug("exporter.incomplete_body", client=client)
+                self._refuse(sock, b"408 Request Timeout", b"the request body did not arrive\n")
                 return
             if not self.slots.acquire(blocking=False):
                 self.log_busy(client=client)
@@ -261,7 +262,15 @@ class _Server(ThreadingHTTPServer):
         return wrapped
 
     def _busy(self, sock: socket.socket) -> None:
-        body = b"too many scrapes at once, retry shortly\n"
+        self._refuse(
+            sock,
+            b"503 Service Unavailable",
+            b"too many scrapes at once, retry shortly\n",
+            b"Retry-After: 1\r\n",
+        )
+
+    def _refuse(self, sock: socket.socket, status: bytes, body: bytes, more: bytes = b"") -> None:
+        """Answer without a handler slot, waiting at most a second for the client to read."""
         configured = {k.lower() for k in self.extra_headers}
         headers = [*self.extra_headers.items()]
         headers += [(k, v) for k, v in DEFAULT_HEADERS if k.lower() not in configured]
@@ -270,9 +279,9 @@ class _Server(ThreadingHTTPServer):
         try:
             sock.settimeout(1.0)
             sock.sendall(
-                b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+                b"HTTP/1.0 %s\r\n%sConnection: close\r\n"
                 b"Content-Type: text/plain; charset=utf-8\r\n%s"
-                b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body)
+                b"Content-Length: %d\r\n\r\n%s" % (status, more, extra, len(body), body)
             )
         except OSError:  # ssl.SSLError is an OSError
             pass
@@ -302,15 +311,11 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self._sent: set[str] = set()
         super().setup()
-        # reception already read the request head under its deadline; one request per
-        # connection. A body (status-page forms only, small) is read on, under a deadline.
+        # reception already read the whole request (head, and a form's body) under its
+        # deadline; one request per connection. A head cut at MAX_HEAD_BYTES is refused
+        # by the handler from what is there.
         self.rfile.close()
-        if b"\r\n\r\n" in self._head or b"\n\n" in self._head:
-            deadline = time.monotonic() + self.server.header_deadline
-            raw = _HeadThenSocket(self._head, self.connection, deadline)
-            self.rfile = io.BufferedReader(raw)
-        else:  # cut at MAX_HEAD_BYTES: the handler refuses it from what is there
-            self.rfile = io.BytesIO(self._head)
+        self.rfile = io.BytesIO(self._head)
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
