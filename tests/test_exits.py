@@ -9,6 +9,7 @@ from listeners.core.exits import (
     REASONS,
     OomWatch,
     classify,
+    exit_from_log,
     format_bytes,
     parse_oom_kills,
     read_oom_kills,
@@ -163,3 +164,39 @@ class TestOomWatch:
         watch = OomWatch(read=lambda: None)
         watch.sample(0)
         assert watch.fired(1) is None
+
+
+LOG = """\
+2026-12-04 10:00:00,001 INFO spawned: 'worker' with pid 100
+2026-12-04 10:00:00,002 INFO spawned: 'worker' with pid 200
+2026-12-04 10:00:01,000 INFO exited: worker (exit status 5; not expected)
+2026-12-04 10:00:01,001 INFO exited: worker (exit status 3; not expected)
+2026-12-04 10:00:02,000 INFO spawned: 'solo' with pid 300
+2026-12-04 10:00:03,000 INFO exited: solo (exit status 3; not expected)
+2026-12-04 10:00:03,500 INFO spawned: 'solo' with pid 301
+2026-12-04 10:00:04,000 INFO exited: solo (exit status 5; not expected)
+2026-12-04 10:00:04,500 INFO spawned: 'solo' with pid 302
+2026-12-04 10:00:05,000 INFO exited: solo (terminated by SIGKILL; not expected)
+"""
+
+
+class TestExitOfAPid:
+    def test_the_exit_after_that_pids_spawn_not_the_latest(self):
+        """pid 300 exited 3; later runs exited 5 and by SIGKILL: the crash of 300 says 3."""
+        assert exit_from_log(LOG, "solo", 300) == (3, "exit status 3")
+        assert exit_from_log(LOG, "solo", 301) == (5, "exit status 5")
+        assert exit_from_log(LOG, "solo", 302) == (None, "terminated by SIGKILL")
+        assert exit_from_log(LOG, "solo") == (None, "terminated by SIGKILL")  # no pid: latest
+
+    def test_two_programs_writing_one_name_give_no_status_rather_than_the_wrong_one(self):
+        """a:worker and b:worker both log as 'worker': which exit is whose cannot be told."""
+        assert exit_from_log(LOG, "worker", 100) == (None, "")
+        assert exit_from_log(LOG, "worker", 200) == (None, "")
+
+    def test_a_pid_whose_spawn_is_not_in_the_log_gives_nothing(self):
+        assert exit_from_log(LOG, "solo", 999) == (None, "")
+
+    def test_an_exit_from_before_the_window_does_not_count_as_another_process(self):
+        """The read window starts mid-log: an exit without its spawn is no running sibling."""
+        text = "INFO exited: solo (exit status 1; not expected)\n" + LOG
+        assert exit_from_log(text, "solo", 300) == (3, "exit status 3")

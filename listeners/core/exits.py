@@ -86,17 +86,53 @@ _EXIT_LINE = re.compile(
 )
 
 
-def exit_from_log(text: str, name: str) -> tuple[int | None, str]:
-    """(exit status or None, how) from the last ``exited: NAME (...)`` line of supervisord's log.
+_SPAWN_LINE = re.compile(r"spawned: '(?P<name>[^']*)' with pid (?P<pid>\d+)")
 
-    ``name`` is the process name without its group, as supervisord writes it.
+
+def _exit_of(m: re.Match[str]) -> tuple[int | None, str]:
+    code = m.group("code")
+    return (int(code) if code is not None else None, m.group("how"))
+
+
+def exit_from_log(text: str, name: str, pid: int | None = None) -> tuple[int | None, str]:
+    """(exit status or None, how) of a process from supervisord's log.
+
+    ``name`` is the process name without its group, as supervisord writes it. Without ``pid``
+    the last ``exited: NAME (...)`` line answers. With ``pid`` the answer is that process's
+    own exit: the first ``exited: NAME`` after its ``spawned: 'NAME' with pid PID`` line, and
+    only when no other process of that name was running then (supervisord's lines carry no
+    group: two programs with ``process_name=worker`` write the same name). ``(None, "")``
+    when that cannot be told: an unknown status beats another process's.
     """
+    if pid:
+        return _exit_of_pid(text, name, pid)
     found: tuple[int | None, str] = (None, "")
     for m in _EXIT_LINE.finditer(text):
         if m.group("name") == name:
-            code = m.group("code")
-            found = (int(code) if code is not None else None, m.group("how"))
+            found = _exit_of(m)
     return found
+
+
+def _exit_of_pid(text: str, name: str, pid: int) -> tuple[int | None, str]:
+    events = [
+        (m.start(), "spawn", m) for m in _SPAWN_LINE.finditer(text) if m.group("name") == name
+    ] + [(m.start(), "exit", m) for m in _EXIT_LINE.finditer(text) if m.group("name") == name]
+    events.sort(key=lambda e: e[0])
+    ours = max((i for i, (_, kind, m) in enumerate(events) if kind == "spawn"
+                and int(m.group("pid")) == pid), default=None)  # fmt: skip
+    if ours is None:
+        return (None, "")
+    # others of the name still running when ours started (an exit seen without its spawn,
+    # from before the log's window, counts for nothing)
+    others = 0
+    for _, kind, _m in events[:ours]:
+        others = others + 1 if kind == "spawn" else max(0, others - 1)
+    for _, kind, m in events[ours + 1 :]:
+        if kind == "spawn":
+            others += 1
+            continue
+        return _exit_of(m) if others == 0 else (None, "")
+    return (None, "")
 
 
 def format_bytes(n: int) -> str:

@@ -92,18 +92,21 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
     except SupervisorError as exc:
         return replace(alert, details={**details, "rpc_error": str(exc)})
     exit_status = alert.exit_status
-    if alert.kind in ("crash", "crash_loop") and exit_status is None:
-        if info.get("statename") == "EXITED":
+    # the crash's own pid: supervisord's log then gives that exit's status, not the latest
+    pid = details.get("pid") if isinstance(details.get("pid"), int) else None
+    if alert.kind in ("crash", "crash_loop", "fatal") and exit_status is None:
+        same = pid is None or pid == info.get("pid") or not info.get("pid")
+        if info.get("statename") == "EXITED" and same:
             exit_status = int(info.get("exitstatus") or 0)
         else:
             # Restarted already: spawn() cleared exitstatus; a start that failed before
             # startsecs (BACKOFF, FATAL) never set it. supervisord's log has it either way.
-            exit_status, how = exit_from_log(read_main_log(rpc), alert.name)
+            exit_status, how = exit_from_log(read_main_log(rpc), alert.name, pid)
             if how.startswith("terminated"):
                 details["signal"] = how.removeprefix("terminated by ")
     if exit_status == -1 and "signal" not in details:
         # supervisord says -1 for any signal; only its log line names which.
-        how = exit_from_log(read_main_log(rpc), alert.name)[1]
+        how = exit_from_log(read_main_log(rpc), alert.name, pid)[1]
         if how.startswith("terminated"):
             details["signal"] = how.removeprefix("terminated by ").split(" ")[0]
     if info.get("spawnerr"):
@@ -142,12 +145,15 @@ def _enrich_summary(alert: Alert, rpc: EnrichRPC) -> Alert:
             info = infos.get(info_name(it))
             if it.get("exit_status") is not None or it["kind"] != "crash" or not info:
                 new_items.append(it)
-            elif info.get("statename") in ("EXITED", "BACKOFF", "FATAL"):
+            elif info.get("statename") == "EXITED" and it.get("pid") in (None, info.get("pid")):
+                # BACKOFF and FATAL: a start that failed never set exitstatus (it reads 0)
                 new_items.append({**it, "exit_status": int(info.get("exitstatus") or 0)})
             else:
                 if log_tail is None:
                     log_tail = read_main_log(rpc, 262144)
-                new_items.append({**it, "exit_status": exit_from_log(log_tail, it["name"])[0]})
+                pid = it.get("pid") if isinstance(it.get("pid"), int) else None
+                status = exit_from_log(log_tail, it["name"], pid)[0]
+                new_items.append({**it, "exit_status": status})
         return replace(
             alert, details={**alert.details, "items": new_items}, message=summary_text(new_items)
         )

@@ -79,10 +79,12 @@ def fold(alerts: list[Alert]) -> Alert:
                 "last": a.time,
                 "exit_status": a.exit_status,
                 "resolves": a.resolves,
+                "pid": a.details.get("pid"),
             }
         else:
             item["count"] += a.count
             item["last"] = a.time
+            item["pid"] = a.details.get("pid")
             if a.exit_status is not None:
                 item["exit_status"] = a.exit_status  # the latest reason
     # In time order: the first to fail is usually the cause.

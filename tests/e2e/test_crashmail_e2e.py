@@ -492,3 +492,66 @@ class TestWake:
             "--wake exit": ["exit"],
             "--wake interval --wake-interval 100ms": ["interval"],
         } == modes
+
+
+# --------------------------------------------------------------------------- exit statuses
+
+EXITS = textwrap.dedent("""
+    [program:nostart]
+    command=/bin/sh -c "echo 'cannot start' >&2; exit 7"
+    startsecs=5
+    startretries=1
+    autostart=false
+    autorestart=true
+
+    [program:mix]
+    command=/bin/sh -c "if [ -e %(here)s/failed-start ]; then exit 5; fi; sleep 1.3; exit 3"
+    startsecs=1
+    startretries=0
+    autostart=false
+    autorestart=unexpected
+    """)
+
+
+class TestExitStatuses:
+    def test_fatal_and_a_held_crash_carry_their_own_exit_status(self, supervisord, tmp_path):
+        """A program that exits 7 before startsecs: its fatal alert says exit status 7 (not
+        unknown). A crash (exit 3) held by --coalesce while the program goes on to a failed
+        start (exit 5, FATAL): the crash, delivered after both, still says 3, from its own
+        pid's lines in supervisord's log, and the summary of held items does not say 0."""
+        out = tmp_path / "alerts.jsonl"
+        sup: Supervisord = supervisord(
+            EXITS
+            + listener_conf(
+                f"--sink file:{out} --outbox %(here)s/outbox.sqlite --loop 1000/1h"
+                " --coalesce 4s --burst 1"
+            )
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING", 30)
+        sup.client.start("nostart:nostart", wait=False)
+        sup.wait_state("nostart:nostart", "FATAL", 30)
+        fatal = wait_for(
+            lambda: [a for a in alerts_in(out) if a["kind"] == "fatal"], 30, what="fatal alert"
+        )
+        assert 7 == fatal[0]["exit_status"], fatal[0]
+        assert "exit status 7" in fatal[0]["text"]
+
+        # mix: one crash from RUNNING (3) is held (burst 1: the fatal went at once), then
+        # its respawn fails (5) and goes FATAL: the held crash is delivered after all that
+        sup.client.start("mix:mix", wait=False)
+        sup.wait_state("mix:mix", "RUNNING", 30)
+        (sup.dir / "failed-start").touch()
+        sup.wait_state("mix:mix", "FATAL", 30)
+
+        def mix_crash() -> list[dict[str, Any]]:
+            found = []
+            for a in alerts_in(out):
+                if a["kind"] == "crash" and a["name"] == "mix":
+                    found.append(a)
+                for item in a.get("details", {}).get("items", []):
+                    if item["kind"] == "crash" and item["name"] == "mix":
+                        found.append(item)
+            return found
+
+        (crash,) = wait_for(mix_crash, 30, what="mix's crash")
+        assert 3 == crash["exit_status"], crash
