@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shlex
@@ -117,16 +119,34 @@ class FileSink:
         self.deadline: float | None = None
 
     def send(self, alert: Alert) -> None:
+        """Append the alert as one whole line, or nothing: a disk that fills mid-line gets the
+        line cut off again and the delivery fails (the outbox retries it), so the file never
+        holds a broken line and the alert is never counted delivered half-written."""
+        line = (file_record(clean_alert(alert)) + "\n").encode("utf-8")
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (file_record(clean_alert(alert)) + "\n").encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise SinkError(f"cannot append to {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another appender must not land between cut and write
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a line cut by something else: start ours on a new one
+            written = 0
+            try:
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise SinkError(
+                    f"cannot append to {self.path}: {exc.strerror} ({written} of {len(line)}"
+                    " bytes written, cut off again; the alert stays in the outbox)"
+                ) from None
+        finally:
+            os.close(fd)
 
 
 class SendmailSink:
