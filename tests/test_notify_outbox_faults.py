@@ -320,3 +320,66 @@ class TestRetryPolicy:
             False,
             True,
         )
+
+
+class CommitFails:
+    """A connection whose COMMIT fails the way a full disk makes it fail: SQLite has already
+    rolled the transaction back, so a ROLLBACK now would raise an error of its own."""
+
+    def __init__(self) -> None:
+        self.in_transaction = False
+
+    def execute(self, sql: str) -> None:
+        if sql == "BEGIN IMMEDIATE":
+            self.in_transaction = True
+        elif sql == "COMMIT":
+            self.in_transaction = False
+            raise sqlite3.OperationalError("database or disk is full")
+        elif sql == "ROLLBACK" and not self.in_transaction:
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active")
+
+
+class TestFailedCommit:
+    def test_the_commits_own_error_is_raised_not_the_rollbacks(self):
+        """A full disk said "cannot rollback - no transaction is active" 88 times in 10 s,
+        hiding the cause; the caller now gets "database or disk is full"."""
+        from listeners.notify.outbox import _immediate
+
+        db = CommitFails()
+        with (
+            pytest.raises(sqlite3.OperationalError, match="database or disk is full"),
+            _immediate(db),  # type: ignore[arg-type]
+        ):
+            pass
+
+    def test_a_failing_outbox_is_logged_in_one_line_per_interval_not_a_traceback(
+        self, tmp_path, capsys
+    ):
+        """The courier's threads meet the outbox's trouble once a second: one warning line
+        with the error per 10 s, no traceback."""
+        box = Outbox(str(tmp_path / "o.sqlite"))
+        calls = 0
+
+        def broken() -> bool:
+            nonlocal calls
+            calls += 1
+            raise sqlite3.OperationalError("database or disk is full")
+
+        box.drain_spool = broken  # type: ignore[method-assign]
+        courier = Courier(box, [RecordingSink()], fold=first)
+        courier.start()
+        try:
+            for _ in range(300):
+                if calls >= 3:
+                    break
+                threading.Event().wait(0.05)
+        finally:
+            courier.stop()
+        err = capsys.readouterr().err
+        failed = [ln for ln in err.splitlines() if '"outbox.flush_failed"' in ln]
+        assert calls >= 3
+        assert 1 == len(failed), err
+        assert "database or disk is full" in failed[0]
+        assert "Traceback" not in err
+        (final,) = [ln for ln in err.splitlines() if '"outbox.final_flush_failed"' in ln]
+        assert '"lost": 0' in final

@@ -20,10 +20,12 @@ import datetime
 import json
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["Logger", "configure", "get_logger", "route_stdlib"]
+__all__ = ["Logger", "RateLimitedLog", "configure", "get_logger", "route_stdlib"]
 
 _lock = threading.Lock()
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -139,3 +141,34 @@ def get_logger(name: str) -> Logger:
     if not _settings.configured:
         configure()
     return Logger(name)
+
+
+class RateLimitedLog:
+    """One warning per ``interval`` seconds for a repeated event, with how many were skipped."""
+
+    def __init__(
+        self,
+        event: str,
+        emit: Callable[..., Any],
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event = event
+        self.interval = interval
+        self.clock = clock
+        self.emit = emit
+        self.suppressed = 0
+        self._next = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self, **fields: Any) -> None:
+        with self._lock:
+            now = self.clock()
+            if now < self._next:
+                self.suppressed += 1
+                return
+            self._next = now + self.interval
+            suppressed, self.suppressed = self.suppressed, 0
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self.emit(self.event, **fields)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from listeners.core import log as core_log
 from listeners.core.log import get_logger
 from listeners.metrics import routes
 from listeners.metrics.proc import ProcReader, sample
@@ -58,8 +59,8 @@ DEFAULT_HEADERS = (
 )
 
 
-class RateLimitedLog:
-    """One warning per ``interval`` seconds for a repeated event, with how many were skipped."""
+class RateLimitedLog(core_log.RateLimitedLog):
+    """core's rate-limited log line, a warning of the exporter's web logger by default."""
 
     def __init__(
         self,
@@ -68,25 +69,7 @@ class RateLimitedLog:
         clock: Callable[[], float] = time.monotonic,
         emit: Callable[..., Any] | None = None,
     ) -> None:
-        self.event = event
-        self.interval = interval
-        self.clock = clock
-        self.emit = emit or log.warning
-        self.suppressed = 0
-        self._next = float("-inf")
-        self._lock = threading.Lock()
-
-    def __call__(self, **fields: Any) -> None:
-        with self._lock:
-            now = self.clock()
-            if now < self._next:
-                self.suppressed += 1
-                return
-            self._next = now + self.interval
-            suppressed, self.suppressed = self.suppressed, 0
-        if suppressed:
-            fields["suppressed"] = suppressed
-        self.emit(self.event, **fields)
+        super().__init__(event, emit or log.warning, interval, clock)
 
 
 class _Reception:

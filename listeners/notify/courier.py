@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from listeners.core.log import get_logger
+from listeners.core.log import RateLimitedLog, get_logger
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Incident, Outbox
 from listeners.notify.sinks import Sink, SinkError, redact
@@ -69,6 +69,10 @@ class Courier:
         self.clock = clock
         self.rng = rng
         self._stop = threading.Event()
+        # the outbox's own trouble (disk full, locked) is said once per 10 s, in one line:
+        # outbox.spool_* and the bus tell the operator; a traceback a second tells nothing
+        self._log_flush_failed = RateLimitedLog("outbox.flush_failed", log.warning)
+        self._log_deliver_failed = RateLimitedLog("outbox.deliver_loop_failed", log.warning)
         self._flush_wake = threading.Event()
         self._sink_wake = {s.name: threading.Event() for s in self.sinks}
         self._threads: list[threading.Thread] = []
@@ -141,6 +145,9 @@ class Courier:
                 self.outbox.flush_loops()
                 self.flush_once()
                 nd = self.outbox.next_due()
+            except (sqlite3.Error, OSError) as exc:  # disk full, locked: said, retried
+                self._log_flush_failed(error=f"{type(exc).__name__}: {exc}")
+                nd = self.clock() + 1.0
             except Exception:
                 log.exception("outbox.flush_failed")
                 nd = self.clock() + 1.0
@@ -152,6 +159,13 @@ class Courier:
         try:
             self.outbox.drain_spool()  # a last chance for what waits in memory
             self.outbox.flush_loops()
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "outbox.final_flush_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                lost=self.outbox.spooled,
+                hint="alerts still in memory are lost: free the outbox's disk",
+            )
         except Exception:
             log.exception("outbox.flush_failed")
         self.outbox.close()
@@ -253,6 +267,9 @@ class Courier:
             try:
                 ok = self.deliver_once(sink)
                 nxt = self.outbox.next_attempt(sink.name)
+            except (sqlite3.Error, OSError) as exc:  # the outbox cannot be written: retried
+                self._log_deliver_failed(sink=sink.name, error=f"{type(exc).__name__}: {exc}")
+                ok, nxt = False, self.clock() + 1.0
             except Exception:
                 log.exception("outbox.deliver_loop_failed", sink=sink.name)
                 ok, nxt = False, self.clock() + 1.0

@@ -167,7 +167,11 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         yield
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # a COMMIT that failed (disk full) may have ended the transaction already: a second
+        # error from ROLLBACK ("no transaction is active") must not hide the first one
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
 
 
