@@ -49,7 +49,7 @@ from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
-from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, IncidentBook
+from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, STOP_NOTE_HOLD, IncidentBook
 from listeners.notify.lost import lost_message
 from listeners.notify.outbox import Outbox, OutboxHealth, OutboxOwnerError, health_announcer
 from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
@@ -580,11 +580,14 @@ class CrashMail(protocol.Handler):
         elif state == "RUNNING":
             self._fatal.discard(name)
             self.incidents.running(name)
+        elif state == "STARTING":
+            self.incidents.starting(name)
         elif state == "STOPPED":
-            # supervisorctl stop, a shutdown, tasks disable: stopping is not resolving.
+            # supervisorctl stop, a shutdown, tasks disable: stopping is not resolving. The
+            # note waits: a restart's STARTING right after withdraws it
             note = self.incidents.stopped(name)
             if note is not None:
-                self._record(note, hold=0.0)
+                self._record(note, hold=STOP_NOTE_HOLD)
         elif state == "FATAL":
             self._fatal.add(name)
             alert = self.incidents.fatal(name)
@@ -654,9 +657,7 @@ class CrashMail(protocol.Handler):
         for i in infos:
             if i.get("statename") == "FATAL":
                 self._fatal.add(info_name(i))
-        self.incidents.seed_running(
-            {info_name(i) for i in infos if i.get("statename") == "RUNNING"}
-        )
+        self.incidents.seed({info_name(i): str(i.get("statename")) for i in infos})
         self.seeded = True
         self._pids_changed()
 

@@ -7,6 +7,7 @@ import pytest
 from listeners.crashmail import CrashMail, main, parse_args
 from listeners.notify.alert import Alert, collapse_repeats, duration_words, render_text, subject
 from listeners.notify.flood import fold
+from listeners.notify.incident import STOP_NOTE_HOLD
 from listeners.notify.outbox import Outbox, OutboxOwnerError
 from tests.test_crashmail import Harness
 
@@ -111,6 +112,50 @@ class TestOneIncident:
         assert "lasted 4 seconds and saw 4 exits" in resolved.message
 
 
+class TestRemindersSayWhatIsTrueNow:
+    def test_fatal_then_started_again_is_looping_again_not_fatal(self, tmp_path):
+        """FATAL, then someone starts it and it crashes again: the next reminder says it
+        crash-loops (subject and body); a reminder while FATAL says FATAL in both."""
+        h = Harness(tmp_path, repeat=600.0)
+        loop(h)
+        h.send("FATAL")
+        h.clock.now += 601
+        h.cm.on_timer()
+        h.send("STARTING")
+        h.send("RUNNING", pid=8)
+        h.send("EXITED", expected=0, pid=8)
+        h.clock.now += 601
+        h.cm.on_timer()
+        first, second = [a for a in alerts(h) if a.details.get("reminder")]
+        assert "is still FATAL: supervisord gave up" in subject(first)
+        assert "reminder: FATAL" in first.message
+        assert "is still crash looping" in subject(second)
+        assert "reminder: still crash looping" in second.message
+
+    def test_a_process_stopped_when_crashmail_comes_back_gets_no_reminders(self, tmp_path):
+        """supervisord restarted and left it STOPPED (autostart=false): the incident stays
+        open, quietly, with no reminder every --repeat and no "stopped on purpose" note."""
+        h = Harness(tmp_path, repeat=600.0)
+        loop(h)
+        h.cm = restarted(h)
+        h.cm.start()
+        h.cm._results.put(("seed", [{"group": "g", "name": "w", "statename": "STOPPED"}]))
+        h.cm.on_timer()
+        for _ in range(5):
+            h.clock.now += 601
+            h.cm.on_timer()
+        got = alerts(h)
+        assert [] == [a for a in got if a.details.get("reminder")]
+        assert [] == [a for a in got if a.details.get("note")]
+        assert "g:w" in h.cm.incidents
+        # started again and still broken: reminders resume, in the same incident
+        h.send("STARTING")
+        h.send("EXITED", expected=0, pid=9)
+        h.clock.now += 601
+        h.cm.on_timer()
+        assert 1 == len([a for a in alerts(h) if a.details.get("reminder")])
+
+
 class TestStoppingIsNotResolving:
     def test_stop_while_looping_notes_once_and_never_resolves(self, tmp_path):
         """Two stops during a loop: one note, no resolved alert, the incident stays open."""
@@ -129,6 +174,24 @@ class TestStoppingIsNotResolving:
         assert (len(notes), [a for a in alerts(h) if a.kind == "resolved"]) == (1, [])
         assert "g:w" in h.cm.incidents
 
+    def test_supervisorctl_restart_sends_no_stopped_note_a_real_stop_does_once(self, tmp_path):
+        """Stop and start again within STOP_NOTE_HOLD (supervisorctl restart, what the loop
+        alert tells you to run): no note. Stopped for longer: one note, due after the hold."""
+        h = Harness(tmp_path)
+        loop(h)
+        h.send("STOPPED", pid=6)
+        h.clock.now += 1
+        h.send("STARTING")
+        h.send("EXITED", expected=0, pid=7)
+        assert [] == [a for a in alerts(h) if a.details.get("note")]
+        h.send("STOPPED", pid=7)
+        stopped_at = h.clock.now
+        waiting = [i.alert for i in h.outbox.due_incidents(stopped_at + STOP_NOTE_HOLD - 1)]
+        assert [] == [a for a in waiting if a.details.get("note")]
+        h.clock.now += STOP_NOTE_HOLD
+        (note,) = [a for a in alerts(h) if a.details.get("note") == "stopped"]
+        assert "stopped on purpose while crash looping" in subject(note) + note.message
+
     def test_a_restart_continues_the_incident_and_resolves_it_once(self, tmp_path):
         """After a restart the broken worker raises no new loop; stable later: one resolved."""
         h = Harness(tmp_path)
@@ -142,7 +205,7 @@ class TestStoppingIsNotResolving:
         kinds = [a.kind for a in alerts(h)]
         assert (kinds.count("crash"), kinds.count("crash_loop"), kinds.count("resolved")) == (
             1,
-            2,  # the loop alert and the one "stopped on purpose" note
+            1,  # the loop alert; the restart's start withdrew the waiting "stopped" note
             1,
         )
         (resolved,) = [a for a in alerts(h) if a.kind == "resolved"]

@@ -179,7 +179,12 @@ def subject(alert: Alert, prefix: str = "") -> str:
     elif alert.kind == "crash_loop" and alert.details.get("note") == "stopped":
         text = f"[{alert.host}] {target} was stopped on purpose while crash looping"
     elif alert.kind == "crash_loop" and alert.details.get("reminder"):
-        text = f"[{alert.host}] {target} is still crash looping ({alert.count} exits)"
+        if alert.details.get("fatal"):
+            text = (
+                f"[{alert.host}] {target} is still FATAL: supervisord gave up ({alert.count} exits)"
+            )
+        else:
+            text = f"[{alert.host}] {target} is still crash looping ({alert.count} exits)"
     elif alert.kind == "crash_loop" and alert.details.get("fatal"):
         text = f"[{alert.host}] {target} is crash looping and supervisord gave up (FATAL)"
     else:

@@ -22,7 +22,14 @@ from listeners.core.names import full_name
 from listeners.notify.alert import Alert, duration_words
 from listeners.notify.outbox import Outbox
 
-__all__ = ["DEFAULT_REPEAT", "FATAL_HOLD", "REMOVED_KEEP", "IncidentBook", "LoopIncident"]
+__all__ = [
+    "DEFAULT_REPEAT",
+    "FATAL_HOLD",
+    "REMOVED_KEEP",
+    "STOP_NOTE_HOLD",
+    "IncidentBook",
+    "LoopIncident",
+]
 
 #: ``--repeat`` default: a reminder every 4 hours, Alertmanager's repeat_interval.
 DEFAULT_REPEAT = 4 * 3600.0
@@ -31,6 +38,9 @@ DEFAULT_REPEAT = 4 * 3600.0
 #: only once the BACKOFF is answered, which waits for the outbox's commit: on a busy disk
 #: that took over a second, and the FATAL then went as a second alert.
 FATAL_HOLD = 5.0
+#: Seconds the "stopped on purpose" note waits: ``supervisorctl restart`` (what every loop alert
+#: tells the reader to run after a fix) is a stop and a start, and its stop is no news.
+STOP_NOTE_HOLD = 15.0
 #: Seconds an incident of a removed group is kept for its return; then it is dropped silently.
 #: The same as the Alertmanager sink's hold for state alerts, so both end together.
 REMOVED_KEEP = 7 * 86400.0
@@ -156,6 +166,7 @@ class IncidentBook:
         inc.last_exit = now
         inc.running_since = None
         inc.stopped = False
+        inc.fatal = False  # started again after FATAL: looping again, not given up
         inc.removed = None
         self._save(inc)
 
@@ -164,7 +175,16 @@ class IncidentBook:
         if inc.running_since is None:
             inc.running_since = self.clock()
             inc.stopped = False
+            inc.fatal = False
             inc.removed = None
+            self._save(inc)
+
+    def starting(self, process: str) -> None:
+        """Started again: a stop note still waiting for its hold is withdrawn (a restart, or a
+        stop and start by hand, said nothing worth a message), and a later stop may note."""
+        inc = self._open[process]
+        if inc.stopped_noted and self.outbox.withdraw_unsent(_key(inc.key, "stopped")):
+            inc.stopped_noted = False
             self._save(inc)
 
     def stopped(self, process: str) -> Alert | None:
@@ -270,7 +290,7 @@ class IncidentBook:
                         f" {duration_words(now - inc.opened)}, the last"
                         f" {duration_words(now - inc.last_exit)} ago. Fix the cause, then:"
                         f" supervisorctl restart {process}",
-                        details={"reminder": inc.reminders},
+                        details={"reminder": inc.reminders, "fatal": inc.fatal},
                     )
                 )
         return out
@@ -306,3 +326,26 @@ class IncidentBook:
         """After a restart: open incidents of processes RUNNING now start their stable clock."""
         for process in running & set(self._open):
             self.running(process)
+
+    def seed(self, states: dict[str, str]) -> None:
+        """After a restart, each open incident takes the state its process is in now.
+
+        RUNNING starts the stable clock; STOPPED (``autostart=false``: supervisord did not start
+        it again) holds reminders as a stop does, quietly: nobody stopped it on purpose, and
+        the note would say so; FATAL makes reminders say FATAL. A reminder describes the
+        process as it is, not as it was before the restart.
+        """
+        self.seed_running({p for p, s in states.items() if s == "RUNNING"})
+        for process, state in states.items():
+            inc = self._open.get(process)
+            if inc is None or state == "RUNNING":
+                continue
+            if state == "STOPPED" and not inc.stopped:
+                inc.stopped = True
+                self._save(inc)
+            elif state == "FATAL" and not inc.fatal:
+                inc.fatal = True
+                self._save(inc)
+            elif state in ("STARTING", "BACKOFF") and (inc.stopped or inc.fatal):
+                inc.stopped = inc.fatal = False
+                self._save(inc)

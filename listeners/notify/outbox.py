@@ -698,6 +698,14 @@ class Outbox:
         )
         return cur is not None and cur.rowcount == 1
 
+    def withdraw_unsent(self, key: str) -> bool:
+        """Forget the incident recorded under ``key`` if no message has been made of it yet;
+        False when too late or when the outbox cannot be written now (it then goes out)."""
+        cur = self._loop_call(
+            "withdraw_unsent", "DELETE FROM incidents WHERE key = ? AND message_id IS NULL", (key,)
+        )
+        return cur is not None and cur.rowcount == 1
+
     def drop_unsent(self, process: str, kinds: Sequence[str], now: float) -> int:
         """Forget incidents of ``process`` that still wait, in a flood-control batch or for
         their ``--group-wait`` (a crash loop's alert covers them); those due by ``now`` are

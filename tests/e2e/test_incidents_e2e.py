@@ -102,7 +102,8 @@ class TestStoppingIsNotResolving:
         )
         wait_for(lambda: of(alerts_in(out), "crash_loop"), 60, what="the loop alert")
         sup.client.call("supervisor.stopProcess", "looper:looper", True)
-        wait_for(lambda: of(alerts_in(out), "crash_loop", note="stopped"), 20, what="the note")
+        # the note waits STOP_NOTE_HOLD (15 s) for a start that would make the stop a restart
+        wait_for(lambda: of(alerts_in(out), "crash_loop", note="stopped"), 40, what="the note")
         sup.client.call("supervisor.startProcess", "looper:looper", False)
         time.sleep(6)
         sup.restart()
@@ -119,6 +120,24 @@ class TestStoppingIsNotResolving:
         (resolved,) = of(got, "resolved")
         assert resolved["details"]["incident"] == loops[0]["key"]
         assert resolved["count"] >= 6
+
+    def test_supervisorctl_restart_of_a_looping_worker_sends_no_stopped_note(
+        self, supervisord, tmp_path
+    ):
+        """What the loop alert says to run after a fix: supervisorctl restart. Its stop is no
+        news: after the note's 15 s hold and more, no "stopped on purpose" alert arrived."""
+        flag = tmp_path / "fixed"
+        out = tmp_path / "alerts.jsonl"
+        sup: Supervisord = supervisord(
+            looper(flag) + listener_conf(f"--sink file:{out} --loop 3/8s --coalesce 5s")
+        )
+        wait_for(lambda: of(alerts_in(out), "crash_loop"), 60, what="the loop alert")
+        flag.touch()  # the fix, then the restart the alert asks for
+        sup.client.call("supervisor.stopProcess", "looper:looper", True)
+        sup.client.call("supervisor.startProcess", "looper:looper", True)
+        wait_for(lambda: of(alerts_in(out), "resolved"), 60, what="the resolved alert")
+        time.sleep(10)  # resolved came 9 s after the stop: 19 s, past the note's 15 s hold
+        time.sleep(10)  # resolved came ~9 s after the restart: 19 s, past the note's 15 s hold
 
 
 class TestFailedStarts:
