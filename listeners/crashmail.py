@@ -299,8 +299,12 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
             )
         )
     state_dir = default_state_dir(env)
+    connection = connection_from_args(parser, args, env)
+    # The outbox belongs to one supervisord: two of one user must never share incidents,
+    # nor one alert file where their alerts could not be told apart.
+    ident = hashlib.sha256(connection.url.encode()).hexdigest()[:12]
     if not specs:
-        path = os.path.join(state_dir, "crashmail-alerts.jsonl")
+        path = os.path.join(state_dir, f"crashmail-alerts-{ident}.jsonl")
         specs.append(SinkSpec("file", f"file:{path}", path, {}))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -314,9 +318,6 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         parser.error("invalid --wake interval with --wake-interval 0: give an interval above 0")
     if not args.sendmail_program.strip():
         parser.error("invalid -s/--sendmail_program '': expected a command")
-    connection = connection_from_args(parser, args, env)
-    # The outbox belongs to one supervisord: two of one user must never share incidents.
-    ident = hashlib.sha256(connection.url.encode()).hexdigest()[:12]
     return Config(
         programs=tuple(args.program),
         any=args.any,

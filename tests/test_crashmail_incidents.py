@@ -337,6 +337,20 @@ class TestOutboxOwner:
         assert a.outbox != b.outbox
         assert (a.identity, b.identity) == ("unix:///a.sock", "unix:///b.sock")
 
+    def test_default_alert_files_of_two_supervisords_differ(self, tmp_path):
+        """Without --sink each supervisord gets its own alert file (its alerts carry no
+        supervisord identity, so one shared file mixed them), named with the outbox's id."""
+        env = {"XDG_STATE_HOME": str(tmp_path)}
+        a = parse_args(["--server-url", "unix:///a.sock"], env)
+        b = parse_args(["--server-url", "unix:///b.sock"], env)
+        (sa,), (sb,) = a.sinks, b.sinks
+        assert (sa.kind, sb.kind) == ("file", "file")
+        assert sa.target != sb.target
+        state = tmp_path / "supervisor-listeners"
+        for cfg, sink in ((a, sa), (b, sb)):
+            ident = cfg.outbox.rsplit("-", 1)[1].removesuffix(".sqlite")
+            assert sink.target == str(state / f"crashmail-alerts-{ident}.jsonl")
+
 
 class TestDeliveryHealth:
     def test_the_announcer_publishes_on_change_and_once_a_minute(self, tmp_path):
