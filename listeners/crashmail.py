@@ -24,6 +24,7 @@ from listeners.core.background import Worker
 from listeners.core.cli import (
     DEFAULT_SENDMAIL,
     HelpFormatter,
+    Parser,
     add_connection_args,
     add_logging_args,
     arg_type,
@@ -128,7 +129,7 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         formatter_class=HelpFormatter,
         prog="supervisor-crashmail",
         description="Alert on crashes, crash loops, start failures and memmon restarts of"
@@ -316,6 +317,11 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         wake = "off" if args.wake_interval == 0 else DEFAULT_WAKE
     if wake == "interval" and args.wake_interval == 0:
         parser.error("invalid --wake interval with --wake-interval 0: give an interval above 0")
+    if args.repeat < 1.0:
+        parser.error(
+            f"invalid --repeat {args.repeat:g}s: expected 1s or more (the default, 4h, is"
+            " Alertmanager's repeat_interval)"
+        )
     if not args.sendmail_program.strip():
         parser.error("invalid -s/--sendmail_program '': expected a command")
     return Config(
@@ -327,7 +333,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         loop=args.loop,
         coalesce=args.coalesce,
         burst=args.burst,
-        repeat=max(args.repeat, 1.0),
+        repeat=args.repeat,
         group_wait=args.group_wait,
         outbox=args.outbox or os.path.join(state_dir, f"crashmail-outbox-{ident}.sqlite"),
         identity=connection.url,

@@ -113,7 +113,7 @@ def parse_interval(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         formatter_class=cli.HelpFormatter,
         prog="supervisor-exporter",
         description="Prometheus metrics and a status page for supervisord, as an event"

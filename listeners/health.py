@@ -43,7 +43,7 @@ def _action(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         formatter_class=cli.HelpFormatter,
         prog="supervisor-health",
         description="Restart or report supervisord processes that fail a probe, stop sending"

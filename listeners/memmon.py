@@ -106,7 +106,7 @@ def _interval(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         formatter_class=cli.HelpFormatter,
         prog="supervisor-memmon",
         description="Restart supervisord processes whose memory exceeds a limit"

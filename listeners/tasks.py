@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from listeners.core.cli import HelpFormatter, arg_type
+from listeners.core.cli import HelpFormatter, Parser, arg_type
 from listeners.core.exits import exit_from_log
 from listeners.core.names import full_name, info_name
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, read_main_log
@@ -89,7 +89,7 @@ def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         formatter_class=HelpFormatter,
         prog="supervisor-tasks",
         description="List, check, enable and disable supervisord tasks (one conf file each in"

@@ -18,7 +18,7 @@ from listeners.crashmail import (
     parse_args,
     parse_wake_interval,
 )
-from listeners.notify.alert import Alert
+from listeners.notify.alert import Alert, render_text
 from listeners.notify.enrich import NO_LOG, enrich_alert
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.outbox import Outbox
@@ -309,6 +309,16 @@ class TestEnrich:
         out = enrich_alert(summary, enrich_rpc({"statename": "EXITED", "exitstatus": 7}))
         assert 7 == out.details["items"][0]["exit_status"]
         assert out.message.endswith("(exit status 7)"), out.message
+
+    def test_a_stopped_note_gets_no_exit_status_or_cause(self):
+        """The "stopped on purpose" note is no crash: no exit looked up, no Cause line."""
+        note = Alert(
+            kind="crash_loop", host="h", group="g", name="w", key="n", details={"note": "stopped"}
+        )
+        out = enrich_alert(note, enrich_rpc({"statename": "STOPPED", "exitstatus": 3}))
+        assert out.exit_status is None
+        assert "reason_text" not in out.details
+        assert "Cause:" not in render_text(out)[1]
 
     def test_signal_deaths_are_recognised_in_the_log(self):
         """`terminated by SIGKILL` gives no status and names the signal."""

@@ -110,6 +110,16 @@ class TestOneIncident:
         (resolved,) = [a for a in alerts(h) if a.kind == "resolved"]
         assert (resolved.resolves, resolved.count) == ("crash_loop", 4)
         assert "lasted 4 seconds and saw 4 exits" in resolved.message
+        assert "[h] g:w is stable again after a crash loop of 4 seconds" == subject(resolved)
+
+    def test_repeat_below_a_second_is_refused_with_the_flag_named(self, capsys):
+        """--repeat 0 was taken as 1 s without a word; a bad flag exits 2 and says why."""
+        with pytest.raises(SystemExit) as stop:
+            parse_args(["--repeat", "0", "--sink", "file:/dev/null"])
+        assert 2 == stop.value.code
+        err = capsys.readouterr().err.splitlines()
+        (line,) = [ln for ln in err if ln.startswith("supervisor-crashmail: error:")]
+        assert "invalid --repeat 0s" in line
 
 
 class TestRemindersSayWhatIsTrueNow:

@@ -7,12 +7,14 @@ import os
 import socket
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from listeners.core.supervisor import Connection, SupervisorError
 from listeners.core.units import parse_duration
 
 __all__ = [
+    "HelpFormatter",
+    "Parser",
     "add_connection_args",
     "add_logging_args",
     "arg_type",
@@ -47,6 +49,17 @@ def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[st
 
     convert.__name__ = name or parse.__name__.removeprefix("parse_")
     return convert
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr: ``prog: error: what (see prog --help)``.
+
+    argparse prints the whole usage first (15 lines for crashmail), and in a supervisord
+    ``stderr_logfile`` the one line that says what is wrong ends up under it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.HelpFormatter):

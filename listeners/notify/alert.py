@@ -173,9 +173,7 @@ def subject(alert: Alert, prefix: str = "") -> str:
     elif alert.kind == "crash_loop" and alert.details.get("note") == "removed":
         text = f"[{alert.host}] {target} was removed from supervisord while crash looping"
     elif alert.kind == "resolved":
-        text = f"[{alert.host}] {target} {_TITLES['resolved']} ({alert.resolves or 'alert'})"
-        if alert.resolves == "crash_loop" and "lasted" in alert.details:
-            text += f" after {duration_words(float(alert.details['lasted']))}"
+        text = f"[{alert.host}] {target} {_resolved_words(alert)}"
     elif alert.kind == "crash_loop" and alert.details.get("note") == "stopped":
         text = f"[{alert.host}] {target} was stopped on purpose while crash looping"
     elif alert.kind == "crash_loop" and alert.details.get("reminder"):
@@ -192,6 +190,16 @@ def subject(alert: Alert, prefix: str = "") -> str:
         if alert.details.get("reason_text"):
             text += f": {alert.details['reason_text']}"
     return one_line(f"{prefix} {text}".strip())
+
+
+def _resolved_words(alert: Alert) -> str:
+    if alert.resolves == "crash_loop":
+        lasted = alert.details.get("lasted")
+        of = f" of {duration_words(float(lasted))}" if lasted is not None else ""
+        return f"{_TITLES['resolved']} after a crash loop{of}"
+    if alert.resolves == "fatal":
+        return "is running again after FATAL"
+    return f"{_TITLES['resolved']} ({alert.resolves or 'alert'})"
 
 
 def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:

@@ -94,7 +94,8 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
     exit_status = alert.exit_status
     # the crash's own pid: supervisord's log then gives that exit's status, not the latest
     pid = details.get("pid") if isinstance(details.get("pid"), int) else None
-    if alert.kind in ("crash", "crash_loop", "fatal") and exit_status is None:
+    note = bool(details.get("note"))  # "stopped on purpose": no exit to describe
+    if alert.kind in ("crash", "crash_loop", "fatal") and exit_status is None and not note:
         same = pid is None or pid == info.get("pid") or not info.get("pid")
         if info.get("statename") == "EXITED" and same:
             exit_status = int(info.get("exitstatus") or 0)
@@ -120,13 +121,14 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
         tail = NO_LOG if text is None else _tail(clean_text(text.replace("\r\n", "\n")), tail_lines)
     except SupervisorError as exc:
         tail = f"(stderr tail unavailable: {exc})"
-    reason = classify(
-        exit_status,
-        signal=details.get("signal"),
-        stderr_tail=text,
-        oom_kill=bool(details.get("oom_kill")),
-    )
-    details["reason"], details["reason_text"] = reason.reason, reason.text
+    if not note:
+        reason = classify(
+            exit_status,
+            signal=details.get("signal"),
+            stderr_tail=text,
+            oom_kill=bool(details.get("oom_kill")),
+        )
+        details["reason"], details["reason_text"] = reason.reason, reason.text
     return replace(
         alert, exit_status=exit_status, stderr_tail=tail, details=details, message=message
     )

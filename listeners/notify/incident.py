@@ -210,9 +210,10 @@ class IncidentBook:
             inc,
             "crash_loop",
             _key(inc.key, "stopped"),
-            f"{what} ({inc.exits} exits since {duration_words(self.clock() - inc.opened)}"
-            f" ago). The incident stays open: it resolves once the process has run for"
-            f" {duration_words(self.stable)} after a fix. {tail}",
+            f"{what} ({inc.exits} exits or failed starts over the"
+            f" {duration_words(self.clock() - inc.opened)} since it began). The incident stays"
+            f" open: it resolves once the process has run for {duration_words(self.stable)}"
+            f" after a fix. {tail}",
             details={"note": note},
         )
 
