@@ -699,3 +699,87 @@ def test_rpc_and_wait_timeouts_take_the_suites_durations():
     assert (0.2, 120.0) == (args.rpc_timeout, args.wait_timeout)
     with pytest.raises(SystemExit):
         tasks.build_parser().parse_args(["--rpc-timeout", "0", "list"])
+
+
+class TestOneAtATime:
+    def test_a_second_run_waits_for_the_first_instead_of_interleaving(self, home):
+        """While one disable waits in supervisord's update, an enable of the same task from
+        another shell says it waits, and moves nothing until the first has finished."""
+        import threading
+
+        gate, inside = threading.Event(), threading.Event()
+
+        class Slow(FakeSupervisor):
+            def update(self, only: Any = None) -> dict[str, list[str]]:
+                inside.set()
+                gate.wait(30)
+                return super().update(only)
+
+        first: list[tuple[int, str, str]] = []
+        t = threading.Thread(
+            target=lambda: first.append(run(home, Slow(home), "disable", "mailer"))
+        )
+        t.start()
+        assert inside.wait(30)
+        second: list[tuple[int, str, str]] = []
+        t2 = threading.Thread(
+            target=lambda: second.append(run(home, FakeSupervisor(home), "enable", "mailer"))
+        )
+        t2.start()
+        t2.join(1.0)
+        assert t2.is_alive()  # waiting on the first run's lock
+        assert (home / "tasks_disabled" / "mailer.conf").is_file()  # the first run's move only
+        gate.set()
+        t.join(30)
+        t2.join(30)
+        assert first[0][0] == 0
+        code, out, err = second[0]
+        assert (code, err) == (0, "")
+        assert "waiting for another supervisor-tasks enable/disable" in out
+        assert (home / "tasks" / "mailer.conf").is_file()  # then the enable, after it
+
+
+class TestRefusedChangeMessages:
+    def test_a_missing_environment_variable_is_named_with_what_to_do(self, home):
+        """CANT_REREAD for an unset %(ENV_x)s: one short line naming the variable, not the
+        several KB of every name supervisord has, and not a pointer to a clean check."""
+
+        class NoEnv(FakeSupervisor):
+            def update(self, only: Any = None) -> dict[str, list[str]]:
+                if (self.home / "tasks" / "reports.conf").exists():
+                    names = ", ".join(f"'ENV_VAR{i}'" for i in range(400))
+                    raise RPCFault(
+                        92,
+                        "CANT_REREAD: Format string '%(ENV_NOPE)s' for 'program:reports.command'"
+                        f" contains names ('ENV_NOPE') which cannot be expanded. Available names:"
+                        f" {names}",
+                        "supervisor.reloadConfig",
+                    )
+                return super().update(only)
+
+        code, _out, err = run(home, NoEnv(home), "enable", "reports")
+        assert code == 1
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("supervisor-tasks: error:")]
+        assert "files moved back" in line
+        assert "%(ENV_NOPE)s and supervisord's environment has no NOPE" in line
+        assert "supervisor-tasks check" not in line
+        assert len(line) < 700, len(line)
+        assert (home / "tasks_disabled" / "reports.conf").is_file()
+
+    def test_a_rollback_that_left_a_file_does_not_say_files_moved_back(self, home):
+        """A file changed after it was moved is left where it is, and the error says so."""
+
+        class Refuses(FakeSupervisor):
+            def update(self, only: Any = None) -> dict[str, list[str]]:
+                moved = self.home / "tasks" / "reports.conf"
+                if moved.exists():
+                    moved.write_text(prog("reports", "numprocs=2\n"))  # someone edits it
+                    raise RPCFault(92, "CANT_REREAD: broken", "supervisor.reloadConfig")
+                return super().update(only)
+
+        code, _out, err = run(home, Refuses(home), "enable", "reports")
+        assert code == 1
+        assert "changed since it was moved; left where it is" in err
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("supervisor-tasks: error:")]
+        assert "some files were left where they are" in line
+        assert "files moved back" not in line

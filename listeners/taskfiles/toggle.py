@@ -7,9 +7,12 @@ prints them and the page logs them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +38,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_APPLIED = 3
 
+#: supervisord's words for a conf that names an environment variable it does not have
+_ENV_NAME = re.compile(r"'ENV_([A-Za-z_][A-Za-z0-9_]*)'")
 _ACTIVE_STATES = {"RUNNING", "STARTING", "STOPPING", "BACKOFF"}
 #: supervisord's default stopwaitsecs, and the time it needs beyond it to SIGKILL and reap.
 _STOPWAITSECS = 10.0
@@ -83,6 +88,32 @@ class Toggle:
         self._written: dict[Path, tuple[int, int, int] | None] = {}  # what this run moved
 
     def run(self, names: Sequence[str], enable: bool, *, apply: bool = True) -> Outcome:
+        """One enable or disable, one at a time per tasks/ directory: two runs at once (two
+        shells, or a shell and the status page) would move and roll back each other's files."""
+        with self._one_at_a_time():
+            return self._run(names, enable, apply=apply)
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self) -> Iterator[None]:
+        try:
+            fd = os.open(self.layout.tasks_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            yield  # no tasks/ directory: the run says so itself, nothing to guard
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.say(
+                    f"waiting for another supervisor-tasks enable/disable on"
+                    f" {self.layout.tasks_dir} to finish..."
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _run(self, names: Sequence[str], enable: bool, *, apply: bool) -> Outcome:
         tasks = discover(self.layout)
         try:
             chosen = resolve(names, tasks)
@@ -156,11 +187,24 @@ class Toggle:
             done = self.client.update(only=groups)
             self._verify(groups, present=enable)
         except SupervisorError as exc:
-            self._rollback(moved, groups)
+            restored = self._rollback(moved, groups)
+            said = str(exc)
             hint = ""
-            if "CANT_REREAD" in str(exc):
-                hint = "; a conf file is broken: `supervisor-tasks check` names it, fix it"
-            self.warn(f"error: supervisord refused the change, files moved back: {exc}{hint}")
+            if "CANT_REREAD" in said:
+                env = _ENV_NAME.search(said)
+                if env:
+                    hint = (
+                        f"; a conf file uses %(ENV_{env[1]})s and supervisord's environment has"
+                        f" no {env[1]}: set it where supervisord starts, or drop it from the file"
+                    )
+                else:
+                    hint = "; a conf file is broken: `supervisor-tasks check` names it, fix it"
+            where = (
+                "files moved back"
+                if restored
+                else "some files were left where they are (see above)"
+            )
+            self.warn(f"error: supervisord refused the change, {where}: {_short(said)}{hint}")
             return EXIT_FAILED, False, groups
         for kind in ("removed", "added", "changed"):
             if done.get(kind):
@@ -257,10 +301,13 @@ class Toggle:
                 f" running with {self.layout.conf}?"
             )
 
-    def _rollback(self, moved: list[tuple[Task, Path]], groups: list[str]) -> None:
+    def _rollback(self, moved: list[tuple[Task, Path]], groups: list[str]) -> bool:
+        """Put ``moved`` back; True when every file went back."""
+        restored = True
         for task, dest in reversed(moved):
             if self._written.get(dest) != _identity(dest):
                 self.warn(f"warning: {dest} changed since it was moved; left where it is")
+                restored = False
                 continue
             try:
                 _move_no_clobber(dest, task.path)
@@ -269,13 +316,16 @@ class Toggle:
                 self.warn(
                     f"warning: a newer {task.path} was written meanwhile; kept it, and {dest}"
                 )
+                restored = False
             except OSError as exc:
                 self.warn(f"error: could not move {dest} back to {task.path}: {exc}")
+                restored = False
         try:
             # Bring supervisord back in line with the restored files (re-add what was removed).
             self.client.update(only=groups)
         except SupervisorError as exc:
             self.warn(f"warning: could not re-sync supervisord after the rollback: {exc}")
+        return restored
 
 
 class MoveError(OSError):
@@ -310,3 +360,9 @@ def _float(text: str | None, default: float) -> float:
         return float(text) if text is not None else default
     except ValueError:
         return default
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """supervisord's fault text on one line and cut (a missing ENV_ lists every variable)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"

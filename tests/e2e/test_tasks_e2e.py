@@ -149,6 +149,23 @@ class TestRefusals:
         assert not (stack.dir / "tasks" / "broken.conf").exists()
         assert before == pids(stack)
 
+    def test_a_variable_supervisord_lacks_is_named_in_one_short_line(self, stack):
+        """%(ENV_x)s that supervisord's environment lacks: the real CANT_REREAD lists every
+        name it has; the error names the missing one and what to do, the file goes back."""
+        odd = stack.dir / "tasks_disabled" / "envy.conf"
+        odd.write_text("[program:envy]\ncommand=%(ENV_SL_NOT_SET_ANYWHERE)s\n")
+        before = pids(stack)
+
+        code, _out, err = run(stack, "enable", "envy")
+
+        assert 1 == code
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("supervisor-tasks: error:")]
+        assert "files moved back" in line
+        assert "supervisord's environment has no SL_NOT_SET_ANYWHERE" in line
+        assert len(line) < 700, line
+        assert odd.is_file()
+        assert before == pids(stack)
+
     @pytest.mark.parametrize(
         "name", ["../tasks/mailer", "tasks_disabled/reports", "..", "/etc/passwd", "nosuch"]
     )
