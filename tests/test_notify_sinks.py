@@ -245,3 +245,18 @@ class TestSinkSpec:
         """Arbitrary text either parses or raises ValueError."""
         with contextlib.suppress(ValueError):
             parse_sink(text, env={})
+
+
+def test_every_alert_kind_has_its_own_alertmanager_name_and_a_doc_row():
+    """A kind without an alertname reached Alertmanager as the catch-all SupervisorAlert;
+    summaries post one alert per item and resolved ends one, so they need none."""
+    from pathlib import Path
+
+    from listeners.notify.alert import KINDS
+    from listeners.notify.alertmanager import ALERTNAMES
+
+    named = set(KINDS) - {"summary", "resolved"}
+    assert [] == sorted(named - set(ALERTNAMES))
+    doc = (Path(__file__).parents[1] / "docs" / "crashmail.md").read_text()
+    assert [] == [k for k in KINDS if f"| `{k}` |" not in doc]
+    assert [] == [n for n in ALERTNAMES.values() if n not in doc]

@@ -30,6 +30,9 @@ ALERTNAMES = {
     "restarts_exhausted": "SupervisorMemoryRestartsExhausted",
     "events_lost": "SupervisorEventsLost",
     "log_pattern": "SupervisorProcessLogPattern",
+    "hung": "SupervisorProcessHung",
+    "restarts_held": "SupervisorMemoryRestartsHeld",
+    "action": "SupervisorProcessAction",
 }
 SEVERITY = {
     "crash_loop": "critical",
