@@ -664,9 +664,28 @@ class CrashMail(protocol.Handler):
         for i in infos:
             if i.get("statename") == "FATAL":
                 self._fatal.add(info_name(i))
+        self._warn_unmatched(infos)
         self.incidents.seed({info_name(i): str(i.get("statename")) for i in infos})
         self.seeded = True
         self._pids_changed()
+
+    def _warn_unmatched(self, infos: list[dict[str, Any]]) -> None:
+        """A -p that names no process supervisord has: a typo that would keep it silent."""
+        if self.config.any:
+            return
+        names = [(str(i.get("group", "")), str(i.get("name", ""))) for i in infos]
+        for pattern in self.config.programs:
+            full = [full_name(g, n) for g, n in names]
+            if not any(
+                fnmatch.fnmatchcase(f, pattern) or fnmatch.fnmatchcase(n, pattern)
+                for f, (_, n) in zip(full, names, strict=True)
+            ):
+                log.warning(
+                    "crashmail.no_process_matches",
+                    program=pattern,
+                    hint="no process of supervisord matches it: a typo never alerts; give"
+                    " group:name or a process name (supervisorctl status lists them)",
+                )
 
     def reconciled(self, infos: list[dict[str, Any]]) -> None:
         """After lost events: alert on processes in BACKOFF/FATAL/EXITED we were not told of.

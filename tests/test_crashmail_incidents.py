@@ -452,3 +452,20 @@ class TestLoopStateOnABadDisk:
         h.outbox.flush_loops()
         assert {} == h.outbox.open_loops()
         assert 1 == [a.kind for a in alerts(h)].count("resolved")
+
+
+class TestProgramsThatMatchNothing:
+    def test_a_p_that_names_no_process_is_warned_about_once_at_the_seed(self, tmp_path, capsys):
+        """-p nope (a typo) would keep crashmail silent for good: the first snapshot says so;
+        -p w (a process name) and g:* match and say nothing."""
+        h = Harness(tmp_path, programs=("nope", "w", "g:*"))
+        h.cm.start()
+        h.cm._results.put(("seed", [{"group": "g", "name": "w", "statename": "RUNNING"}]))
+        h.cm.on_timer()
+        warned = [
+            ln
+            for ln in capsys.readouterr().err.splitlines()
+            if "crashmail.no_process_matches" in ln
+        ]
+        assert 1 == len(warned), warned
+        assert '"program": "nope"' in warned[0]
