@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--revive-fatal", action="store_true", help="start FATAL -p processes after the backoff"
     )
     s = p.add_argument_group("safety")
-    s.add_argument("--grace", type=dur, default=30.0, help="never restart younger processes (30s)")
+    s.add_argument(
+        "--grace",
+        type=dur,
+        default=30.0,
+        help="do not restart a process younger than this that has not passed a check yet (30s)",
+    )
     s.add_argument(
         "--max-restarts",
         type=cli.arg_type(parse_rate, "RATE"),

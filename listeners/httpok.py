@@ -2,7 +2,8 @@
 
 Same flags and meanings (-p, -a, -t, -c, -b, -s, -m, -g, -d, -e/-E, -n, the URL; a probe per
 TICK event), two differences: restarts never block supervisord (core.restart), and a process
-younger than ``--grace`` is never restarted (superlance restarted one still starting up).
+younger than ``--grace`` that has not passed a check yet is not restarted (superlance restarted
+one still starting up).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A drop-in for superlance's httpok: on each TICK event, GET URL and restart"
         " the RUNNING -p processes (or every process with -a) when the status is not one of -c"
         " (200) or the body lacks -b, or no answer comes within -t seconds (10). Unlike"
-        " superlance, a process younger than --grace (30s) is never restarted, and restarts"
+        " superlance, a process younger than --grace (30s) that has not passed a check yet is"
+        " not restarted, and restarts"
         " never block supervisord.",
     )
     add = parser.add_argument
@@ -74,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("-E", "--not-eager", dest="eager", action="store_false",
         help="skip the check while no watched process runs")  # fmt: skip
     add("-n", "--name", metavar="NAME", help="this httpok's name in mail subjects")
-    add("--grace", metavar="DURATION", help="never restart a process younger than this (30s)")
+    add(
+        "--grace",
+        metavar="DURATION",
+        help="do not restart a process younger than this that has not passed a check yet (30s)",
+    )
     return parser
 
 
