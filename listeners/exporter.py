@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import threading
 import time
@@ -101,6 +102,12 @@ def parse_url(text: str) -> str:
 
 
 def parse_grafana(text: str) -> str:
+    unknown = sorted(set(re.findall(r"\{([^{}]*)\}", text)) - {"group", "name"})
+    if unknown:
+        raise ValueError(
+            f"invalid URL {text!r}: unknown placeholder {{{unknown[0]}}} (only {{group}} and"
+            " {name} are replaced)"
+        )
     parse_url(text.replace("{group}", "g").replace("{name}", "n"))
     return text
 
@@ -188,6 +195,11 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     host, port = args.listen
     web_config = Path(args.web_config) if args.web_config else None
     loop = (int(args.loop[0]), float(args.loop[1]))
+    if args.tasks_conf and not Path(args.tasks_conf).is_file():
+        parser.error(
+            f"invalid --tasks-conf {args.tasks_conf}: no such file (give the supervisord.conf"
+            " whose tasks/ and tasks_disabled/ the page lists)"
+        )
     return Config(
         connection=connection,
         listen_host=host,

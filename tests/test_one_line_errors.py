@@ -13,13 +13,17 @@ CASES = [
     ("crashmail", ["--repeat", "0"], "invalid --repeat 0s"),
     ("memmon", ["-a", "16XB"], "-a"),
     ("exporter", ["--web.listen-address", "nowhere"], "--web.listen-address"),
+    ("exporter", ["--grafana-url", "http://g/{foo}"], "unknown placeholder {foo}"),
+    ("exporter", ["--tasks-conf", "/nonexistent/supervisord.conf"], "--tasks-conf"),
     ("health", ["--bogus"], "unrecognized arguments: --bogus"),
     ("tasks", ["enable"], "the following arguments are required: NAME"),
     ("httpok", ["-t", "x", "http://127.0.0.1:1/"], "-t"),
 ]
 
 
-@pytest.mark.parametrize(("tool", "argv", "said"), CASES, ids=[f"{c[0]}-{c[1][0]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("tool", "argv", "said"), CASES, ids=[f"{c[0]}-{c[1][0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_a_bad_flag_is_one_line_saying_what_and_exits_2(tool, argv, said, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path)}
     done = subprocess.run(
