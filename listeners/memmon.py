@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_args", "resolve_rule"]
 
+#: A ceiling under this restarts every process it judges: said at start (superlance compat
+#: keeps such limits working, as tests and dry runs use them).
+TINY_LIMIT = 1 << 20
+
 log = get_logger("listeners.memmon")
 
 RECONCILE_EVERY = 60.0
@@ -405,6 +409,16 @@ class Memmon(protocol.Handler):
         for group in self.config.groups:
             if not any(r.group == group.pattern for r in self.table):
                 log.warning("memmon.unknown_group", group=group.pattern, rule=group.label)
+        for rule in self._rules():
+            if rule.limit < TINY_LIMIT:
+                # superlance takes a bare number as bytes: "-a 16" restarts everything
+                log.warning(
+                    "memmon.limit_tiny",
+                    rule=rule.label,
+                    limit_bytes=rule.limit,
+                    hint="no process lives in under 1 MiB, so this restarts every one it"
+                    " judges: give a unit, e.g. 16MB (a bare number is bytes, as in superlance)",
+                )
         self._publish_limits(limits)
         # A first look now, not at the first TICK (up to 60 s with superlance's events=TICK_60):
         # processes memmon may not read are reported at start, and a worker already over its

@@ -381,6 +381,15 @@ class TestDecisions:
         assert 9 == meter.asked[-1]["queue:queue_crashmail"]
         assert "crashmail:crashmail" not in meter.asked[-1]
 
+    def test_a_ceiling_under_1_mib_is_said_at_start(self, capsys):
+        """-a 16 is 16 bytes (superlance reads a bare number as bytes): it would restart
+        every worker; memmon says so at start, naming the rule; 16MB says nothing."""
+        make("-a", "16", "-p", "web_0=16MB")
+        tiny = [ln for ln in capsys.readouterr().err.splitlines() if "memmon.limit_tiny" in ln]
+        assert 1 == len(tiny), tiny
+        assert '"limit_bytes": 16' in tiny[0]
+        assert "give a unit, e.g. 16MB" in tiny[0]
+
     def test_no_skip_listeners_judges_them(self):
         """--no-skip-listeners puts the listeners back under -a."""
         infos = [info("crashmail", "crashmail", 8)]
