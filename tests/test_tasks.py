@@ -688,6 +688,27 @@ class TestSlowStopsAndBrokenFiles:
         assert [f"supervisor-tasks: {home}/tasks/indexer.conf:1: cannot parse section header"
                 " '[program:indexer': it lacks its closing ']'"] == lines  # fmt: skip
 
+    def test_a_section_twice_in_one_file_is_one_problem_not_three(self, home):
+        """[program:indexer] twice in indexer.conf: "defined twice", not also two symmetric
+        "duplicate name ... also defined in" lines for the same fault."""
+        (home / "tasks" / "indexer.conf").write_text(prog("indexer") + "\n" + prog("indexer"))
+        code, _, err = run(home, FakeSupervisor(home), "check")
+        assert 1 == code
+        lines = [ln for ln in err.splitlines() if "indexer.conf" in ln]
+        assert 1 == len(lines), lines
+        assert "defined twice in this file" in lines[0]
+
+    def test_a_key_before_any_header_is_one_problem_on_one_line(self, home):
+        """A file of keys without a header: our one line, not also configparser's
+        three-line "File contains no section headers" for the same fault."""
+        (home / "tasks" / "indexer.conf").write_text("command=/bin/true\n")
+        code, _, err = run(home, FakeSupervisor(home), "check")
+        assert 1 == code
+        lines = [ln for ln in err.splitlines() if "indexer.conf" in ln]
+        assert [f"supervisor-tasks: {home}/tasks/indexer.conf:1: key before any [section]"
+                " header"] == lines  # fmt: skip
+        assert "File contains no section headers" not in err
+
 
 def test_rpc_and_wait_timeouts_take_the_suites_durations():
     """--rpc-timeout 200ms and --wait-timeout 2m, as in the other tools; 0 is refused."""

@@ -107,7 +107,8 @@ def validate_file(layout: Layout, path: Path) -> list[Problem]:
                         key=key,
                     )
                 )
-    if any(p.line and "cannot parse" in p.message for p in problems):
+    # what configparser would say next is the same fault again, at length: one problem each
+    if any(p.line and ("cannot parse" in p.message or "before any" in p.message) for p in problems):
         return problems
     try:
         parser = parser_for(layout, [path])
@@ -116,7 +117,8 @@ def validate_file(layout: Layout, path: Path) -> list[Problem]:
         errors = getattr(exc, "errors", None)
         if lineno is None and errors:
             lineno = int(errors[0][0])
-        return [*problems, Problem(path, f"supervisord cannot parse it: {exc}", line=lineno)]
+        said = " ".join(str(exc).split())  # configparser's message spans lines
+        return [*problems, Problem(path, f"supervisord cannot parse it: {said}", line=lineno)]
     error = group_error(layout, parser)
     if error is not None:
         problems.append(_locate(layout, path, sections, error))
@@ -174,8 +176,8 @@ def duplicate_problems(
     problems = []
     wanted = None if candidates is None else {p.absolute() for p in candidates}
     for name, places in sorted(by_name.items()):
-        if len(places) < 2:
-            continue
+        if len({(p, t) for p, _, t in places}) < 2:
+            continue  # once, or one section twice in one file: validate_file said "defined twice"
         for path, line, title in places:
             if wanted is not None and path.absolute() not in wanted:
                 continue
