@@ -804,3 +804,21 @@ class TestRefusedChangeMessages:
         (line,) = [ln for ln in err.splitlines() if ln.startswith("supervisor-tasks: error:")]
         assert "some files were left where they are" in line
         assert "files moved back" not in line
+
+
+def test_a_move_refused_for_permissions_says_what_to_do(home, monkeypatch):
+    """EACCES on the move (a user who may not write tasks_disabled/; as root only a fake can
+    refuse): one line that names both directories and what to do, nothing moved."""
+
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+
+    monkeypatch.setattr(toggle.os, "link", refuse)
+    monkeypatch.setattr(toggle.os, "rename", refuse)
+    code, _out, err = run(home, FakeSupervisor(home), "disable", "mailer")
+    assert code == 1
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    assert "Permission denied" in line
+    assert "nothing was moved (run as the owner of" in line
+    assert f"{home}/tasks_disabled" in line
+    assert (home / "tasks" / "mailer.conf").is_file()

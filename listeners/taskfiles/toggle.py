@@ -153,7 +153,7 @@ class Toggle:
             self.warn(f"error: cannot move: {exc}; supervisord was not changed")
             return Outcome(EXIT_FAILED, tuple(chosen))
         except OSError as exc:
-            self.warn(f"error: cannot move: {exc}; nothing was moved")
+            self.warn(f"error: cannot move: {exc}; nothing was moved{self._access_hint(exc)}")
             return Outcome(EXIT_FAILED, tuple(chosen))
         for task, dest in moved:
             self.say(f"{task.name}: moved {task.path} -> {dest}")
@@ -162,6 +162,14 @@ class Toggle:
             return Outcome(EXIT_OK, tuple(chosen))
         code, applied, groups = self._apply(chosen, moved, enable)
         return Outcome(code, tuple(chosen), applied, tuple(groups))
+
+    def _access_hint(self, exc: OSError) -> str:
+        if not isinstance(exc, PermissionError):
+            return ""
+        return (
+            f" (run as the owner of {self.layout.tasks_dir} and {self.layout.disabled_dir},"
+            " or give this user write access to both)"
+        )
 
     def _apply(
         self, chosen: list[Task], moved: list[tuple[Task, Path]], enable: bool
