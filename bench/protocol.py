@@ -12,7 +12,7 @@ cross-core wake-ups:
 - ``floor``: a raw loop that reads a header and payload and answers OK, parsing nothing; its
   rate is supervisord's own ceiling on this machine.
 
-    python bench/protocol.py [--rounds 3] [--workers 10] [--lines 1000]
+    python bench/protocol.py [--rounds 5] [--workers 10] [--lines 2000]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """memmon and real PHP workers (Debian's php8.2-cli) under a real supervisord.
 
-An idle PHP worker has ~18 MB RSS (the interpreter's shared libraries) but ~4.5 MB PSS with
+An idle PHP worker has 17.5 MiB RSS (the interpreter's shared libraries) but 4.4 MiB PSS with
 32 siblings: the shipped conf measures PSS, and memmon's guard holds a ceiling that would
 restart a whole group at once.
 """
