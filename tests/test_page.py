@@ -316,6 +316,41 @@ class TestActions:
 
 
 class TestRoutes:
+    def test_pages_waiting_on_a_stalled_supervisord_are_capped_the_rest_skip_the_tail(self):
+        """supervisord stalls: the first TAILS_AT_ONCE process pages wait on their tail (each
+        holding a request slot); the next page comes back at once without it, so they
+        cannot hold the slots /metrics needs."""
+        from listeners.metrics.routes import TAILS_AT_ONCE
+
+        gate, waiting = threading.Event(), threading.Semaphore(0)
+
+        def stalled(name: str) -> str:
+            waiting.release()
+            gate.wait(30)
+            return "late line"
+
+        site = Site(state=running(), reader=ProcReader(), dashboard_url="http://x/", tail=stalled)
+        held = [
+            threading.Thread(target=handle_get, args=(site, "/process/w:w", None))
+            for _ in range(TAILS_AT_ONCE)
+        ]
+        for t in held:
+            t.start()
+        for _ in held:
+            assert waiting.acquire(timeout=30)
+        try:
+            answer = handle_get(site, "/process/w:w", None)
+            assert answer is not None
+            assert 200 == answer.code
+            assert b"stderr tail skipped: other pages are waiting on supervisord" in answer.body
+        finally:
+            gate.set()
+            for t in held:
+                t.join(30)
+        answer = handle_get(site, "/process/w:w", None)
+        assert answer is not None
+        assert b"late line" in answer.body
+
     def test_post_on_a_read_only_page_is_403(self):
         """No actions configured: POST /action is refused and says the page is read-only."""
         site = Site(state=ExporterState(), reader=ProcReader(), dashboard_url="http://x/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ __all__ = ["MAX_FORM_BYTES", "Response", "Site", "basic_user", "handle_get", "ha
 log = get_logger("listeners.exporter.web")
 
 MAX_FORM_BYTES = 4096
+#: process pages fetching a stderr tail from supervisord at once (of the 64 request slots)
+TAILS_AT_ONCE = 8
 TAIL_BYTES = 4096
 HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
@@ -70,6 +73,12 @@ class Site:
     grafana_url: str | None = None
     clock: Callable[[], float] = time.time
     _static: dict[str, bytes] = field(default_factory=dict)
+    #: process pages asking supervisord for a stderr tail at once: each holds a request slot
+    #: while it waits (up to the RPC timeout when supervisord is stalled), so beyond these a
+    #: page goes without its tail instead of adding to the slots /metrics needs
+    _tails: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(TAILS_AT_ONCE)
+    )
 
     def viewer(self, user: str | None) -> page.Viewer:
         return self.actions.viewer(user) if self.actions else page.Viewer(user)
@@ -121,10 +130,15 @@ def _process(site: Site, full_name: str, user: str | None) -> Response:
     samples = [(s.at, s.memory_bytes) for s in history.samples(full_name)] if history else []
     tail: str | None = None
     if row is not None and site.tail is not None:
-        try:
-            tail = site.tail(full_name)
-        except SupervisorError as exc:
-            tail = f"(stderr tail unavailable: {exc})"
+        if not site._tails.acquire(blocking=False):
+            tail = "(stderr tail skipped: other pages are waiting on supervisord; reload shortly)"
+        else:
+            try:
+                tail = site.tail(full_name)
+            except SupervisorError as exc:
+                tail = f"(stderr tail unavailable: {exc})"
+            finally:
+                site._tails.release()
     body = page.render_process_page(
         row,
         full_name,
