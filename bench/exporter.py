@@ -138,6 +138,14 @@ def run(n: int, scrapes: int) -> None:
         idle_ms_per_s = (cpu_seconds(sup_pid) - idle0) / 5 * 1000
         ours = measure(exp_url, sup_pid, scrapes)
         theirs = measure(node_url, sup_pid, scrapes)
+        # memmon announces PSS ceilings (the example's --measure pss): each scrape then also
+        # reads every worker's smaps_rollup, to compare the ceiling with what memmon judges
+        from listeners.core import bus
+
+        limits = bus.MemoryLimits("h", {f"w:w_{i:04d}": 16 << 20 for i in range(n)}, "pss")
+        sup.client.send_remote_comm(bus.MEMMON_TYPE, bus.encode(limits))
+        wait_for(lambda: "supervisord_process_memory_judged_bytes{" in fetch(exp_url), 60)
+        judged = measure(exp_url, sup_pid, scrapes)
         exp_pid = int(sup.info("exporter:exporter")["pid"])
         rss, pss = memory(exp_pid)
         s_ours = series_per_process(str(ours["text"]), n)
@@ -146,6 +154,7 @@ def run(n: int, scrapes: int) -> None:
         print(f"{'':34}{'supervisor-exporter':>22}{'node_exporter':>16}{'ratio':>10}")
         rows = [
             ("median scrape (ms)", ours["median_ms"], theirs["median_ms"]),
+            ("  with memmon's PSS ceilings (ms)", judged["median_ms"], theirs["median_ms"]),
             ("p90 scrape (ms)", ours["p90_ms"], theirs["p90_ms"]),
             ("supervisord CPU per scrape (ms)", ours["sup_cpu_ms"], theirs["sup_cpu_ms"]),
             ("series per process", s_ours, s_theirs),

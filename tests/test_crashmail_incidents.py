@@ -20,6 +20,14 @@ def loop(h: Harness, exits: int = 3) -> None:
         h.send("RUNNING", pid=6)
 
 
+def failed_starts(h: Harness, n: int) -> None:
+    """``n`` starts that fail before startsecs, a second apart."""
+    for _ in range(n):
+        h.send("STARTING")
+        h.send("BACKOFF")
+        h.clock.now += 1
+
+
 def alerts(h: Harness) -> list[Alert]:
     return [i.alert for i in h.outbox.due_incidents(10**12)]
 
@@ -238,10 +246,7 @@ class TestFailedStarts:
     def test_backoffs_then_fatal_give_one_alert(self, tmp_path):
         """3 failed starts then FATAL 4 ms later: one crash_loop that says FATAL, no fatal."""
         h = Harness(tmp_path)
-        for _ in range(3):
-            h.send("STARTING")
-            h.send("BACKOFF")
-            h.clock.now += 1
+        failed_starts(h, 3)
         h.clock.now += 0.004
         h.send("FATAL")
         got = alerts(h)
@@ -253,10 +258,7 @@ class TestFailedStarts:
         """FATAL 3 s after the last BACKOFF (the answer waited for a slow commit): whatever
         the courier found due by then went out, and it was not the loop alert."""
         h = Harness(tmp_path)
-        for _ in range(3):
-            h.send("STARTING")
-            h.send("BACKOFF")
-            h.clock.now += 1
+        failed_starts(h, 3)
         h.clock.now += 2
         due = [i.id for i in h.outbox.due_incidents(h.clock.now)]
         assert [] == due
