@@ -116,21 +116,31 @@ class TestScenario:
         )
         sup.client.send_remote_comm(bus.MEMMON_TYPE, bus.encode(restart))
 
+        missing: list[str] = []
+
         def ready() -> Samples | None:
             s = samples(fetch(port))
             crash = frozenset(L("crash").items())
             leak = frozenset(L("leak").items())
-            done = (
-                s.get(("supervisord_process_crash_looping", crash)) == 1
-                and s.get(("supervisord_process_fatal_total", frozenset(L("fatal").items()))) == 1
-                and s.get(("supervisord_process_memory_bytes", leak), 0) > 24e6
-                and s.get(("supervisord_process_memory_restarts_total", leak)) == 1
-                and s.get(("supervisord_process_exit_status", frozenset(L("exit3").items()))) == 3
-                and s.get(("supervisord_process_exit_status", crash)) == 3
-            )
-            return s if done else None
+            checks = {
+                "crash looping": s.get(("supervisord_process_crash_looping", crash)) == 1,
+                "fatal": s.get(("supervisord_process_fatal_total", frozenset(L("fatal").items())))
+                == 1,
+                "leak over 24 MB": s.get(("supervisord_process_memory_bytes", leak), 0) > 24e6,
+                "memmon restart": s.get(("supervisord_process_memory_restarts_total", leak)) == 1,
+                "exit3 status": s.get(
+                    ("supervisord_process_exit_status", frozenset(L("exit3").items()))
+                )
+                == 3,
+                "crash status": s.get(("supervisord_process_exit_status", crash)) == 3,
+            }
+            missing[:] = [name for name, ok in checks.items() if not ok]
+            return None if missing else s
 
-        s = wait_for(ready, 40, 0.3, what="crash loop, fatal and leak visible")
+        try:
+            s = wait_for(ready, 60, 0.3, what="crash loop, fatal and leak visible")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still missing: {', '.join(missing)}") from None
         crash = L("crash")
 
         def v(metric: str, /, **labels: str) -> float | None:

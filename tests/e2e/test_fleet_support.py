@@ -39,7 +39,9 @@ supervisord_process_state{group="web",name="web_0",state="FATAL"} 0
 supervisord_process_state{group="etl",name="etl",state="RUNNING"} 0
 supervisord_process_state{group="etl",name="etl",state="FATAL"} 1
 # TYPE supervisord_process_memory_bytes gauge
-supervisord_process_memory_bytes{group="web",name="web_0"} 15938355
+supervisord_process_memory_bytes{group="web",name="web_0"} 18350080
+# TYPE supervisord_process_memory_judged_bytes gauge
+supervisord_process_memory_judged_bytes{group="web",name="web_0"} 15938355
 # TYPE supervisord_process_memory_limit_bytes gauge
 supervisord_process_memory_limit_bytes{group="web",name="web_0"} 16777216
 """
