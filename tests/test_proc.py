@@ -101,3 +101,33 @@ class TestJudged:
         odd = reader.usage(os.getpid(), ("vsz", False))
         assert odd is not None
         assert odd.judged_bytes is None
+
+    def test_a_pss_reading_is_reused_for_judged_max_age_then_read_again(self):
+        """smaps_rollup costs ~85 us a worker: a scrape within JUDGED_MAX_AGE of the last read
+        reuses it (the history sampler refreshes it every 15 s); RSS is never cached."""
+        from listeners.metrics.proc import JUDGED_MAX_AGE
+
+        now = [1000.0]
+        reader = ProcReader(clock=lambda: now[0])
+        reads: list[tuple[int, str]] = []
+        real = reader._judged
+
+        def counting(pid: int, pages: int, measure: str) -> int | None:
+            reads.append((pid, measure))
+            return real(pid, pages, measure)
+
+        reader._judged = counting  # type: ignore[method-assign]
+        me = os.getpid()
+        first = reader.usage(me, ("pss", False))
+        now[0] += JUDGED_MAX_AGE - 1
+        again = reader.usage(me, ("pss", False))
+        assert first is not None
+        assert again is not None
+        assert first.judged_bytes == again.judged_bytes
+        assert [(me, "pss")] == reads
+        now[0] += 2
+        reader.usage(me, ("pss", False))
+        assert [(me, "pss"), (me, "pss")] == reads
+        reader.usage(me, ("rss", False))
+        reader.usage(me, ("rss", False))
+        assert 2 == reads.count((me, "rss"))

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 
 from listeners.core.memory import MEASURES, parse_rollup
 from listeners.metrics.snapshot import Snapshot, SnapshotSource, Usage
 
-__all__ = ["ProcReader", "sample"]
+__all__ = ["JUDGED_MAX_AGE", "ProcReader", "sample"]
+
+#: Seconds a PSS/USS reading of a worker is served from cache (see ProcReader).
+JUDGED_MAX_AGE = 30.0
+JUDGED_CACHE_SOFT_CAP = 1024
 
 
 class ProcReader:
@@ -18,10 +23,16 @@ class ProcReader:
     reads a few small files per process and never walks all of /proc.
     """
 
-    def __init__(self, proc: str = "/proc") -> None:
+    def __init__(self, proc: str = "/proc", clock: Callable[[], float] = time.monotonic) -> None:
         self.proc = proc
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
+        self.clock = clock
+        # PSS/USS by (pid, measure, cumulative) -> (bytes, when read): smaps_rollup costs the
+        # kernel a page-table walk (~85 us per worker, 22 ms a scrape at 256), so a scrape
+        # reuses what the history sampler (every 15 s) or a scrape read less than
+        # JUDGED_MAX_AGE ago; memmon itself judges only every few seconds
+        self._judged_cache: dict[tuple[int, str, bool], tuple[int, float]] = {}
 
     @staticmethod
     def _read(path: str, whole: bool = False) -> bytes | None:
@@ -98,7 +109,16 @@ class ProcReader:
         if judge is not None and judge[0] not in MEASURES:
             judge = None
         rss, ticks = top[0], top[1] + top[2]
-        judged = self._judged(pid, top[0], judge[0]) if judge else None
+        judged: int | None = None
+        walk = False  # add the descendants' judged memory during the tree walk below
+        if judge is not None:
+            key = (pid, judge[0], judge[1])
+            cached = self._judged_cache.get(key) if judge[0] != "rss" else None
+            if cached is not None and self.clock() - cached[1] < JUDGED_MAX_AGE:
+                judged = cached[0]
+            else:
+                judged = self._judged(pid, top[0], judge[0])
+                walk = judge[1] and judged is not None
         seen = {pid}
         todo = self._children(pid, top[3])
         while todo:
@@ -111,10 +131,29 @@ class ProcReader:
                 continue
             rss += stat[0]
             ticks += stat[1]
-            if judge and judge[1] and judged is not None:
+            if walk and judge is not None and judged is not None:
                 judged += self._judged(child, stat[0], judge[0]) or 0
             todo.extend(self._children(child, stat[3]))
+        if (
+            judge is not None
+            and judge[0] != "rss"
+            and judged is not None
+            and (walk or not judge[1])
+        ):
+            self._remember(pid, judge, judged)
         return Usage(rss * self.page_size, ticks / self.ticks, judged)
+
+    def _remember(self, pid: int, judge: tuple[str, bool], value: int) -> None:
+        now = self.clock()
+        key = (pid, judge[0], judge[1])
+        fresh = key not in self._judged_cache or now - self._judged_cache[key][1] >= JUDGED_MAX_AGE
+        if fresh:
+            self._judged_cache[key] = (value, now)
+        if len(self._judged_cache) > 4 * JUDGED_CACHE_SOFT_CAP:
+            # pids of exited workers: drop what is too old to be used again
+            for k, (_, at) in list(self._judged_cache.items()):
+                if now - at >= JUDGED_MAX_AGE:
+                    self._judged_cache.pop(k, None)
 
     def usage_many(
         self,
