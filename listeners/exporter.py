@@ -469,7 +469,7 @@ def sample_memory(state: ExporterState, reader: ProcReader, stop: threading.Even
 
     while not stop.wait(state.history.step):
         try:
-            _snap, usages = sample(state, reader)
+            _snap, usages = sample(state, reader, refresh=True)
         except Exception:  # a bad /proc read must not end the sampling thread
             log.exception("exporter.history_sample_failed")
             continue

@@ -80,7 +80,9 @@ class FakeReader(ProcReader):
         self.judged = judged or {}
         self.judges: list[tuple[int, tuple[str, bool] | None]] = []
 
-    def usage(self, pid: int, judge: tuple[str, bool] | None = None) -> Usage | None:
+    def usage(
+        self, pid: int, judge: tuple[str, bool] | None = None, *, refresh: bool = False
+    ) -> Usage | None:
         self.judges.append((pid, judge))
         usage = self.usages.get(pid)
         if usage is not None and judge is not None:

@@ -131,3 +131,8 @@ class TestJudged:
         reader.usage(me, ("rss", False))
         reader.usage(me, ("rss", False))
         assert 2 == reads.count((me, "rss"))
+        # the history sampler refreshes: it reads again at once, and scrapes reuse its reading
+        reader.usage(me, ("pss", False), refresh=True)
+        assert 3 == reads.count((me, "pss"))
+        reader.usage(me, ("pss", False))
+        assert 3 == reads.count((me, "pss"))

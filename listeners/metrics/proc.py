@@ -12,7 +12,7 @@ from listeners.metrics.snapshot import Snapshot, SnapshotSource, Usage
 __all__ = ["JUDGED_MAX_AGE", "ProcReader", "sample"]
 
 #: Seconds a PSS/USS reading of a worker is served from cache (see ProcReader).
-JUDGED_MAX_AGE = 30.0
+JUDGED_MAX_AGE = 20.0
 JUDGED_CACHE_SOFT_CAP = 1024
 
 
@@ -96,7 +96,9 @@ class ProcReader:
         data = self._read(f"{self.proc}/{pid}/smaps_rollup", whole=True)
         return parse_rollup(data, measure) if data else None
 
-    def usage(self, pid: int, judge: tuple[str, bool] | None = None) -> Usage | None:
+    def usage(
+        self, pid: int, judge: tuple[str, bool] | None = None, *, refresh: bool = False
+    ) -> Usage | None:
         """The tree rooted at ``pid``; None when ``pid`` is gone.
 
         ``judge`` = (measure, cumulative) also measures it as memmon does (rss, pss or uss;
@@ -114,7 +116,7 @@ class ProcReader:
         if judge is not None:
             key = (pid, judge[0], judge[1])
             cached = self._judged_cache.get(key) if judge[0] != "rss" else None
-            if cached is not None and self.clock() - cached[1] < JUDGED_MAX_AGE:
+            if not refresh and cached is not None and self.clock() - cached[1] < JUDGED_MAX_AGE:
                 judged = cached[0]
             else:
                 judged = self._judged(pid, top[0], judge[0])
@@ -140,14 +142,14 @@ class ProcReader:
             and judged is not None
             and (walk or not judge[1])
         ):
-            self._remember(pid, judge, judged)
+            self._remember(pid, judge, judged, refresh)
         return Usage(rss * self.page_size, ticks / self.ticks, judged)
 
-    def _remember(self, pid: int, judge: tuple[str, bool], value: int) -> None:
+    def _remember(self, pid: int, judge: tuple[str, bool], value: int, refresh: bool) -> None:
         now = self.clock()
         key = (pid, judge[0], judge[1])
-        fresh = key not in self._judged_cache or now - self._judged_cache[key][1] >= JUDGED_MAX_AGE
-        if fresh:
+        stale = key not in self._judged_cache or now - self._judged_cache[key][1] >= JUDGED_MAX_AGE
+        if stale or refresh:
             self._judged_cache[key] = (value, now)
         if len(self._judged_cache) > 4 * JUDGED_CACHE_SOFT_CAP:
             # pids of exited workers: drop what is too old to be used again
@@ -160,19 +162,25 @@ class ProcReader:
         pids: Mapping[str, int],
         judge: tuple[str, bool] | None = None,
         judged: Collection[str] = (),
+        *,
+        refresh: bool = False,
     ) -> dict[str, Usage]:
-        """Usage of each ``name -> pid``; those in ``judged`` also measured as ``judge`` says."""
+        """Usage of each ``name -> pid``; those in ``judged`` also measured as ``judge`` says
+        (from a reading under JUDGED_MAX_AGE unless ``refresh``)."""
         out: dict[str, Usage] = {}
         for key, pid in pids.items():
-            usage = self.usage(pid, judge if key in judged else None)
+            usage = self.usage(pid, judge if key in judged else None, refresh=refresh)
             if usage is not None:
                 out[key] = usage
         return out
 
 
-def sample(state: SnapshotSource, reader: ProcReader) -> tuple[Snapshot, dict[str, Usage]]:
-    """What one scrape needs: the state copied under its lock, then /proc read outside it."""
+def sample(
+    state: SnapshotSource, reader: ProcReader, *, refresh: bool = False
+) -> tuple[Snapshot, dict[str, Usage]]:
+    """What one scrape needs: the state copied under its lock, then /proc read outside it.
+    ``refresh`` (the history sampler) reads PSS/USS afresh, which scrapes then reuse."""
     snap = state.snapshot()
     pids = {p.full_name: p.pid for p in snap.processes if p.pid} if snap.up else {}
     ceilinged = {p.full_name for p in snap.processes if p.memory_limit}
-    return snap, reader.usage_many(pids, snap.memmon_measure, ceilinged)
+    return snap, reader.usage_many(pids, snap.memmon_measure, ceilinged, refresh=refresh)

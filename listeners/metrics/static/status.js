@@ -60,7 +60,10 @@
 
   function memoryCell(p) {
     const td = el("td");
-    const mem = p.memory_bytes;
+    // memmon's ceiling is compared with what memmon measures (PSS in the example), as the
+    // server-rendered page does; the tree's RSS only where memmon said no measure
+    const mem = p.memory_judged_bytes !== null && p.memory_judged_bytes !== undefined
+      ? p.memory_judged_bytes : p.memory_bytes;
     const limit = p.memory_limit_bytes;
     if (mem !== null && limit) {
       const pct = Math.min(100, (100 * mem) / limit);
