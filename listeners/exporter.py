@@ -240,6 +240,7 @@ class ExporterHandler(protocol.Handler):
         # is answered by the next read; reads never overlap; a failed one is retried
         self.resync = Resync()
         self._exits: set[str] = set()
+        self._asked_log: set[str] = set()
         # unexpected exits waiting to be classified: name -> did the OOM counter move
         self._unexpected: dict[str, bool | None] = {}
         self.oom = oom if oom is not None else OomWatch(lambda: None)
@@ -331,6 +332,12 @@ class ExporterHandler(protocol.Handler):
             return
         self.resync.done()
         self.state.apply_reconcile(infos, version, identification)
+        # a FATAL or BACKOFF found at the first reconcile (the exporter started after it, or
+        # was restarted) has no status from supervisord: its log has it
+        for name in self.state.without_exit_status():
+            if name not in self._asked_log:  # once each: a log rotated past it stays silent
+                self._asked_log.add(name)
+                self.request_exit_status(name)
         log.debug(
             "exporter.reconciled",
             processes=len(infos),

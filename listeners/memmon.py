@@ -61,6 +61,8 @@ __all__ = ["Config", "Memmon", "Rule", "build_parser", "main", "parse_args", "re
 #: A ceiling under this restarts every process it judges: said at start (superlance compat
 #: keeps such limits working, as tests and dry runs use them).
 TINY_LIMIT = 1 << 20
+#: Seconds between two announcements of unchanged ceilings (for exporters started later).
+LIMITS_REPEAT = 60.0
 
 log = get_logger("listeners.memmon")
 
@@ -380,7 +382,8 @@ class Memmon(protocol.Handler):
         # the seed is start()'s; then a read 60 s after lost events, a group added or while no
         # PROCESS_STATE events come, and the hourly safety read
         self.resync = Resync(spacing=RECONCILE_EVERY, safety=RECONCILE_SAFETY, clock=clock)
-        self._published: dict[str, int] | None = None
+        self._published: tuple[dict[str, int], list[str]] | None = None
+        self._published_at = float("-inf")
         self.checks = 0
 
     # ------------------------------------------------------------------ start
@@ -763,9 +766,15 @@ class Memmon(protocol.Handler):
             log.warning("memmon.publish_failed", kind=type(message).__name__, error=str(exc))
 
     def _publish_limits(self, limits: dict[str, int]) -> None:
-        if limits == self._published:
+        """Announce the ceilings when they or the given-up set change, and once a minute:
+        an exporter restarted meanwhile would otherwise show no ceiling and nothing given up
+        until the next change."""
+        exhausted = sorted(k for k, w in self.watches.items() if w.exhausted)
+        now = self.clock()
+        same = (limits, exhausted) == self._published
+        if same and now - self._published_at < LIMITS_REPEAT:
             return
-        self._published = limits
+        self._published, self._published_at = (limits, exhausted), now
         self.rpc.submit(
             self._publish,
             bus.MemoryLimits(
@@ -773,6 +782,7 @@ class Memmon(protocol.Handler):
                 limits=dict(limits),
                 measure=self.config.measure,
                 cumulative=self.config.cumulative,
+                exhausted=exhausted,
             ),
         )
 

@@ -341,6 +341,39 @@ class TestCollector:
         )
         assert row["a"]["headroom_bytes"] == (16 << 20) - int(4.4 * 2**20)
 
+    def test_a_fatal_found_at_the_first_reconcile_gets_its_status_from_the_log(self, worker):
+        """Started (or restarted) after a start failed with 7: getProcessInfo says 0 for a
+        FATAL process, supervisord's log says 7; the exporter asks the log at once."""
+        LAST.clear()
+        state = ExporterState()
+        rpc = FakeSupervisor(
+            [info("nostart", "nostart", "FATAL")],
+            answers={"supervisor.readLog": "INFO exited: nostart (exit status 7; not expected)\n"},
+        )
+        handler = ExporterHandler(state, rpc, worker)
+        handler.request_reconcile()
+        assert worker.join()
+        assert worker.join()
+        (view,) = state.snapshot().processes
+        assert (view.state, view.exit_status) == ("FATAL", 7)
+
+    def test_memmons_repeated_limits_restore_what_a_restarted_exporter_forgot(self, worker):
+        """A fresh exporter (no RestartsExhausted seen): memmon's once-a-minute limits with
+        its exhausted list bring back the ceiling and "memmon gave up"; a later list without
+        the process clears it."""
+        state, handler, _ = make(worker, [info("leak", "leak", "RUNNING", pid=7)])
+
+        def announce(exhausted: list[str]) -> None:
+            msg = bus.MemoryLimits("h", {"leak:leak": 16 << 20}, "pss", exhausted=exhausted)
+            handler.handle(ev("REMOTE_COMMUNICATION", f"type:{bus.MEMMON_TYPE}\n{bus.encode(msg)}"))
+
+        announce(["leak:leak"])
+        (view,) = state.snapshot().processes
+        assert (view.memory_limit, view.memory_gave_up) == (16 << 20, True)
+        announce([])
+        (view,) = state.snapshot().processes
+        assert view.memory_gave_up is False
+
     def test_unreachable_supervisord_sets_up_0_and_drops_process_series(self, worker):
         """A failed reconcile: up 0, reconcile_errors 1, no per-process series."""
         state, handler, rpc = make(worker, [info("a", "a", "RUNNING", pid=7)])

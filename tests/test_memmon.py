@@ -361,6 +361,34 @@ class TestDecisions:
         [gone] = client.bus("restarts_exhausted")
         assert (2, 3600.0) == (gone["restarts"], gone["window_seconds"])
 
+    def test_ceilings_and_given_up_processes_are_announced_again_once_a_minute(self):
+        """An exporter restarted later learns them: unchanged ceilings go out again after
+        LIMITS_REPEAT, with the processes memmon gave up on; between, nothing is repeated."""
+        from listeners.memmon import LIMITS_REPEAT
+
+        m, client, meter, clock = make(
+            "-a", "16MB", "--max-restarts", "1/1h", "--max-unavailable", "100%"
+        )
+        meter.values[100] = Reading(20 * MB)
+        m.handle(tick())  # restarted once
+        m.handle(state_event("web", "web_0", "STOPPED", 100))
+        m.handle(state_event("web", "web_0", "RUNNING", 100))
+        m.handle(tick())  # over again: restarts exhausted
+        announced = client.bus("memory_limits")
+        assert ["web:web_0"] == announced[-1]["exhausted"]
+        count = len(announced)
+        clock.now += LIMITS_REPEAT - 1
+        m.handle(tick())
+        assert count == len(client.bus("memory_limits"))
+        clock.now += 2
+        m.handle(tick())
+        again = client.bus("memory_limits")
+        assert count + 1 == len(again)
+        assert (again[-1]["limits"], again[-1]["exhausted"]) == (
+            {"web:web_0": 16 * MB, "web:web_1": 16 * MB},
+            ["web:web_0"],
+        )
+
     def test_never_itself_nor_the_event_listener_pools(self):
         """Its own process and every [eventlistener:x] pool are not judged by -a."""
         infos = [info("memmon", "memmon", 7), info("crashmail", "crashmail", 8)]

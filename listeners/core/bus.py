@@ -45,12 +45,15 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class MemoryLimits:
-    """memmon's limits in bytes by ``group:name``; sent at start and when processes change."""
+    """memmon's limits in bytes by ``group:name``; sent at start, when processes change and
+    once a minute (so an exporter started later learns them). ``exhausted`` names the
+    processes memmon has given up restarting (None from a memmon that does not say)."""
 
     host: str
     limits: dict[str, int]
     measure: str = "rss"
     cumulative: bool = False
+    exhausted: list[str] | None = None
 
 
 @dataclass(frozen=True)

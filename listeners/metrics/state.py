@@ -120,6 +120,8 @@ class ExporterState:
             elif isinstance(message, bus.MemoryLimits):
                 self.limits = dict(message.limits)
                 self.memmon_measure = (message.measure, message.cumulative)
+                if message.exhausted is not None:  # memmon's own list: true after our restart
+                    self.gave_up = set(message.exhausted)
             elif isinstance(message, bus.MemoryRestart) and not message.dry_run:
                 key = full_name(message.group, message.name)
                 self.memory_restarts[key] = self.memory_restarts.get(key, 0) + 1
@@ -181,6 +183,12 @@ class ExporterState:
             self.version = version
             self.identification = identification
             self.reconciles += 1
+
+    def without_exit_status(self, states: tuple[str, ...] = ("BACKOFF", "FATAL")) -> list[str]:
+        """Processes in ``states`` whose last exit status is not known yet (a start that
+        failed before startsecs, seen first at a reconcile: supervisord reports none)."""
+        with self.lock:
+            return [r.full_name for r in self.table if r.state in states and r.exit_status is None]
 
     def reconcile_failed(self) -> None:
         with self.lock:
