@@ -40,11 +40,17 @@ class TestCrashmail:
 
 class TestExporter:
     def test_health_status_becomes_probe_heartbeat_and_backoff_series(self):
-        """HealthStatus gives probe_success, heartbeat_age_seconds and backoff_seconds."""
+        """HealthStatus gives probe_success, heartbeat_age_seconds and backoff_seconds; the
+        age and the hold's time left move on between two of health's reports."""
+        from tests.fakes import FakeClock
+
         worker = Worker("t")
+        clock = FakeClock()
         try:
             state, handler, _ = make(
-                worker, [info("g", "a", "RUNNING", pid=5), info("g", "b", "EXITED")]
+                worker,
+                [info("g", "a", "RUNNING", pid=5), info("g", "b", "EXITED")],
+                monotonic=clock,
             )
             status = bus.HealthStatus(
                 host="h",
@@ -60,6 +66,16 @@ class TestExporter:
             )
             assert 40.0 == val(reg, "supervisord_process_backoff_seconds", group="g", name="b")
             assert val(reg, "supervisord_process_probe_success", group="g", name="b") is None
+            clock.now += 10
+            reg = registry_for(state)
+            assert 22.5 == val(
+                reg, "supervisord_process_heartbeat_age_seconds", group="g", name="a"
+            )
+            assert 30.0 == val(reg, "supervisord_process_backoff_seconds", group="g", name="b")
+            clock.now += 60
+            assert 0.0 == val(
+                registry_for(state), "supervisord_process_backoff_seconds", group="g", name="b"
+            )
         finally:
             worker.close()
 

@@ -40,6 +40,8 @@ class ExporterState:
         self.limits: dict[str, int] = {}
         self.memory_restarts: dict[str, int] = {}
         self.health: bus.HealthStatus | None = None
+        self.health_at = 0.0  # monotonic time health's status came: its holds count down
+        self.monotonic = monotonic
         self.exits: dict[str, dict[str, int]] = {}
         self.last_exit: dict[str, ExitReason] = {}
         self.alert_sinks: dict[str, tuple[int, int]] = {}
@@ -146,6 +148,7 @@ class ExporterState:
                 )
             elif isinstance(message, bus.HealthStatus):
                 self.health = message
+                self.health_at = self.monotonic()
 
             elif isinstance(message, bus.OutboxTrouble):
                 self.outbox = OutboxView(
@@ -232,7 +235,7 @@ class ExporterState:
                         limits.get(key),
                         mem_restarts.get(key, 0),
                         key in looping,
-                        *_health_of(self.health, key),
+                        *_health_of(self.health, key, self.monotonic() - self.health_at),
                         self.planned_exits.get(key, 0),
                         key in self.gave_up,
                         r.changed_at,
@@ -269,14 +272,18 @@ _FROM_MEMMON = (
 
 
 def _health_of(
-    status: bus.HealthStatus | None, key: str
+    status: bus.HealthStatus | None, key: str, since: float
 ) -> tuple[int | None, float | None, float | None]:
+    """health's figures for ``key``, ``since`` seconds after it sent them: a hold's time left
+    and a heartbeat's age move on between two of its reports (every 15 s)."""
     if status is None:
         return None, None, None
+    age = status.heartbeat_age.get(key)
+    hold = status.backoff_seconds.get(key)
     return (
         status.probe_success.get(key),
-        status.heartbeat_age.get(key),
-        status.backoff_seconds.get(key),
+        None if age is None else round(age + since, 3),
+        None if hold is None else max(0.0, round(hold - since, 3)),
     )
 
 

@@ -454,3 +454,72 @@ class TestTasks:
         browser.eval("document.querySelector('tr[data-task=reports] button[value=enable]').click()")
         wait_for(lambda: sup.state("reports:reports") == "RUNNING", 30, what="reports running")
         assert (sup.dir / "tasks" / "reports.conf").is_file()
+
+
+class TestStale:
+    """The open page tells the truth when its sources go away and come back."""
+
+    @staticmethod
+    def _stack(supervisord: Any) -> tuple[Supervisord, int]:
+        port = free_port()
+        sup: Supervisord = supervisord(
+            textwrap.dedent(f"""
+            [program:steady]
+            command={PYTHON} {WORKER} steady
+            startsecs=0
+
+            [eventlistener:exporter]
+            command={PYTHON} -m listeners.exporter --web.listen-address 127.0.0.1:{port}
+                --reconcile-interval 1s --rpc-timeout 1s
+            events={EVENTS}
+            buffer_size=64
+            environment=PYTHONPATH="{ROOT}"
+            """)
+        )
+        wait_for(lambda: http(port, "/healthz")[0] == 200, 30, what="exporter serving")
+        return sup, port
+
+    def test_a_stopped_exporter_is_said_on_the_open_page(self, supervisord, browser):
+        """The exporter goes away: within seconds the page says since when it has had no
+        answer, instead of "supervisord is up" over a table that no longer moves."""
+        sup, port = self._stack(supervisord)
+        browser.as_user(None)
+        browser.goto(f"http://127.0.0.1:{port}/")
+        up = "document.getElementById('up').textContent"
+        wait_for(lambda: "is up" in browser.eval(up), 20, what="the page live")
+        sup.client.call("supervisor.stopProcess", "exporter:exporter", True)
+        said = wait_for(
+            lambda: (t := browser.eval(up)) and "no answer from the exporter since" in t and t,
+            20,
+            0.3,
+            what="the page saying the exporter is gone",
+        )
+        assert "the figures below are from then" in said
+
+    def test_a_page_opened_while_supervisord_was_down_comes_back_by_itself(
+        self, supervisord, browser
+    ):
+        """Opened while supervisord did not answer (no table drawn): once supervisord is
+        back the page reloads itself and shows the processes."""
+        sup, port = self._stack(supervisord)
+        assert sup.proc is not None
+        os.kill(sup.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: json.loads(http(port, "/api/status")[1])["supervisord"]["up"] is False,
+                30,
+                0.3,
+                what="the exporter seeing supervisord down",
+            )
+            browser.as_user(None)
+            browser.goto(f"http://127.0.0.1:{port}/")
+            assert browser.eval("document.getElementById('procs') === null")
+        finally:
+            os.kill(sup.proc.pid, signal.SIGCONT)
+        wait_for(
+            lambda: browser.eval("document.querySelector('#procs tr[data-name=\"steady:steady\"]')"
+                                 " !== null"),
+            30,
+            0.3,
+            what="the table after supervisord came back",
+        )  # fmt: skip

@@ -25,7 +25,24 @@
     setTimeout(refresh, 5000);
     return;
   }
-  if (!table) return;
+  if (!table) {
+    // Drawn while supervisord was unreachable (no table to fill in): reload once it is back.
+    if (!document.getElementById("up")) return;
+    const waitUp = async () => {
+      try {
+        const resp = await fetch("/api/status", { cache: "no-store", credentials: "same-origin" });
+        if (resp.ok && (await resp.json()).supervisord.up) {
+          location.reload();
+          return;
+        }
+      } catch (err) {
+        document.body.dataset.error = String(err);
+      }
+      setTimeout(waitUp, PERIOD_MS);
+    };
+    setTimeout(waitUp, PERIOD_MS);
+    return;
+  }
   const operator = document.body.dataset.role === "operator";
   const tokenMeta = document.querySelector('meta[name="csrf-token"]');
   const token = tokenMeta ? tokenMeta.content : "";
@@ -188,18 +205,43 @@
     document.getElementById("when").textContent =
       t.getFullYear() + "-" + two(t.getMonth() + 1) + "-" + two(t.getDate()) + " " +
       two(t.getHours()) + ":" + two(t.getMinutes()) + ":" + two(t.getSeconds());
-    const body = document.createElement("tbody");
-    for (const p of doc.processes) body.appendChild(row(p));
-    table.replaceChild(body, table.tBodies[0]);
+    // A button or link in the table has the keyboard's focus: redraw the table once it
+    // moves on, not under it (the counts above are redrawn anyway)
+    const focused = document.activeElement;
+    if (!(focused && focused !== document.body && table.contains(focused))) {
+      const body = document.createElement("tbody");
+      for (const p of doc.processes) body.appendChild(row(p));
+      table.replaceChild(body, table.tBodies[0]);
+    }
     document.body.dataset.updated = String(doc.time);
+  }
+
+  let lastAnswer = Date.now();
+  function unanswered(why) {
+    // The exporter itself is gone (restarted, stopped) or refuses: say so instead of
+    // leaving the last "is up" and table standing as if they were live
+    document.body.dataset.error = why;
+    if (Date.now() - lastAnswer < 2 * PERIOD_MS) return;
+    const up = document.getElementById("up");
+    const t = new Date(lastAnswer);
+    const two = (x) => String(x).padStart(2, "0");
+    up.textContent = "no answer from the exporter since " + two(t.getHours()) + ":" +
+      two(t.getMinutes()) + ":" + two(t.getSeconds()) + " (" + why + "); the figures below" +
+      " are from then";
+    up.className = "down";
   }
 
   async function poll() {
     try {
       const resp = await fetch("/api/status", { cache: "no-store", credentials: "same-origin" });
-      if (resp.ok) draw(await resp.json());
+      if (resp.ok) {
+        draw(await resp.json());
+        lastAnswer = Date.now();
+      } else {
+        unanswered("HTTP " + resp.status);
+      }
     } catch (err) {
-      document.body.dataset.error = String(err);
+      unanswered(String(err));
     }
     setTimeout(poll, PERIOD_MS);
   }
