@@ -15,6 +15,7 @@ import http.client
 import os
 import socket
 import threading
+import xml.parsers.expat
 import xmlrpc.client
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_URL",
     "Connection",
     "RPCFault",
+    "ReplyUnreadable",
     "Supervisor",
     "SupervisorError",
     "full_name",
@@ -47,6 +49,11 @@ ALREADY_ADDED = 90
 
 class SupervisorError(Exception):
     """supervisord could not be reached or refused us; the message says what to do."""
+
+
+class ReplyUnreadable(SupervisorError):  # noqa: N818 - reads as what happened
+    """supervisord's answer is not XML-RPC: another server at the address, or a reply with
+    bytes XML forbids (a log tail with ANSI colours: supervisord does not escape them)."""
 
 
 class RPCFault(SupervisorError):  # noqa: N818 - mirrors xmlrpc.client.Fault
@@ -231,6 +238,13 @@ class Supervisor:
                 ) from None
             raise SupervisorError(
                 f"supervisord at {self.url} answered HTTP {exc.errcode} {exc.errmsg}"
+            ) from None
+        except (xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError) as exc:
+            self._local.proxy = None
+            raise ReplyUnreadable(
+                f"the answer of {self.url} to {method} is not XML-RPC ({type(exc).__name__}:"
+                f" {exc}); is this supervisord's [unix_http_server] or [inet_http_server]"
+                " address?"
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             self._local.proxy = None

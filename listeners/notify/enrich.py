@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from listeners.core.exits import classify, exit_from_log
 from listeners.core.log import get_logger
 from listeners.core.names import info_name
-from listeners.core.supervisor import SupervisorError, read_main_log
+from listeners.core.supervisor import ReplyUnreadable, SupervisorError, read_main_log
 from listeners.notify.alert import Alert, clean_text, collapse_repeats
 from listeners.notify.flood import summary_text
 
@@ -67,20 +67,26 @@ def _stderr_tail(rpc: EnrichRPC, full: str, info: dict[str, Any], size: int = 81
     in getProcessInfo's ``stderr_logfile`` and the file is on this host.
     """
     try:
-        text: str | None = rpc.tail_stderr(full, size)
+        return rpc.tail_stderr(full, size)
+    except ReplyUnreadable as exc:
+        return _tail_from_file(full, info, size, exc)
     except SupervisorError:
         raise
-    except Exception as exc:  # xml.parsers.expat.ExpatError and friends
-        path = str(info.get("stderr_logfile") or "")
-        text = read_tail_file(path, size) if path else None
-        log.warning(
-            "crashmail.tail_unparsable",
-            process=full,
-            error=f"{type(exc).__name__}: {exc}",
-            fallback="log file" if text is not None else "none",
-        )
-        if text is None:
-            return f"(stderr tail unavailable: supervisord's reply was not valid XML: {exc})"
+    except Exception as exc:  # xml.parsers.expat.ExpatError and friends, from another client
+        return _tail_from_file(full, info, size, exc)
+
+
+def _tail_from_file(full: str, info: dict[str, Any], size: int, exc: Exception) -> str:
+    path = str(info.get("stderr_logfile") or "")
+    text = read_tail_file(path, size) if path else None
+    log.warning(
+        "crashmail.tail_unparsable",
+        process=full,
+        error=f"{type(exc).__name__}: {exc}",
+        fallback="log file" if text is not None else "none",
+    )
+    if text is None:
+        return f"(stderr tail unavailable: supervisord's reply was not valid XML: {exc})"
     return text
 
 

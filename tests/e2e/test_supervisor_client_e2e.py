@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from listeners.core.supervisor import Connection, RPCFault, Supervisor, SupervisorError
+from listeners.core.supervisor import (
+    Connection,
+    ReplyUnreadable,
+    RPCFault,
+    Supervisor,
+    SupervisorError,
+)
 from tests.e2e.support import PYTHON, WORKER, Supervisord, free_port
 
 
@@ -36,6 +42,54 @@ class TestSupervisorClient:
         with pytest.raises(SupervisorError, match="cannot reach supervisord at unix://") as info:
             client.state()
         assert "unix_http_server" in str(info.value)
+
+    def test_another_http_server_at_the_address_is_named_not_a_traceback(self, tmp_path):
+        """--server-url at a web server that answers HTML: a SupervisorError that says the
+        answer is not XML-RPC and what to check (an ExpatError traceback before), and the
+        tools that start with that URL exit with one line."""
+        import http.server
+        import subprocess
+        import sys
+        import threading
+
+        class Html(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = b"<html><body>not supervisord</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            with pytest.raises(ReplyUnreadable, match="is not XML-RPC") as info:
+                Supervisor(Connection(url=url, timeout=5)).state()
+            assert "inet_http_server" in str(info.value)
+            env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path)}
+            for argv in (
+                ["listeners.health", "-p", "web", "--heartbeat", "1m"],
+                ["listeners.memmon", "-a", "16MB"],
+            ):
+                done = subprocess.run(
+                    [sys.executable, "-m", *argv, "--server-url", url],
+                    input=b"",
+                    capture_output=True,
+                    env=env,
+                    timeout=60,
+                    check=False,
+                )
+                err = done.stderr.decode()
+                assert done.returncode != 0, (argv, err)
+                assert "Traceback" not in err, (argv, err)
+                assert "is not XML-RPC" in err, (argv, err)
+        finally:
+            server.shutdown()
 
     def test_wrong_credentials_over_http_say_401(self, supervisord):
         """Bad credentials on inet_http_server produce a 401 message, not a traceback."""
