@@ -539,6 +539,24 @@ class TestWatchdogBackoff:
         dog.handle(state_event("STARTING", "w", "web", tries=0))  # ours: not stopped again
         assert ["web:w"] == restarts(fake)
 
+    def test_a_respawn_running_before_our_stop_lands_is_still_started_after_the_hold(self):
+        """startsecs=0: supervisord's respawn reports RUNNING before health's stop of it
+        lands. That RUNNING is no run: the hold stays and the process is started when it is
+        over (it stayed STOPPED for good)."""
+        clock = FakeClock()
+        check = Check("*", backoff=Schedule(5, 60, 100), hold_crashes=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w")])
+        dog.handle(state_event("EXITED", "w", "web", pid=100, expected=0))
+        dog.handle(state_event("STARTING", "w", "web", tries=0))
+        assert ["web:w"] == restarts(fake)  # health stops the respawn
+        dog.handle(state_event("RUNNING", "w", "web", pid=101))  # before the stop lands
+        dog.handle(state_event("STOPPING", "w", "web", pid=101))
+        dog.handle(state_event("STOPPED", "w", "web", pid=101))
+        fake.processes["web:w"]["statename"] = "STOPPED"
+        clock.now += 5
+        dog.round()
+        assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
+
     def test_a_stop_that_takes_is_not_repeated(self):
         """A held process that reaches STOPPED in time gets no second SIGTERM."""
         clock = FakeClock()

@@ -337,7 +337,10 @@ class Watchdog(protocol.Handler):
                 watch.proven = False
                 watch.last_beat = watch.last_output = None
                 watch.reported.clear()
-                if check.backoff:
+                if check.backoff and key not in self._stopping_by_us:
+                    # a respawn that reached RUNNING before health's stop of it (startsecs=0)
+                    # is not a run: the hold and its next start stay, or nothing would start
+                    # it again once that stop lands
                     self.book.running(key, now)
                 return
             watch.running_since = None

@@ -267,6 +267,34 @@ class TestBackoff:
         assert "next start in 4 s" in (tmp_path / "health.log").read_text()
         assert (tmp_path / "state").is_dir()
 
+    def test_with_startsecs_0_a_held_worker_is_still_started_after_each_hold(
+        self, supervisord, tmp_path
+    ):
+        """startsecs=0: supervisord reports the respawn RUNNING before health's stop lands.
+        The worker must not stay STOPPED: it is started again after every hold."""
+        log = tmp_path / "health.log"
+        quick = program("quick", f"{WORKER} crash --after 1.5 --code 3").replace(
+            "startsecs=1", "startsecs=0"
+        )
+        sup = supervisord(
+            quick
+            + listener(
+                "health",
+                f"{PYTHON} -m listeners.health -p quick --backoff --backoff-base 1s"
+                f" --backoff-cap 2s --backoff-reset 60s --state-dir {tmp_path}/state",
+                "PROCESS_STATE",
+                log,
+            )
+        )
+
+        def holds() -> int:
+            return log.read_text().count('"health.backoff"') if log.exists() else 0
+
+        try:
+            wait_for(lambda: holds() >= 3, 60, what="three holds: it came back after each")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{sup.log_text()[-2000:]}") from None
+
 
 class TestRevive:
     def test_health_killed_mid_hold_goes_on_with_the_same_schedule(self, supervisord, tmp_path):
