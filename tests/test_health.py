@@ -375,6 +375,45 @@ class TestWatchdogProbes:
         hung = sorted(m.action for m in published(fake) if isinstance(m, bus.ProcessHung))
         assert ["guarded", "restart", "restart"] == hung
 
+    def test_a_held_restart_is_done_once_the_guard_window_has_passed(self):
+        """The guard holds, it does not forget: the third process, still failing after the
+        window, is restarted then; while held its verdict is announced once, not per round."""
+        clock = FakeClock()
+        check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
+        procs = [proc(f"web_0{i}") for i in range(3)]
+        for i, p in enumerate(procs):
+            p["pid"] = 100 + i
+        dog, fake, pool = make([check], clock, procs=procs, mass_guard=(2, 60.0))
+        pool.answers["GET http://127.0.0.1:1/"] = False
+        dog.round()
+        for _ in range(30):  # 30 s later: still inside the window
+            clock.now += 1
+            dog.round()
+        assert 2 == len(restarts(fake))
+        hung = [m.action for m in published(fake) if isinstance(m, bus.ProcessHung)]
+        assert 1 == hung.count("guarded")
+        for _ in range(40):  # past the window
+            clock.now += 1
+            dog.round()
+        assert 3 == len(restarts(fake))
+        assert "web:web_02" == restarts(fake)[-1]
+
+    def test_a_heartbeat_that_resumes_and_stops_again_is_judged_again(self):
+        """A silent worker is restarted; one that beat again after an alert-only verdict
+        and falls silent once more gets a second verdict (it got none for the run)."""
+        clock = FakeClock()
+        check = Check("*", heartbeat=10, action="alert")
+        dog, fake, _ = make([check], clock, procs=[proc("w", start=clock.now - 100)])
+        clock.now += 1
+        dog.round()
+        dog.handle(
+            make_event("PROCESS_COMMUNICATION_STDOUT", "processname:w groupname:web pid:100\nbeat")
+        )
+        clock.now += 11
+        dog.round()
+        hung = [m for m in published(fake) if isinstance(m, bus.ProcessHung)]
+        assert 2 == len(hung), hung
+
     def test_a_healthy_process_is_never_restarted(self):
         """Probes that pass restart nothing, however many rounds."""
         clock = FakeClock()

@@ -61,6 +61,8 @@ DOWN_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})
 STOP_REPEAT_AFTER = 1.0
 #: The least wait before a held process's failed start is tried again (else its own delay).
 START_RETRY = 5.0
+# seconds before a restart the guard held (mass guard, --max-restarts) is tried again
+GUARD_RECHECK = 5.0
 # how long gcore may take to dump a worker (the restart waits for it, as in superlance)
 GCORE_TIMEOUT = 120.0
 
@@ -180,6 +182,21 @@ class _Watch:
     last_beat: float | None = None
     last_output: float | None = None
     reported: set[str] = field(default_factory=set)
+    #: reason -> when it may be judged again: a restart the guard held (guarded, exhausted)
+    #: is tried again once its window may have moved on, not never
+    held_until: dict[str, float] = field(default_factory=dict)
+    #: reasons whose held restart was announced: said once, not on every try
+    said_held: set[str] = field(default_factory=set)
+
+    def judged(self, reason: str, now: float) -> bool:
+        """True while ``reason`` has a verdict that stands (no new one is due yet)."""
+        return reason in self.reported or now < self.held_until.get(reason, 0.0)
+
+    def recovered(self, reason: str) -> None:
+        """The process passed its probe, or beat again: a later failure is a new verdict."""
+        self.reported.discard(reason)
+        self.held_until.pop(reason, None)
+        self.said_held.discard(reason)
 
     @property
     def key(self) -> str:
@@ -309,10 +326,12 @@ class Watchdog(protocol.Handler):
                     return
                 now = self.clock()
                 watch.last_output = now
+                watch.recovered("silence")
                 text = watch.check.heartbeat_text
                 if text is None or text in event.data:
                     watch.last_beat = now
                     watch.proven = True
+                    watch.recovered("heartbeat")
         elif isinstance(event, protocol.TickEvent) and self.config.httpok:
             if self._seen_state:
                 self._httpok_round()
@@ -337,6 +356,8 @@ class Watchdog(protocol.Handler):
                 watch.proven = False
                 watch.last_beat = watch.last_output = None
                 watch.reported.clear()
+                watch.held_until.clear()
+                watch.said_held.clear()
                 if check.backoff and key not in self._stopping_by_us:
                     # a respawn that reached RUNNING before health's stop of it (startsecs=0)
                     # is not a run: the hold and its next start stay, or nothing would start
@@ -490,7 +511,7 @@ class Watchdog(protocol.Handler):
                     if watch.probe_ok is False:
                         log.info("health.probe_recovered", process=key)
                     watch.failures, watch.probe_ok, watch.proven = 0, True, True
-                    watch.reported.discard("probe")
+                    watch.recovered("probe")
                     continue
                 watch.failures += 1
                 watch.probe_ok = False
@@ -501,7 +522,9 @@ class Watchdog(protocol.Handler):
                     threshold=watch.check.failures,
                     detail=result.detail,
                 )
-                if watch.failures >= watch.check.failures and "probe" not in watch.reported:
+                if watch.failures >= watch.check.failures and not watch.judged(
+                    "probe", self.clock()
+                ):
                     self._unhealthy(watch, "probe", result.detail)
         if self.config.httpok and not result.ok and self.config.httpok.email:
             self.rpc.submit(self._mail, members, result.detail)
@@ -513,7 +536,7 @@ class Watchdog(protocol.Handler):
             ("heartbeat", watch.check.heartbeat, watch.last_beat),
             ("silence", watch.check.silence, watch.last_output),
         ):
-            if limit is None or reason in watch.reported:
+            if limit is None or watch.judged(reason, now):
                 continue
             age = now - max(last or watch.running_since, watch.running_since)
             if age >= limit:
@@ -538,6 +561,16 @@ class Watchdog(protocol.Handler):
             watch.failures = 0
             log.debug("health.unhealthy", action=action, **fields)
             return
+        if action in ("guarded", "exhausted"):
+            # held by the guard, not fixed: judged again once its window may have moved on
+            watch.reported.discard(reason)
+            watch.held_until[reason] = now + GUARD_RECHECK
+            if reason in watch.said_held:
+                log.debug("health.unhealthy", action=action, **fields)
+                return
+            watch.said_held.add(reason)
+        else:
+            watch.said_held.discard(reason)
         log.warning("health.unhealthy", action=action, **fields)
         if action == "restart":
             core = self.config.httpok.coredir if self.config.httpok else None
