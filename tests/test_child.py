@@ -83,3 +83,31 @@ def test_a_hung_command_probe_leaves_no_orphan(tmp_path):
             break
         time.sleep(0.05)
     assert not alive(grandchild)
+
+
+def test_a_probe_that_exits_leaves_no_background_child(tmp_path):
+    """A probe that exits 0 after starting a background child (every few seconds): the child
+    goes with it, so they do not pile up (15 after 30 s at period 2 s before)."""
+    pidfile = tmp_path / "bg.pid"
+    argv = ("sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; exit 0")
+    result = run_probe(CommandProbe(argv=argv, timeout=5.0))
+    assert result.ok, result.detail
+    background = wait_pid(pidfile)
+    for _ in range(50):
+        if not alive(background):
+            break
+        time.sleep(0.05)
+    assert not alive(background)
+
+
+def test_a_sendmail_may_leave_its_delivery_running(tmp_path):
+    """Outside probes a helper that finished keeps what it started (a sendmail that hands
+    the mail to a background delivery process)."""
+    pidfile = tmp_path / "bg.pid"
+    argv = ["sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; exit 0"]
+    assert 0 == child.run(argv, 5).returncode
+    background = wait_pid(pidfile)
+    try:
+        assert alive(background)
+    finally:
+        subprocess.run(["kill", "-9", str(background)], check=False)

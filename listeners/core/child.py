@@ -31,11 +31,14 @@ def run(
     timeout: float,
     data: bytes | None = None,
     keep_stdout: bool = False,
+    leave_nothing: bool = False,
 ) -> Finished:
     """Run ``argv`` with ``data`` on its stdin (or none) and return how it ended.
 
     Raises OSError when it cannot start and subprocess.TimeoutExpired after ``timeout``
-    seconds, once every process of its group has been killed.
+    seconds, once every process of its group has been killed. ``leave_nothing`` (probes)
+    also kills what is left of its group when it exits: a check that runs every few seconds
+    must not leave a background child behind each time.
     """
     proc = subprocess.Popen(
         argv,
@@ -61,7 +64,9 @@ def run(
         proc.wait()
         raise
     # a helper that finished may leave work behind on purpose (a sendmail that delivers in
-    # the background): only a timeout ends its group
+    # the background): only a timeout ends its group, unless the caller says otherwise
+    if leave_nothing:
+        _kill_group(proc.pid)
     return Finished(proc.returncode, out or b"", err or b"")
 
 

@@ -185,7 +185,7 @@ def _tcp(probe: TcpProbe, clock: Callable[[], float] = time.monotonic) -> tuple[
 
 
 def _command(probe: CommandProbe) -> tuple[bool, str]:
-    done = child.run(probe.argv, probe.timeout)
+    done = child.run(probe.argv, probe.timeout, leave_nothing=True)
     if done.returncode == 0:
         return True, "exit 0"
     tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
