@@ -319,6 +319,12 @@ def parse_args(
         ]
         if tuned and not (args.backoff or args.revive_fatal):
             parser.error(f"{tuned[0]} does nothing without --backoff or --revive-fatal")
+        for flag, value in (("--heartbeat", args.heartbeat), ("--silence", args.silence)):
+            if value is not None and value <= 0:
+                parser.error(
+                    f"invalid {flag} {value:g}s: must be greater than zero (a worker would be"
+                    " judged hung every round)"
+                )
         flag_check = flag_values or args.heartbeat or args.silence or args.backoff
         if flag_check or args.revive_fatal:
             if not args.program:

@@ -769,6 +769,8 @@ class TestConfig:
             ("[worker:x]\nhttp = http://x/\n", "h.conf:1: unknown section"),
             ("[program:web]\nfailures = 3\n", "nothing to watch"),
             ("[program:web]\nhttp = http://x:{port}/\n", "unknown placeholder"),
+            ("[program:web]\nheartbeat = 0\n", "heartbeat must be greater than zero"),
+            ("[program:web]\ncommand = /nonexistent/probe\n", "not an executable program"),
             ("[health]\n\ngrace = soon\n", "h.conf:3: [health] grace: invalid duration 'soon'"),
             ("[health]\nmass-guard = 5\n", "h.conf:2: [health] mass-guard: invalid rate '5'"),
             ("[health]\nmax-restarts = x/1h\n", "h.conf:2: [health] max-restarts"),

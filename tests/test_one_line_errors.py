@@ -16,6 +16,9 @@ CASES = [
     ("exporter", ["--grafana-url", "http://g/{foo}"], "unknown placeholder {foo}"),
     ("exporter", ["--tasks-conf", "/nonexistent/supervisord.conf"], "--tasks-conf"),
     ("health", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("health", ["-p", "web", "--heartbeat", "0"], "invalid --heartbeat 0s: must be greater"),
+    ("health", ["-p", "web", "--command", "/nonexistent/probe"], "not an executable program"),
+    ("health", ["-p", "web", "--heartbeat", "1m", "--rpc-timeout", "0"], "greater than zero"),
     ("tasks", ["enable"], "the following arguments are required: NAME"),
     ("httpok", ["-t", "x", "http://127.0.0.1:1/"], "-t"),
 ]

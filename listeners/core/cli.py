@@ -97,10 +97,17 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--rpc-timeout",
         metavar="DURATION",
-        type=arg_type(parse_duration, "--rpc-timeout"),
+        type=arg_type(_positive_duration, "--rpc-timeout"),
         default=10.0,
         help="timeout of each XML-RPC call, e.g. 10, 10s, 500ms (default: 10s)",
     )
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"invalid duration {text!r}: must be greater than zero")
+    return value
 
 
 def connection_from_args(

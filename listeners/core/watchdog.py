@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -151,6 +152,18 @@ def validate(check: Check) -> None:
         raise ValueError(f"one probe per check, got {' and '.join(kinds)}")
     if check.timeout <= 0 or check.period <= 0:
         raise ValueError("period and timeout must be greater than zero")
+    for what, value in (("heartbeat", check.heartbeat), ("silence", check.silence)):
+        if value is not None and value <= 0:
+            raise ValueError(
+                f"{what} must be greater than zero (a worker would be judged hung every round)"
+            )
+    if check.command:
+        program = check.command[0]
+        if "{" not in program and shutil.which(program) is None:
+            raise ValueError(
+                f"the probe command {program!r} is not an executable program here: give its"
+                " full path (a probe that cannot run fails, and every worker would be restarted)"
+            )
     try:
         check.probe_for(str(PLACEHOLDERS["group"]), str(PLACEHOLDERS["name"]))
     except (KeyError, IndexError) as exc:
