@@ -504,6 +504,22 @@ class TestWatchdogHeartbeats:
             dog.round()
         assert ["web:w"] == restarts(fake)
 
+    def test_stderr_is_output_but_no_heartbeat(self):
+        """A worker that only writes errors to stderr is not beating: restarted at the
+        heartbeat limit (stderr_events_enabled made every error line a beat before)."""
+        clock = FakeClock()
+        dog, fake, _ = make([Check("*", heartbeat=30)], clock, procs=[proc("w", start=1000)])
+        for _ in range(4):
+            clock.now += 10
+            dog.handle(
+                make_event(
+                    "PROCESS_LOG_STDERR",
+                    "processname:w groupname:web pid:100 channel:stderr\nerror: db down",
+                )
+            )
+            dog.round()
+        assert ["web:w"] == restarts(fake)
+
     def test_silence(self):
         """No output at all for the silence limit is a failure."""
         clock = FakeClock()

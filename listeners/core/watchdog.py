@@ -341,7 +341,10 @@ class Watchdog(protocol.Handler):
                 watch.last_output = now
                 watch.recovered("silence")
                 text = watch.check.heartbeat_text
-                if text is None or text in event.data:
+                # a beat is what the worker writes to stdout: its stderr (an error, a
+                # traceback) is output, but no sign that it works
+                stdout = event.name.endswith("STDOUT")
+                if stdout and (text is None or text in event.data):
                     watch.last_beat = now
                     watch.proven = True
                     watch.recovered("heartbeat")
