@@ -667,6 +667,17 @@ class TestWatchdogBackoff:
         dog.round()
         assert (calls, False) == (fake.methods().count("start"), dog.book.held("web:w", clock.now))
 
+    def test_a_process_already_fatal_when_health_starts_is_revived(self):
+        """FATAL before health started (no event will say so): the first snapshot holds it
+        and it is started after the delay, as one that went FATAL while watched."""
+        clock = FakeClock()
+        check = Check("*", backoff=Schedule(5, 60, 100), revive_fatal=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w", state="FATAL")])
+        assert dog.book.held("web:w", clock.now + 4)
+        clock.now += 5
+        dog.round()
+        assert [("web:w",)] == [a for m, a in fake.calls if m == "start"]
+
     def test_fatal_is_revived(self):
         """With revive_fatal, a FATAL process is started again after the backoff."""
         clock = FakeClock()

@@ -322,8 +322,18 @@ class Watchdog(protocol.Handler):
                     watch.reported.clear()
                 elif state != "RUNNING":
                     watch.running_since = None
+                revive = (
+                    state == "FATAL"
+                    and watch.state != "FATAL"
+                    and watch.check.backoff
+                    and watch.check.revive_fatal
+                )
                 watch.state = state
                 watch.pid = pid
+                hold = self.book.holds.get(watch.key)
+                if revive and (hold is None or hold.next_start is None):
+                    # FATAL before health started (or while no event said so): revived too
+                    self._failed(watch, state, self.clock())
 
     # ------------------------------------------------------------------ events
 
