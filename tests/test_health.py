@@ -667,6 +667,19 @@ class TestWatchdogBackoff:
         dog.round()
         assert (calls, False) == (fake.methods().count("start"), dog.book.held("web:w", clock.now))
 
+    def test_without_revive_fatal_a_hold_ending_on_fatal_leaves_it_fatal(self):
+        """backoff only: a held process that supervisord gave up on meanwhile (its retry count
+        runs on across holds) stays FATAL when the hold ends, as documented."""
+        clock = FakeClock()
+        check = Check("*", backoff=Schedule(5, 60, 100), hold_crashes=True)
+        dog, fake, _ = make([check], clock, procs=[proc("w")])
+        dog.handle(state_event("BACKOFF", "w", "web"))
+        dog.handle(state_event("STOPPED", "w", "web"))
+        dog.handle(state_event("FATAL", "w", "web"))
+        clock.now += 6
+        dog.round()
+        assert [] == [a for m, a in fake.calls if m == "start"]
+
     def test_a_process_already_fatal_when_health_starts_is_revived(self):
         """FATAL before health started (no event will say so): the first snapshot holds it
         and it is started after the delay, as one that went FATAL while watched."""

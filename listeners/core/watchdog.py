@@ -484,6 +484,10 @@ class Watchdog(protocol.Handler):
                 if key in self._stopping_by_us and watch.state not in DOWN_STATES:
                     # health's stop is still under way: start it once it is down
                     self._start_when_down.add(key)
+                elif watch.state == "FATAL" and not watch.check.revive_fatal:
+                    # supervisord gave up meanwhile (its retry count runs on across holds):
+                    # without revive-fatal FATAL stays FATAL, as documented
+                    log.info("health.fatal_left", process=key, hint="revive-fatal = yes")
                 elif watch.state in DOWN_STATES:
                     self._begin_start(key)
                 # else it is up already: someone started it during the hold
