@@ -315,6 +315,31 @@ class TestActions:
         assert actions.viewer("op").csrf is None
 
 
+class TestDoubleClick:
+    def test_a_second_click_while_the_first_is_queued_is_refused_409(self):
+        """Two quick POSTs of one restart: one restart (it went stop, start, stop, start);
+        the second gets 409 saying it is under way; once done, a new click is taken."""
+        queued: list[Any] = []
+        actions, rpc, _ = make_actions(run=queued.append)
+        viewer = actions.viewer("op")
+        form = {"csrf": viewer.csrf or "", "action": "restart", "process": "w:w"}
+        assert "restart of w:w requested" == actions.perform("op", GOOD, form, {"w:w"})
+        with pytest.raises(Refused) as again:
+            actions.perform("op", GOOD, form, {"w:w"})
+        assert 409 == again.value.code
+        assert "already under way" in again.value.reason
+        stop = {**form, "action": "stop"}
+        assert "stop of w:w requested" == actions.perform("op", GOOD, stop, {"w:w"})
+        for fn in queued:
+            fn()
+        # one restart (a stop and a start) and the stop: the refused second click did nothing
+        assert (2, 1) == (
+            [m for m, _ in rpc.calls].count("stop"),
+            [m for m, _ in rpc.calls].count("start"),
+        )
+        assert "restart of w:w requested" == actions.perform("op", GOOD, form, {"w:w"})
+
+
 class TestRoutes:
     def test_pages_waiting_on_a_stalled_supervisord_are_capped_the_rest_skip_the_tail(self):
         """supervisord stalls: the first TAILS_AT_ONCE process pages wait on their tail (each

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -112,6 +113,35 @@ class Actions:
             runner = worker or Worker("exporter-actions")
             run = runner.submit
         self._run = run
+        # (action, process or task) queued or under way: a double click asks once
+        self._in_flight: set[tuple[str, str]] = set()
+        self._flight_lock = threading.Lock()
+
+    def _claim(self, action: str, target: str) -> tuple[str, str]:
+        """Refused(409) while the same action on the same target is queued or running."""
+        key = (action, target)
+        with self._flight_lock:
+            if key in self._in_flight:
+                raise Refused(409, f"{action} of {target} is already under way: wait for it")
+            self._in_flight.add(key)
+        return key
+
+    def _queue(self, key: tuple[str, str], work: Callable[[], None]) -> None:
+        """Run ``work`` on the actions worker; the claim on ``key`` ends with it."""
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                with self._flight_lock:
+                    self._in_flight.discard(key)
+
+        try:
+            self._run(run)
+        except BaseException:
+            with self._flight_lock:
+                self._in_flight.discard(key)
+            raise
 
     def viewer(self, user: str | None) -> Viewer:
         """An operator gets a token (and so forms); anyone else views."""
@@ -165,10 +195,11 @@ class Actions:
             raise Refused(404, f"no process {name!r} in supervisord")
         if name == self.self_name:
             raise Refused(403, "the exporter does not act on itself: use supervisorctl")
+        key = self._claim(action, name)
         log.info("exporter.action", user=operator, action=action, process=name)
         if self.history is not None:
             self.history.record(name, "action", f"{action} requested by {operator} (status page)")
-        self._run(lambda: self._execute(operator, action, name))
+        self._queue(key, lambda: self._execute(operator, action, name))
         return f"{action} of {name} requested"
 
     def _task(self, user: str, action: str, task: str) -> str:
@@ -177,6 +208,7 @@ class Actions:
             raise Refused(400, "tasks are not managed here: start the exporter with --tasks-conf")
         if task not in {name for name, _ in tasks.names()}:
             raise Refused(404, f"no task {task!r} in tasks/ or tasks_disabled/")
+        key = self._claim(action, f"task {task}")
         log.info("exporter.action", user=user, action=action, task=task)
 
         def run() -> None:
@@ -187,7 +219,7 @@ class Actions:
             if ok:
                 self._announce(user, action, task, task)
 
-        self._run(run)
+        self._queue(key, run)
         return f"{action} of task {task} requested"
 
     def _announce(self, user: str, action: str, group: str, name: str) -> None:
