@@ -589,6 +589,10 @@ class CrashMail(protocol.Handler):
             self.incidents.running(name)
         elif state == "STARTING":
             self.incidents.starting(name)
+        elif state == "STOPPED" and self.backoffs.current(name, self.clock()) is not None:
+            # supervisor-health holds it between tries: part of the loop, nobody stopped it
+            self.incidents.held(name)
+            log.info("crashmail.held_by_health", process=name)
         elif state == "STOPPED":
             # supervisorctl stop, a shutdown, tasks disable: stopping is not resolving. The
             # note waits: a restart's STARTING right after withdraws it

@@ -209,3 +209,22 @@ class TestBounded:
 def _alert_fields(record: dict) -> dict:
     """The Alert fields of a file sink record (it adds time_iso and text)."""
     return {k: v for k, v in record.items() if k not in ("time_iso", "text")}
+
+
+def test_a_hold_by_health_during_an_incident_is_not_stopped_on_purpose(tmp_path):
+    """health stops the crash-looping worker between tries (STOPPED): that is the loop, not
+    an operator's stop; no "stopped on purpose" note, and the reminders go on."""
+    from listeners.notify.incident import STOP_NOTE_HOLD
+    from tests.test_crashmail_incidents import alerts, loop
+
+    h = Harness(tmp_path, repeat=600.0)
+    loop(h)
+    hold(h, 40.0)
+    h.send("STOPPED", pid=6)
+    h.clock.now += STOP_NOTE_HOLD + 1
+    h.cm.on_timer()
+    assert [] == [a for a in alerts(h) if a.details.get("note")]
+    h.clock.now += 600
+    h.cm.on_timer()
+    assert 1 == len([a for a in alerts(h) if a.details.get("reminder")])
+    assert [] == [a for a in alerts(h) if a.kind == "resolved"]  # held is not stable

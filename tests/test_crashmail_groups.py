@@ -151,6 +151,7 @@ class TestGroupRemoved:
         is the only one."""
         h = harness(tmp_path)
         live(h, "a")
+        h.clock.now += 11  # past health's hold of it: this stop is tasks' (a hold has no note)
         h.send("STOPPED", name="a_w", group="a", from_state="BACKOFF")
         group_event(h, "a", added=False)
         (note,) = notes(h)

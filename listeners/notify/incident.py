@@ -179,6 +179,14 @@ class IncidentBook:
             inc.removed = None
             self._save(inc)
 
+    def held(self, process: str) -> None:
+        """supervisor-health stopped it between tries: still looping; not running, so not
+        stable either, and not stopped on purpose (no note, reminders go on)."""
+        inc = self._open[process]
+        if inc.running_since is not None:
+            inc.running_since = None
+            self._save(inc)
+
     def starting(self, process: str) -> None:
         """Started again: a stop note still waiting for its hold is withdrawn (a restart, or a
         stop and start by hand, said nothing worth a message), and a later stop may note."""
