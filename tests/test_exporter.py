@@ -357,6 +357,26 @@ class TestCollector:
         (view,) = state.snapshot().processes
         assert (view.state, view.exit_status) == ("FATAL", 7)
 
+    def test_a_loop_held_by_health_stays_a_loop_a_stop_by_hand_ends_it(self, worker):
+        """health stops the looping worker between tries (its Backoff came first): still
+        crash-looping on the page; a STOPPED with no hold (supervisorctl stop) ends it."""
+        state, handler, _ = make(worker, [info("app", "app", "RUNNING", pid=10)])
+        for i in range(3):
+            handler.handle(state_ev("app", "app", "EXITED", expected=0, pid=10 + i))
+            handler.handle(state_ev("app", "app", "STARTING", tries=0))
+            handler.handle(state_ev("app", "app", "RUNNING", pid=11 + i))
+        hold = bus.Backoff("h", "app", "app", 3, 40.0, next_start=time.time() + 40)
+        handler.handle(ev("REMOTE_COMMUNICATION", f"type:{bus.HEALTH_TYPE}\n{bus.encode(hold)}"))
+        handler.handle(state_ev("app", "app", "STOPPING", pid=13))
+        handler.handle(state_ev("app", "app", "STOPPED", pid=13))
+        (view,) = state.snapshot().processes
+        assert view.crash_looping is True
+        state.held_until.clear()  # the hold is over; now an operator stops it
+        handler.handle(state_ev("app", "app", "STARTING", tries=0))
+        handler.handle(state_ev("app", "app", "STOPPED", from_state="STARTING"))
+        (view,) = state.snapshot().processes
+        assert view.crash_looping is False
+
     def test_memmons_repeated_limits_restore_what_a_restarted_exporter_forgot(self, worker):
         """A fresh exporter (no RestartsExhausted seen): memmon's once-a-minute limits with
         its exhausted list bring back the ceiling and "memmon gave up"; a later list without

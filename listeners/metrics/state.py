@@ -42,6 +42,9 @@ class ExporterState:
         self.health: bus.HealthStatus | None = None
         self.health_at = 0.0  # monotonic time health's status came: its holds count down
         self.monotonic = monotonic
+        self.clock = clock
+        # group:name -> unix time health's current hold of it ends (its Backoff messages)
+        self.held_until: dict[str, float] = {}
         self.exits: dict[str, dict[str, int]] = {}
         self.last_exit: dict[str, ExitReason] = {}
         self.alert_sinks: dict[str, tuple[int, int]] = {}
@@ -75,8 +78,10 @@ class ExporterState:
                 self.stale_events += 1
                 return
             self.table.apply(event)
-            self.loops.observe(event)
             key = event.full_name
+            if not (event.state == "STOPPED" and self.held_until.get(key, 0.0) > self.clock()):
+                # health's stop between two tries is the loop itself, not its end
+                self.loops.observe(event)
             if event.state == "EXITED" and event.expected:
                 self.planned_exits[key] = self.planned_exits.get(key, 0) + 1
                 self._count_exit(key, classify(None, expected=True))
@@ -105,6 +110,7 @@ class ExporterState:
             if not event.added:
                 for name in gone:
                     self.loops.forget(name)
+                    self.held_until.pop(name, None)
                     self.planned_exits.pop(name, None)
                     self.gave_up.discard(name)
                 if self.memmon_unreadable:
@@ -149,6 +155,11 @@ class ExporterState:
             elif isinstance(message, bus.HealthStatus):
                 self.health = message
                 self.health_at = self.monotonic()
+            elif isinstance(message, bus.Backoff):
+                self.held_until[full_name(message.group, message.name)] = message.next_start
+                if len(self.held_until) > 4096:
+                    now = self.clock()
+                    self.held_until = {k: t for k, t in self.held_until.items() if t > now}
 
             elif isinstance(message, bus.OutboxTrouble):
                 self.outbox = OutboxView(
