@@ -48,6 +48,7 @@ from listeners.notify.backoffs import BackoffMemory
 from listeners.notify.courier import Courier
 from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.enrich import enrich_alert
+from listeners.notify.flags import add_delivery_args
 from listeners.notify.flood import FloodControl, fold
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, STOP_NOTE_HOLD, IncidentBook
@@ -172,42 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COMMAND",
         help="sendmail command for -m (default: %(default)s)",
     )
-    out = p.add_argument_group("delivery")
-    out.add_argument(
-        "--sink",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="where alerts go; repeatable; see docs/crashmail.md in the source tree"
-        " (default: a JSON lines file in the state directory)",
-    )
-    out.add_argument(
-        "--outbox",
-        metavar="PATH",
-        help="SQLite outbox (default: <state dir>/crashmail-outbox-<id>.sqlite, <id> derived"
-        " from supervisord's server URL, so each supervisord has its own)",
-    )
-    out.add_argument(
-        "--outbox-keep",
-        type=arg_type(parse_count),
-        default=10000,
-        metavar="N",
-        help="delivered messages kept before the oldest are pruned (default: 10000)",
-    )
-    out.add_argument(
-        "--retry-max",
-        type=arg_type(parse_duration),
-        default=300.0,
-        metavar="DURATION",
-        help="longest wait between two attempts (default: 5m)",
-    )
-    out.add_argument(
-        "--retry-for",
-        type=arg_type(parse_duration),
-        default=86400.0,
-        metavar="DURATION",
-        help="give a delivery up after this long (default: 1d)",
-    )
+    add_delivery_args(p)
     det = p.add_argument_group("detection and flood control")
     det.add_argument(
         "--loop",

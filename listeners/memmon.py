@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from listeners.core import bus, cli, protocol
@@ -44,8 +44,6 @@ from listeners.core.rules import (
 from listeners.core.state import ProcessTable
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
 from listeners.core.units import (
-    duration_words,
-    format_size,
     parse_count,
     parse_duration,
     parse_rate,
@@ -412,16 +410,11 @@ class Memmon(protocol.Handler):
         for group in self.config.groups:
             if not any(r.group == group.pattern for r in self.table):
                 log.warning("memmon.unknown_group", group=group.pattern, rule=group.label)
-        for rule in self._rules():
-            if rule.limit < TINY_LIMIT:
-                # superlance takes a bare number as bytes: "-a 16" restarts everything
-                log.warning(
-                    "memmon.limit_tiny",
-                    rule=rule.label,
-                    limit_bytes=rule.limit,
-                    hint="no process lives in under 1 MiB, so this restarts every one it"
-                    " judges: give a unit, e.g. 16MB (a bare number is bytes, as in superlance)",
-                )
+        for rule in (r for r in self._rules() if r.limit < TINY_LIMIT):
+            hint = (
+                "no process lives in under 1 MiB: give a unit, e.g. 16MB (a bare number is bytes)"
+            )
+            log.warning("memmon.limit_tiny", rule=rule.label, limit_bytes=rule.limit, hint=hint)
         self._publish_limits(limits)
         # A first look now, not at the first TICK (up to 60 s with superlance's events=TICK_60):
         # processes memmon may not read are reported at start, and a worker already over its
@@ -577,7 +570,7 @@ class Memmon(protocol.Handler):
             )  # fmt: skip
             log.warning("memmon.restarts_held", group=o.group, message=message.describe())
             self.rpc.submit(self._publish, message)
-            self._notify("restarts_held", message)
+            self._notify(message)
         return held
 
     def _reconcile(self) -> None:
@@ -711,7 +704,7 @@ class Memmon(protocol.Handler):
                 limit_bytes=rule.limit,
             )
             self.rpc.submit(self._publish, message)
-            self._notify("restarts_exhausted", group, name, reading, rule, None)
+            self._notify(message)
             return
         if action == "restart":
             if self._seen_state_events:
@@ -728,23 +721,21 @@ class Memmon(protocol.Handler):
                 threading.Thread(
                     target=self._restart_polling, args=(key,), name="memmon-restart", daemon=True
                 ).start()
-        self.rpc.submit(
-            self._publish,
-            bus.MemoryRestart(
-                host=self.host,
-                group=group,
-                name=name,
-                pid=pid,
-                measured_bytes=reading.bytes,
-                limit_bytes=rule.limit,
-                rule=rule.label,
-                measure=self.config.measure,
-                dry_run=action == "dry_run",
-            ),
+        restart = bus.MemoryRestart(
+            host=self.host,
+            group=group,
+            name=name,
+            pid=pid,
+            measured_bytes=reading.bytes,
+            limit_bytes=rule.limit,
+            rule=rule.label,
+            measure=self.config.measure,
+            dry_run=action == "dry_run",
         )
+        self.rpc.submit(self._publish, restart)
         uptime = None if started is None else self.wall() - started
         if self.config.uptime is None or uptime is None or uptime <= self.config.uptime:
-            self._notify("memory_restart", group, name, reading, rule, action)
+            self._notify(restart)
 
     # ------------------------------------------------------------------ acting, off-loop
 
@@ -786,51 +777,36 @@ class Memmon(protocol.Handler):
             ),
         )
 
-    def _notify(self, *args: Any) -> None:
+    def _notify(self, message: bus.Message) -> None:
         """Queue a notice (restart, exhausted, held) for the -m/--alert-file sinks."""
         if not (self.config.email or self.config.alert_file):
             return
         if self._notifier is None:
             self._notifier = Worker("memmon-notify")
-        self._notifier.submit(self._deliver, *args)
+        self._notifier.submit(self._deliver, message)
 
-    def _deliver(self, kind: str, *args: Any) -> None:
-        # Imported only when a notice is configured: the mail machinery costs memory.
+    def _deliver(self, message: bus.Message) -> None:
+        # Imported only when a notice is configured: the mail machinery costs memory. The
+        # text is the one crashmail sends for the same bus message (notify/announced.py).
         from listeners.notify import Alert
+        from listeners.notify.announced import announced_alert
         from listeners.notify.notice import Notices
 
         c = self.config
         if self._notices is None:
             self._notices = Notices(c.email, c.sendmail_program, c.name, c.alert_file)
-        if kind == "restarts_held":
-            held: bus.RestartsHeld = args[0]
-            alert = Alert(
-                kind=kind, host=self.host, group=held.group, time=self.wall(),
-                count=held.over, message=held.describe(), details=asdict(held),
-            )  # fmt: skip
-            self._notices.send(alert)
-            return
-        group, name, reading, rule, action = args
-        used = f"{format_size(reading.bytes)} {c.measure.upper()}"
-        if kind == "restarts_exhausted":
-            count, window = c.max_restarts or (0, 0.0)
-            text = (
-                f"{group}:{name} uses {used}, over its limit {format_size(rule.limit)}"
-                f" ({rule.label}), after {count} restarts within {duration_words(window)};"
-                " memmon no longer restarts it. Restart it by hand after fixing the leak:"
-                f" supervisorctl restart {group}:{name}"
+        made = announced_alert(message)
+        if made is not None:
+            self._notices.send(
+                Alert(
+                    kind=made.kind,
+                    host=self.host,
+                    group=made.group,
+                    name=made.name,
+                    time=self.wall(),
+                    **made.fields,
+                )
             )
-        else:
-            verb = "would restart" if action == "dry_run" else "restarted"
-            text = (
-                f"memmon {verb} {group}:{name} because it used {used} ({reading.bytes} bytes),"
-                f" over its limit {format_size(rule.limit)} ({rule.label})."
-            )
-        details = {"measured_bytes": reading.bytes, "limit_bytes": rule.limit, "rule": rule.label,
-                   "measure": c.measure, "dry_run": action == "dry_run"}  # fmt: skip
-        alert = Alert(kind=kind, host=self.host, group=group, name=name, time=self.wall(),
-                      message=text, details=details)  # fmt: skip
-        self._notices.send(alert)
 
 
 # --------------------------------------------------------------------------- entry point

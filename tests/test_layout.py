@@ -76,3 +76,14 @@ class TestFloors:
     def test_the_check_sees_a_violation(self):
         """The scanner finds an upward import, so the checks above can fail."""
         assert "listeners.crashmail" in imported_modules_of("from listeners import crashmail\n")
+
+
+def test_no_module_is_over_850_lines():
+    """Issue 10's bound: a module that outgrows it is split, not left to grow."""
+    root = Path(__file__).parents[1] / "listeners"
+    big = {
+        str(p.relative_to(root)): n
+        for p in root.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 850
+    }
+    assert {} == big

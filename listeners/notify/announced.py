@@ -67,7 +67,8 @@ def announced_alert(msg: bus.Message) -> Announced | None:
             "exhausted",
             {
                 "count": msg.restarts,
-                "message": f"memmon restarted it {msg.restarts} times in"
+                "message": f"memmon restarted it {msg.restarts}"
+                f" time{'' if msg.restarts == 1 else 's'} in"
                 f" {duration_words(msg.window_seconds)} and stopped restarting it"
                 f" ({mib(msg.measured_bytes)}, limit {mib(msg.limit_bytes)}). Restart it by hand"
                 f" after fixing the leak: supervisorctl restart {msg.group}:{msg.name}",
