@@ -66,6 +66,18 @@ def make(
     return dog, fake, pool
 
 
+def three_failing_under_a_2_per_minute_guard(clock: FakeClock) -> tuple[Watchdog, FakeSupervisor]:
+    """Three web processes whose probe fails, mass guard 2/1m, after the first round."""
+    check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
+    procs = [proc(f"web_0{i}") for i in range(3)]
+    for i, p in enumerate(procs):
+        p["pid"] = 100 + i
+    dog, fake, pool = make([check], clock, procs=procs, mass_guard=(2, 60.0))
+    pool.answers["GET http://127.0.0.1:1/"] = False
+    dog.round()
+    return dog, fake
+
+
 def published(fake: FakeSupervisor) -> list[bus.Message]:
     return [bus.decode(a[1]) for m, a in fake.calls if m == "send_remote_comm"]
 
@@ -364,13 +376,7 @@ class TestWatchdogProbes:
         """mass-guard 2/1m: two processes restarted, the third failing at the same time is
         held (announced as guarded): a shared dependency, not three hung workers."""
         clock = FakeClock()
-        check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
-        procs = [proc(f"web_0{i}") for i in range(3)]
-        for i, p in enumerate(procs):
-            p["pid"] = 100 + i
-        dog, fake, pool = make([check], clock, procs=procs, mass_guard=(2, 60.0))
-        pool.answers["GET http://127.0.0.1:1/"] = False
-        dog.round()
+        _dog, fake = three_failing_under_a_2_per_minute_guard(clock)
         assert 2 == len(restarts(fake))
         hung = sorted(m.action for m in published(fake) if isinstance(m, bus.ProcessHung))
         assert ["guarded", "restart", "restart"] == hung
@@ -379,13 +385,7 @@ class TestWatchdogProbes:
         """The guard holds, it does not forget: the third process, still failing after the
         window, is restarted then; while held its verdict is announced once, not per round."""
         clock = FakeClock()
-        check = Check("web", http="http://127.0.0.1:1/", failures=1, period=1)
-        procs = [proc(f"web_0{i}") for i in range(3)]
-        for i, p in enumerate(procs):
-            p["pid"] = 100 + i
-        dog, fake, pool = make([check], clock, procs=procs, mass_guard=(2, 60.0))
-        pool.answers["GET http://127.0.0.1:1/"] = False
-        dog.round()
+        dog, fake = three_failing_under_a_2_per_minute_guard(clock)
         for _ in range(30):  # 30 s later: still inside the window
             clock.now += 1
             dog.round()
