@@ -53,7 +53,14 @@ from listeners.notify.flood import FloodControl, fold
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, STOP_NOTE_HOLD, IncidentBook
 from listeners.notify.lost import lost_message
-from listeners.notify.outbox import Outbox, OutboxHealth, OutboxOwnerError, health_announcer
+from listeners.notify.outbox import (
+    Outbox,
+    OutboxHealth,
+    OutboxOwnerError,
+    Owner,
+    ask_identifier,
+    health_announcer,
+)
 from listeners.notify.patterns import DEFAULT_STORM, LogWatch, Rule, add_pattern_args, pattern_alert
 from listeners.notify.sinks import Sink
 from listeners.notify.spec import SinkSpec, build_sink, parse_sink
@@ -732,16 +739,15 @@ def open_outbox(
     config: Config,
     parser: argparse.ArgumentParser,
     on_health: Callable[[OutboxHealth], None],
+    identifier: str | None = None,
 ) -> Outbox:
-    """The outbox, claimed for this supervisord; a usage error (exit 2) when it cannot be."""
+    """The outbox, claimed for this supervisord (server URL and ``identifier=``); a usage
+    error (exit 2) naming its owner when another supervisord's crashmail claimed it."""
     try:
         outbox = Outbox(config.outbox, on_health=on_health)
-        outbox.claim(config.identity)
+        outbox.claim(Owner(config.identity, identifier))
     except OutboxOwnerError as exc:
-        parser.error(
-            f"the outbox {config.outbox} belongs to the crashmail of another supervisord"
-            f" ({exc}); give this one its own --outbox, or leave --outbox out for the default"
-        )
+        parser.error(str(exc))
     except (OSError, Exception) as exc:  # sqlite3.Error, permissions
         parser.error(f"cannot open the outbox {config.outbox}: {exc}")
     return outbox
@@ -759,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     rpc = Supervisor(connection)
     worker = Worker("crashmail-rpc")
     announce = health_announcer(config.host, rpc.send_remote_comm, worker.submit)
-    outbox = open_outbox(config, parser, announce)
+    outbox = open_outbox(config, parser, announce, ask_identifier(rpc.identification))
     backoffs = BackoffMemory(stable=config.loop[1])
     courier = Courier(
         outbox,

@@ -22,6 +22,7 @@ the file takes writes again; the event loop never waits on SQLite for more than
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -41,6 +42,8 @@ __all__ = [
     "Outbox",
     "OutboxHealth",
     "OutboxOwnerError",
+    "Owner",
+    "ask_identifier",
     "health_announcer",
 ]
 
@@ -182,8 +185,60 @@ _UPSERT_LOOP = (
 )
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose outbox it is: supervisord's server URL and its identification (``identifier=``
+    in ``[supervisord]``, getIdentification). The URL alone cannot tell two supervisords in
+    two containers on one state volume apart: both say ``unix:///run/supervisor.sock``."""
+
+    url: str
+    #: None: not known (a claim stored before identifiers were, or supervisord did not answer)
+    identifier: str | None = None
+
+    def encode(self) -> str:
+        return json.dumps({"identifier": self.identifier, "url": self.url}, sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: str) -> Owner:
+        """A stored claim; a bare URL is the claim of a crashmail older than identifiers."""
+        with contextlib.suppress(ValueError):
+            data = json.loads(text)
+            if isinstance(data, dict) and isinstance(data.get("url"), str):
+                ident = data.get("identifier")
+                return cls(data["url"], ident if isinstance(ident, str) else None)
+        return cls(text)
+
+    def __str__(self) -> str:
+        return self.url if self.identifier is None else f"{self.identifier!r} at {self.url}"
+
+
 class OutboxOwnerError(Exception):
     """The outbox was made by the crashmail of another supervisord."""
+
+    def __init__(self, path: str, owner: Owner, mine: Owner) -> None:
+        # The default path is derived from the URL alone: with the same URL only another
+        # --outbox (or state dir) helps; with another URL, so does the default.
+        other = "" if owner.url == mine.url else ", or leave --outbox out for the default"
+        super().__init__(
+            f"the outbox {path} belongs to the crashmail of another supervisord ({owner}), not"
+            f" to this one ({mine}); give this one its own --outbox PATH{other}"
+        )
+        self.owner = owner
+        self.mine = mine
+
+
+def ask_identifier(ask: Callable[[], str]) -> str | None:
+    """supervisord's identification for the outbox's claim; None (URL checked alone) when it
+    cannot be asked, e.g. a supervisord without ``[rpcinterface:supervisor]``."""
+    try:
+        return ask()
+    except Exception as exc:  # SupervisorError mostly; crashmail still works without it
+        log.warning(
+            "outbox.owner_unchecked",
+            error=str(exc),
+            hint="the outbox's owner is checked by server URL only",
+        )
+        return None
 
 
 class Outbox:
@@ -596,15 +651,27 @@ class Outbox:
 
     # ---------------------------------------------------------------- incidents, owner, health
 
-    def claim(self, identity: str) -> None:
-        """Mark ``outbox`` as this supervisord's, or raise when another one's mark is there."""
+    def claim(self, owner: Owner | str) -> None:
+        """Mark the outbox as ``owner``'s, or raise OutboxOwnerError when another's mark is
+        there. A mark without identifier (older crashmail) and the same URL is taken over
+        silently; an owner whose identifier is unknown is checked by URL only."""
+        mine = Owner(owner) if isinstance(owner, str) else owner
         db = self._db()
         with _immediate(db):
             row = db.execute("SELECT identity FROM owner WHERE one = 1").fetchone()
-            if row is None:
-                db.execute("INSERT INTO owner (one, identity) VALUES (1, ?)", (identity,))
-        if row is not None and row[0] != identity:
-            raise OutboxOwnerError(str(row[0]))
+            stored = None if row is None else Owner.decode(str(row[0]))
+            if stored is None or (
+                stored.url == mine.url and stored.identifier is None and mine.identifier is not None
+            ):
+                db.execute(
+                    "INSERT INTO owner (one, identity) VALUES (1, ?)"
+                    " ON CONFLICT (one) DO UPDATE SET identity = excluded.identity",
+                    (mine.encode(),),
+                )
+                return
+        known = None not in (stored.identifier, mine.identifier)
+        if stored.url != mine.url or (known and stored.identifier != mine.identifier):
+            raise OutboxOwnerError(self.path, stored, mine)
 
     def open_loops(self) -> dict[str, str]:
         """Open crash-loop incidents: process -> JSON state."""
