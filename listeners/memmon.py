@@ -29,7 +29,6 @@ from listeners.core.restart import (
     RestartBudget,
     Restarter,
     looks_misconfigured,
-    parse_share,
     restart_polling,
 )
 from listeners.core.resync import Resync
@@ -46,7 +45,9 @@ from listeners.core.supervisor import Connection, Supervisor, SupervisorError, s
 from listeners.core.units import (
     parse_count,
     parse_duration,
+    parse_positive_duration,
     parse_rate,
+    parse_share,
     parse_size,
 )
 from listeners.core.wake import raise_fd_limit
@@ -100,13 +101,6 @@ class Config:
     restart_window: float = 60.0
     connection: Connection = field(default_factory=Connection)
     log_level: str = "info"
-
-
-def _interval(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"invalid interval {text!r}: must be greater than zero, e.g. 0.5 or 5s")
-    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument(
         "--interval",
         metavar="SECONDS",
-        type=cli.arg_type(_interval),
+        type=cli.arg_type(parse_positive_duration),
         help="also check every SECONDS (fractions allowed) besides every TICK event",
     )
     when.add_argument(
@@ -214,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument(
         "--restart-window",
         metavar="DURATION",
-        type=cli.arg_type(_interval),
+        type=cli.arg_type(parse_positive_duration),
         default=60.0,
         help="the window of --max-unavailable (default 1m)",
     )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 from listeners.core.restart import (
     MassGuard,
     RestartBudget,
     Restarter,
     looks_misconfigured,
-    parse_share,
     restart_polling,
 )
 from listeners.core.supervisor import SupervisorError
@@ -79,14 +76,6 @@ class TestRestarter:
 
 
 class TestSafetyRules:
-    def test_parse_share_takes_a_count_or_a_share(self):
-        """'3' is a count, '25%' a share; 0, 0% and 150% are refused naming the value."""
-        assert (3, 0.0) == parse_share("3")
-        assert (0, 0.25) == parse_share("25%")
-        for bad in ("0", "0%", "150%", "x", ""):
-            with pytest.raises(ValueError, match=repr(bad)):
-                parse_share(bad)
-
     def test_budget_allows_a_share_of_a_group_per_window(self):
         """25% of 8 is two distinct processes per window; a group of one may still restart."""
         clock = FakeClock(0.0)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from listeners.core.units import format_size, parse_duration, parse_rate, parse_size
+from listeners.core.units import format_size, parse_duration, parse_rate, parse_share, parse_size
 
 MB = 1024 * 1024
 
@@ -82,6 +82,16 @@ class TestParseRate:
         """Malformed rates name the COUNT/WINDOW form."""
         with pytest.raises(ValueError, match=r"COUNT/WINDOW|greater than zero"):
             parse_rate(text)
+
+
+class TestParseShare:
+    def test_takes_a_count_or_a_share(self):
+        """'3' is a count, '25%' a share; 0, 0% and 150% are refused naming the value."""
+        assert (3, 0.0) == parse_share("3")
+        assert (0, 0.25) == parse_share("25%")
+        for bad in ("0", "0%", "150%", "x", ""):
+            with pytest.raises(ValueError, match=repr(bad)):
+                parse_share(bad)
 
 
 class TestFormatSize:

@@ -25,7 +25,6 @@ __all__ = [
     "RestartBudget",
     "Restarter",
     "looks_misconfigured",
-    "parse_share",
     "restart_polling",
 ]
 
@@ -144,26 +143,6 @@ def restart_polling(
 
 
 # --------------------------------------------------------------------------- safety rules
-
-
-def parse_share(text: str) -> tuple[int, float]:
-    """``25%`` -> (0, 0.25), ``3`` -> (3, 0.0): a count or a share of a group (1..100%)."""
-    raw = text.strip()
-    error = ValueError(
-        f"invalid value {text!r}: expected a count of 1 or more (e.g. 2) or a share"
-        " of a group between 1% and 100% (e.g. 25%)"
-    )
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(int(raw))
-    except ValueError:
-        raise error from None
-    if raw.endswith("%"):
-        if not 0 < value <= 1:
-            raise error
-        return 0, value
-    if value < 1:
-        raise error
-    return int(value), 0.0
 
 
 class RestartBudget:

@@ -16,6 +16,7 @@ __all__ = [
     "parse_duration",
     "parse_positive_duration",
     "parse_rate",
+    "parse_share",
     "parse_size",
     "parse_status",
 ]
@@ -122,8 +123,28 @@ def parse_status(text: str) -> int:
 
 
 def parse_positive_duration(text: str) -> float:
-    """A duration above 0 (timeouts)."""
+    """A duration above 0 (timeouts, intervals, windows)."""
     value = parse_duration(text)
     if value <= 0:
-        raise ValueError(f"invalid duration {text!r}: expected more than 0 seconds")
+        raise ValueError(f"invalid duration {text!r}: must be greater than zero")
     return value
+
+
+def parse_share(text: str) -> tuple[int, float]:
+    """``25%`` -> (0, 0.25), ``3`` -> (3, 0.0): a count or a share of a group (1..100%)."""
+    raw = text.strip()
+    error = ValueError(
+        f"invalid value {text!r}: expected a count of 1 or more (e.g. 2) or a share"
+        " of a group between 1% and 100% (e.g. 25%)"
+    )
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(int(raw))
+    except ValueError:
+        raise error from None
+    if raw.endswith("%"):
+        if not 0 < value <= 1:
+            raise error
+        return 0, value
+    if value < 1:
+        raise error
+    return int(value), 0.0
