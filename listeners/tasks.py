@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from listeners.core.cli import HelpFormatter, Parser, arg_type
+from listeners.core.cli import HelpFormatter, Parser, add_rpc_timeout, arg_type
 from listeners.core.exits import exit_from_log
 from listeners.core.names import full_name, info_name
 from listeners.core.supervisor import Connection, Supervisor, SupervisorError, read_main_log
@@ -120,10 +120,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         help="supervisord's address (default: from the conf's [supervisorctl] serverurl,"
         " else its [unix_http_server] file)",
     )
-    parser.add_argument(
-        "--rpc-timeout",
-        metavar="DURATION",
-        type=arg_type(parse_positive_duration, "duration"),
+    add_rpc_timeout(
+        parser,
         default=60.0,
         help="timeout of each XML-RPC call; stopping a group waits for its stopwaitsecs"
         " (default: %(default)s)",

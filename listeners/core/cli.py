@@ -7,16 +7,18 @@ import os
 import socket
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from listeners.core.supervisor import Connection, SupervisorError
-from listeners.core.units import parse_duration
+from listeners.core.units import parse_positive_duration
 
 __all__ = [
+    "ArgumentAdder",
     "HelpFormatter",
     "Parser",
     "add_connection_args",
     "add_logging_args",
+    "add_rpc_timeout",
     "arg_type",
     "connection_from_args",
     "hostname",
@@ -36,6 +38,12 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> str:
         return env["STATE_DIRECTORY"].split(":")[0]
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "supervisor-listeners")
+
+
+class ArgumentAdder(Protocol):
+    """A parser or one of its argument groups: what a helper that adds flags needs."""
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
 
 
 def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[str], T]:
@@ -94,20 +102,22 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
         help="file holding the XML-RPC password (default: $SUPERVISOR_PASSWORD);"
         " there is deliberately no password flag",
     )
+    add_rpc_timeout(group)
+
+
+def add_rpc_timeout(
+    group: ArgumentAdder,
+    default: float = 10.0,
+    help: str = "timeout of each XML-RPC call, e.g. 10, 10s, 500ms (default: 10s)",
+) -> None:
+    """--rpc-timeout: one parser and one error for every tool; ``default`` differs (tasks 60 s)."""
     group.add_argument(
         "--rpc-timeout",
         metavar="DURATION",
-        type=arg_type(_positive_duration, "--rpc-timeout"),
-        default=10.0,
-        help="timeout of each XML-RPC call, e.g. 10, 10s, 500ms (default: 10s)",
+        type=arg_type(parse_positive_duration, "--rpc-timeout"),
+        default=default,
+        help=help,
     )
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"invalid duration {text!r}: must be greater than zero")
-    return value
 
 
 def connection_from_args(
