@@ -341,17 +341,6 @@ class Tool:
             self.warn(f"error: applied, but could not watch the processes start: {exc}")
             return EXIT_FAILED
 
-    def _move_all(self, chosen: list[Task], enable: bool) -> list[tuple[Task, Path]]:
-        toggle = Toggle(
-            self.layout,
-            self.client,
-            say=self.say,
-            warn=self.warn,
-            clock=self.clock,
-            sleep=self.sleep,
-        )
-        return toggle._move_all(chosen, enable)
-
     def _wait_running(self, groups: list[str], autostart: set[str]) -> int:
         deadline = self.clock() + self.opts.wait_timeout
         wanted = set(groups)

@@ -469,18 +469,27 @@ class TestToggle:
         assert "mailer2" in (home / "tasks_disabled" / "mailer.conf").read_text()
         assert (home / "tasks" / "mailer.conf").is_file()
 
-    def test_a_move_never_overwrites_and_undoes_earlier_moves(self, home):
+    def test_a_move_never_overwrites_and_undoes_earlier_moves(self, home, monkeypatch):
         """If the second target exists, the first move is undone and nothing is replaced."""
-        layout = load_layout(home / "supervisord.conf")
-        opts = tasks.parse_args(["-c", str(home / "supervisord.conf"), "disable", "x"])
-        tool = tasks.Tool(opts, layout, FakeSupervisor(home), io.StringIO(), io.StringIO())
-        first, second = discover(layout)[:2]
-        (home / "tasks_disabled" / second.path.name).write_text("keep me")
-        with pytest.raises(FileExistsError, match="already exists; refusing to overwrite it"):
-            tool._move_all([first, second], enable=False)
-        assert first.path.is_file()
-        assert second.path.is_file()
-        assert "keep me" == (home / "tasks_disabled" / second.path.name).read_text()
+        real = toggle._move_no_clobber
+        wrote: list[Path] = []
+
+        def move(src: Path, dst: Path) -> None:
+            real(src, dst)
+            if not wrote:  # another shell writes the second target between the two moves
+                other = "indexer.conf" if src.name == "mailer.conf" else "mailer.conf"
+                wrote.append(dst.parent / other)
+                wrote[0].write_text("keep me")
+
+        monkeypatch.setattr(toggle, "_move_no_clobber", move)
+        fake = FakeSupervisor(home)
+        code, _, err = run(home, fake, "disable", "mailer", "indexer")
+        assert 1 == code
+        assert "already exists; refusing to overwrite it; nothing was moved" in err
+        assert (home / "tasks" / "mailer.conf").is_file()
+        assert (home / "tasks" / "indexer.conf").is_file()
+        assert "keep me" == wrote[0].read_text()
+        assert [] == [c for c in fake.calls if "update" in c[0] or "reread" in c[0]]
 
     def test_a_move_that_fails_and_cannot_be_put_back_says_which_file_is_where(
         self, home, monkeypatch
