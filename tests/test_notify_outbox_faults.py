@@ -18,7 +18,10 @@ from listeners.notify.sinks import (
     http_status_error,
     parse_retry_after,
 )
+from listeners.notify.smtp import SmtpSink
+from listeners.notify.webhook import WebhookSink
 from tests.fakes import FakeClock
+from tests.test_cutoff import Trickler
 
 
 class RecordingSink:
@@ -256,6 +259,32 @@ class TestDeadline:
             [2],
             True,
         )
+
+    @pytest.mark.parametrize("kind", ["webhook", "smtp"])
+    def test_a_receiver_that_trickles_for_good_holds_up_no_later_attempt(self, tmp_path, kind):
+        """The cut-off attempt ends: the next one reaches the receiver, none is 'still hanging'."""
+        server = Trickler(first=b"HTTP/1.1 200 OK\r\n" if kind == "webhook" else b"220 ")
+        sink: WebhookSink | SmtpSink
+        if kind == "webhook":
+            sink = WebhookSink(f"http://127.0.0.1:{server.port}/hook", timeout=1.0, name="t")
+        else:
+            sink = SmtpSink("127.0.0.1", server.port, "a@b.invalid", ["c@d.invalid"], name="t")
+        path = str(tmp_path / "o.sqlite")
+        clock = FakeClock()
+        box = Outbox(path, clock=clock)
+        courier = Courier(box, [sink], fold=first, deadline=0.5, clock=clock, rng=lambda: 1.0)
+        box.record(crash("p", "k1"), due=0)
+        courier.flush_once()
+        try:
+            assert courier.deliver_once(sink) is False
+            clock.now += 10
+            assert courier.deliver_once(sink) is False
+            assert server.closed_by_peer.wait(5)
+        finally:
+            server.close()
+        errors = [str(e) for e in delivery(path, "last_error")]
+        assert (delivery(path, "attempts"), server.connections) == ([2], 2)
+        assert ("deadline" in errors[0], "still hanging" in errors[0]) == (True, False)
 
 
 class TestRetryPolicy:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from listeners.core.cutoff import CutoffCall
 from listeners.core.log import RateLimitedLog, get_logger
 from listeners.notify.alert import Alert
 from listeners.notify.outbox import Incident, Outbox
@@ -176,7 +177,10 @@ class Courier:
         """``sink.send(alert)`` with a total deadline; SinkError when it is not done in time.
 
         A socket timeout only bounds each read: a receiver that answers one byte at a time
-        never trips it. The call runs in its own thread and is abandoned at the deadline.
+        never trips it. The call runs in its own thread; at the deadline the sockets it opened
+        are shut down, which ends it, so the next attempt is not held up. A call stuck where
+        no socket is (a disk that does not answer) is left running, and the sink is not tried
+        again until it has ended.
         """
         deadline = float(getattr(sink, "deadline", None) or self.deadline)
         hung = self._hung.get(sink.name)
@@ -187,27 +191,15 @@ class Courier:
                     f" {deadline:g}s deadline"
                 )
             del self._hung[sink.name]
-        outcome: list[BaseException | None] = []
-
-        def call() -> None:
-            try:
-                sink.send(alert)
-            except BaseException as exc:  # handed to the courier thread below
-                outcome.append(exc)
-            else:
-                outcome.append(None)
-
-        t = threading.Thread(target=call, name=f"send-{sink.name}", daemon=True)
-        t.start()
-        t.join(deadline)
-        if t.is_alive():
-            self._hung[sink.name] = t
-            raise SinkError(
-                f"sink {sink.name}: no complete answer within the {deadline:g}s deadline"
-                " (the receiver is too slow or trickles its reply)"
-            )
-        if outcome and outcome[0] is not None:
-            raise outcome[0]
+        call = CutoffCall(lambda: sink.send(alert), name=f"send-{sink.name}")
+        if call.run(deadline, grace=min(2.0, deadline)):
+            return
+        if call.alive:
+            self._hung[sink.name] = call.thread
+        raise SinkError(
+            f"sink {sink.name}: no complete answer within the {deadline:g}s deadline"
+            " (the receiver is too slow or trickles its reply); the connection was cut"
+        )
 
     def deliver_once(self, sink: Sink) -> bool:
         """Try every due delivery of ``sink``; False when the sink failed (stop for now)."""

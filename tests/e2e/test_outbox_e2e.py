@@ -255,10 +255,13 @@ class Trickle(socketserver.BaseRequestHandler):
         if not slow:
             self.request.sendall(reply)
             return
-        for byte in reply[:20]:
-            self.request.sendall(bytes([byte]))
-            time.sleep(0.3)
+        if self.server.endless:
+            # A header line that never ends, one byte every 0.3 s, until the client hangs up.
+            reply = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 10**6
         with contextlib.suppress(OSError):
+            for byte in reply[:20] if not self.server.endless else reply:
+                self.request.sendall(bytes([byte]))
+                time.sleep(0.3)
             self.request.sendall(reply[20:])
 
 
@@ -268,6 +271,7 @@ def trickler() -> Iterator[Any]:
     server.daemon_threads = True
     server.bodies = []  # type: ignore[attr-defined]
     server.trickle = 1  # type: ignore[attr-defined]
+    server.endless = False  # type: ignore[attr-defined]
     server.lock = threading.Lock()  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -297,6 +301,31 @@ class TestTricklingReceiver:
         assert ("deadline" in failed[0], "attempts" in failed[0]) == (True, True)
         keys = {b["key"] for b in trickler.bodies}
         assert (len(keys), {b["kind"] for b in trickler.bodies}) == (1, {"crash"})
+
+    def test_a_receiver_that_trickles_for_good_is_cut_off_and_the_retry_delivers(
+        self, supervisord, trickler
+    ):
+        """The first connection never ends its reply; the cut at the 2 s deadline frees the
+        sink, so the retry on a new connection delivers (it used to wait for good)."""
+        trickler.endless = True
+        port = trickler.server_address[1]
+        sup: Supervisord = supervisord(
+            workers(1)
+            + crashmail_conf(
+                f"--sink 'webhook+http://127.0.0.1:{port}/hook#timeout=1s&deadline=2s'"
+                " --outbox %(here)s/outbox.sqlite --retry-max 1s"
+            )
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING")
+        sup.client.start("w0:w0")
+        wait_for(lambda: "outbox.delivered" in crashmail_log(sup), 60, what="delivery logged")
+        log = crashmail_log(sup)
+        failed = [ln for ln in log.splitlines() if "outbox.delivery_failed" in ln]
+        assert (len(failed), "deadline" in failed[0], "still hanging" in log) == (1, True, False)
+        assert (len(trickler.bodies), {b["key"] for b in trickler.bodies}) == (
+            2,
+            {trickler.bodies[0]["key"]},
+        )
 
 
 # --------------------------------------------------------------------------- Retry-After, 4xx
