@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -229,3 +230,42 @@ def test_a_head_ending_in_lf_then_crlf_is_answered(supervisord, tmp_path):
         s.sendall(b"GET /healthz HTTP/1.1\r\nAuthorization: %s\n\r\n" % authorization.encode())
         answer = s.recv(4096)  # unseen as a head, it was dropped unanswered at the deadline
     assert answer.startswith(b"HTTP/1.0 200"), answer[:200]
+
+
+def test_a_guessing_flood_does_not_lock_out_the_scraper(supervisord, tmp_path):
+    """48 threads guess passwords (half for an unknown user, half for the real one) against a
+    cost-10 bcrypt user for 6 s. The scraper with the right password keeps getting 200 (its
+    check is cached); the guessers get 401, or 503 once 32 checks queue, never a held slot."""
+    port = free_port()
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  {USER}: '{hashed}'\n")
+    supervisord(programs(port, f"--web.config.file {tmp_path / 'web.yml'}"))
+    authorization = basic(USER, PASSWORD)
+    wait_for(lambda: scrape(port, None, authorization)[0] == 200, 30, what="the exporter answers")
+
+    stop = threading.Event()
+    guessed: list[int] = []
+
+    def guess(n: int) -> None:
+        user = USER if n % 2 else "nobody"
+        i = 0
+        while not stop.is_set():
+            i += 1
+            guessed.append(scrape(port, None, basic(user, f"guess-{n}-{i}"))[0])
+
+    threads = [threading.Thread(target=guess, args=(n,), daemon=True) for n in range(48)]
+    for t in threads:
+        t.start()
+    scrapes: list[int] = []
+    try:
+        end = time.monotonic() + 6
+        while time.monotonic() < end:
+            scrapes.append(scrape(port, None, authorization)[0])
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    print(f"scrapes {scrapes}; guesses answered {len(guessed)}: {sorted(set(guessed))}")
+    assert ({200}, True) == (set(scrapes), len(scrapes) >= 6)
+    assert {401, 503} == set(guessed)
