@@ -216,13 +216,8 @@ def crasher(name: str) -> str:
 def default_outbox(sup: Supervisord) -> Path:
     """crashmail's default outbox of ``sup``: named for its server URL alone."""
     ident = hashlib.sha256(sup.url.encode()).hexdigest()[:12]
-    return (
-        Path.home()
-        / ".local"
-        / "state"
-        / "supervisor-listeners"
-        / f"crashmail-outbox-{ident}.sqlite"
-    )
+    state = Path.home() / ".local/state/supervisor-listeners"  # the test's own HOME
+    return state / f"crashmail-outbox-{ident}.sqlite"
 
 
 def crashmail_err(sup: Supervisord) -> str:
