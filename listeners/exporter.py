@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from listeners.core import bus, cli, protocol
@@ -28,7 +28,13 @@ from listeners.core.exits import OomWatch, classify, exit_from_log, oom_paths, r
 from listeners.core.log import configure, get_logger
 from listeners.core.names import info_name, split_name
 from listeners.core.resync import Resync
-from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.core.supervisor import (
+    Connection,
+    Supervisor,
+    SupervisorError,
+    SupervisorRPC,
+    self_name,
+)
 from listeners.core.units import parse_duration, parse_rate
 from listeners.metrics.history import History
 from listeners.metrics.proc import ProcReader
@@ -51,17 +57,6 @@ DEFAULT_LISTEN = "127.0.0.1:9876"
 DEFAULT_DASHBOARD = "http://127.0.0.1:8080/"
 #: Above this many exits waiting for their status, one getAllProcessInfo is cheaper.
 BULK_EXIT_LOOKUP = 16
-
-
-class RPC(Protocol):
-    """The part of ``Supervisor`` the exporter uses; tests pass a fake."""
-
-    def version(self) -> str: ...
-    def identification(self) -> str: ...
-    def all_process_info(self) -> list[dict[str, Any]]: ...
-    def process_info(self, name: str) -> dict[str, Any]: ...
-    def tail_stderr(self, name: str, length: int = 4096) -> str | None: ...
-    def call(self, method: str, *args: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -224,7 +219,7 @@ class ExporterHandler(protocol.Handler):
     def __init__(
         self,
         state: ExporterState,
-        rpc: RPC,
+        rpc: SupervisorRPC,
         worker: Submitter,
         *,
         reconcile_interval: float | None = None,

@@ -41,7 +41,13 @@ from listeners.core.rules import (
     unknown_patterns,
 )
 from listeners.core.state import ProcessTable
-from listeners.core.supervisor import Connection, Supervisor, SupervisorError, self_name
+from listeners.core.supervisor import (
+    Connection,
+    Supervisor,
+    SupervisorError,
+    SupervisorRPC,
+    self_name,
+)
 from listeners.core.units import (
     parse_count,
     parse_duration,
@@ -332,7 +338,7 @@ class Memmon(protocol.Handler):
     def __init__(
         self,
         config: Config,
-        client: Supervisor,
+        client: SupervisorRPC,
         *,
         meter: Meter | None = None,
         rpc: Submitter | None = None,

@@ -27,7 +27,13 @@ from typing import Any, TextIO
 from listeners.core.cli import HelpFormatter, Parser, add_rpc_timeout, arg_type
 from listeners.core.exits import exit_from_log
 from listeners.core.names import full_name, info_name
-from listeners.core.supervisor import Connection, Supervisor, SupervisorError, read_main_log
+from listeners.core.supervisor import (
+    Connection,
+    Supervisor,
+    SupervisorError,
+    SupervisorRPC,
+    read_main_log,
+)
 from listeners.core.units import parse_positive_duration
 from listeners.taskfiles.check import (
     validate_layout,
@@ -45,7 +51,6 @@ from listeners.taskfiles.toggle import (
     EXIT_NOT_APPLIED,
     EXIT_OK,
     EXIT_USAGE,
-    Client,
     Toggle,
 )
 
@@ -191,7 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     )
 
 
-def connect(layout: Layout, opts: Config) -> Client:
+def connect(layout: Layout, opts: Config) -> SupervisorRPC:
     """The supervisord the conf names, with the conf's credentials."""
     url = opts.server_url or layout.url
     return Supervisor(
@@ -211,7 +216,7 @@ class Tool:
         self,
         opts: Config,
         layout: Layout,
-        client: Client,
+        client: SupervisorRPC,
         out: TextIO,
         err: TextIO,
         clock: Callable[[], float] = time.monotonic,
@@ -400,7 +405,7 @@ def main(
     *,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    client: Client | None = None,
+    client: SupervisorRPC | None = None,
 ) -> int:
     out = sys.stdout if out is None else out  # stdout-ok: a CLI, never an event listener
     err = sys.stderr if err is None else err

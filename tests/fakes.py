@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from listeners.core import protocol
@@ -148,6 +148,10 @@ class FakeSupervisor:
             return self.log
         return self.answers.get(method)
 
+    def state(self) -> str:
+        self._record("state")
+        return "RUNNING"
+
     def version(self) -> str:
         self._record("version")
         return "4.3.0"
@@ -190,6 +194,14 @@ class FakeSupervisor:
         if name in self.stderr:
             return self.stderr[name]
         return self.processes.get(name, {}).get("stderr_tail")
+
+    def stop_group(self, group: str, *, wait: bool = True) -> None:
+        self._record("stop_group", group, wait)
+
+    def update(self, only: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """Nothing to reread in memory: every group is as it was."""
+        self._record("update", sorted(only or []))
+        return {"added": [], "changed": [], "removed": []}
 
 
 def not_running(method: str) -> RPCFault:

@@ -250,11 +250,11 @@ def make(*argv: str, infos=None, pools=(), self_key=None, meter=None, check_at_s
     clock = FakeClock()
     m = Memmon(
         cfg(*argv),
-        client,  # type: ignore[arg-type]
+        client,
         meter=meter,  # type: ignore[arg-type]
         rpc=rpc,
         checker=InlineWorker(),
-        restarter=Restarter(client, rpc, clock=clock),  # type: ignore[arg-type]
+        restarter=Restarter(client, rpc, clock=clock),
         clock=clock,
         wall=clock,
         host="h",
@@ -452,7 +452,7 @@ class TestDecisions:
         clock = FakeClock()
         m = Memmon(
             cfg("-a", "16MB"),
-            client,  # type: ignore[arg-type]
+            client,
             meter=FakeMeter(),  # type: ignore[arg-type]
             rpc=InlineWorker(),
             checker=InlineWorker(),

@@ -22,7 +22,7 @@ class TestRestarter:
     def test_stop_now_start_when_stopped_event_arrives(self):
         """restart() sends stop(wait=False) only; start follows the STOPPED event."""
         rpc = FakeSupervisor({"g:a": running("g:a")})
-        r = Restarter(rpc, InlineWorker())  # type: ignore[arg-type]
+        r = Restarter(rpc, InlineWorker())
         assert r.restart("g:a")
         assert [("stop", ("g:a",))] == rpc.calls
         r.observe(state_event("STOPPED", "a", "g"))
@@ -32,13 +32,13 @@ class TestRestarter:
     def test_second_request_while_pending_is_refused(self):
         """A restart already under way is not requested twice."""
         rpc = FakeSupervisor({"g:a": running("g:a")})
-        r = Restarter(rpc, InlineWorker())  # type: ignore[arg-type]
+        r = Restarter(rpc, InlineWorker())
         assert (True, False) == (r.restart("g:a"), r.restart("g:a"))
 
     def test_not_running_process_is_started_directly(self):
         """If the process had already stopped, start it without waiting for an event."""
         rpc = FakeSupervisor({"g:a": {**running("g:a"), "statename": "EXITED"}})
-        r = Restarter(rpc, InlineWorker())  # type: ignore[arg-type]
+        r = Restarter(rpc, InlineWorker())
         r.restart("g:a")
         assert ["stop", "start"] == [c[0] for c in rpc.calls]
         assert set() == r.pending()
@@ -46,7 +46,7 @@ class TestRestarter:
     def test_other_processes_events_are_ignored(self):
         """Only the pending process's stop triggers a start."""
         rpc = FakeSupervisor({"g:a": running("g:a"), "g:b": running("g:b")})
-        r = Restarter(rpc, InlineWorker())  # type: ignore[arg-type]
+        r = Restarter(rpc, InlineWorker())
         r.restart("g:a")
         r.observe(state_event("STOPPED", "b", "g"))
         r.observe(state_event("RUNNING", "a", "g", pid=3))
@@ -56,7 +56,7 @@ class TestRestarter:
         """An RPC error is logged and the process can be restarted again later."""
         rpc = FakeSupervisor({"g:a": running("g:a")})
         rpc.fail["stop"] = SupervisorError("down")
-        r = Restarter(rpc, InlineWorker())  # type: ignore[arg-type]
+        r = Restarter(rpc, InlineWorker())
         r.restart("g:a")
         assert set() == r.pending()
 
@@ -64,7 +64,7 @@ class TestRestarter:
         """A STOPPED event that never comes is replaced by one getProcessInfo."""
         clock = FakeClock(0.0)
         rpc = FakeSupervisor({"g:a": running("g:a")})
-        r = Restarter(rpc, InlineWorker(), clock=clock, poll_after=30)  # type: ignore[arg-type]
+        r = Restarter(rpc, InlineWorker(), clock=clock, poll_after=30)
         r.restart("g:a")
         rpc.processes["g:a"]["statename"] = "STOPPED"
         clock.now = 10
@@ -110,5 +110,5 @@ class TestRestartPolling:
         """Without state events: stop, poll until stopped, then start."""
         rpc = FakeSupervisor({"g:a": running("g:a")})
         stopped = lambda _s: rpc.processes["g:a"].update(statename="STOPPED")  # noqa: E731
-        restart_polling(rpc, "g:a", sleep=stopped)  # type: ignore[arg-type]
+        restart_polling(rpc, "g:a", sleep=stopped)
         assert ["stop", "process_info", "process_info", "start"] == [c for c, _ in rpc.calls]

@@ -72,7 +72,7 @@ class TestSchedule:
     def test_the_rpc_poke_is_get_api_version(self):
         """The poke is the cheapest read-only call supervisord has."""
         rpc = FakeSupervisor()
-        rpc_poke(rpc)()  # type: ignore[arg-type]
+        rpc_poke(rpc)()
         assert ["supervisor.getAPIVersion"] == rpc.methods()
 
 

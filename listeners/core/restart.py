@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from listeners.core.background import Submitter
 from listeners.core.log import get_logger
 from listeners.core.protocol import ProcessStateEvent
-from listeners.core.supervisor import Supervisor, SupervisorError
+from listeners.core.supervisor import SupervisorError, SupervisorRPC
 
 __all__ = [
     "MASS_MIN_PROCESSES",
@@ -38,7 +38,7 @@ class Restarter:
 
     def __init__(
         self,
-        client: Supervisor,
+        client: SupervisorRPC,
         worker: Submitter,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -121,7 +121,7 @@ class Restarter:
 
 
 def restart_polling(
-    client: Supervisor,
+    client: SupervisorRPC,
     name: str,
     *,
     clock: Callable[[], float] = time.monotonic,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from listeners.core.log import get_logger
-from listeners.core.supervisor import Connection, Supervisor, SupervisorError
+from listeners.core.supervisor import Connection, SupervisorError, SupervisorRPC
 from listeners.core.units import parse_duration
 
 __all__ = [
@@ -99,7 +99,7 @@ def connect_poke(url: str, timeout: float = 2.0) -> Callable[[], None]:
     return poke
 
 
-def rpc_poke(rpc: Supervisor) -> Callable[[], None]:
+def rpc_poke(rpc: SupervisorRPC) -> Callable[[], None]:
     """A wake by ``supervisor.getAPIVersion``; costs 2x a connect with 20 processes."""
 
     def poke() -> None:

@@ -48,6 +48,7 @@ from listeners.core.supervisor import (
     RPCFault,
     Supervisor,
     SupervisorError,
+    SupervisorRPC,
     self_name,
 )
 
@@ -226,7 +227,7 @@ class Watchdog(protocol.Handler):
     def __init__(
         self,
         config: WatchdogConfig,
-        client: Supervisor,
+        client: SupervisorRPC,
         *,
         pool: ProbePool | None = None,
         rpc: Submitter | None = None,

@@ -7,27 +7,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from listeners.core.exits import classify, exit_from_log
 from listeners.core.log import get_logger
 from listeners.core.names import info_name
-from listeners.core.supervisor import ReplyUnreadable, SupervisorError, read_main_log
+from listeners.core.supervisor import (
+    ReplyUnreadable,
+    SupervisorError,
+    SupervisorRPC,
+    read_main_log,
+)
 from listeners.notify.alert import Alert, clean_text, collapse_repeats
 from listeners.notify.flood import summary_text
 
 log = get_logger("listeners.notify.enrich")
 
-__all__ = ["NO_LOG", "EnrichRPC", "enrich_alert", "read_tail_file"]
-
-
-class EnrichRPC(Protocol):
-    """What enrichment needs of supervisord (``core.supervisor.Supervisor`` has it)."""
-
-    def process_info(self, name: str) -> dict[str, Any]: ...
-    def all_process_info(self) -> list[dict[str, Any]]: ...
-    def tail_stderr(self, name: str, length: int = 4096) -> str | None: ...
-    def call(self, method: str, *args: Any) -> Any: ...
+__all__ = ["NO_LOG", "enrich_alert", "read_tail_file"]
 
 
 def _tail(text: str, lines: int) -> str:
@@ -37,7 +33,7 @@ def _tail(text: str, lines: int) -> str:
 NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
 
 
-def enrich_alert(alert: Alert, rpc: EnrichRPC, tail_lines: int = 20) -> Alert:
+def enrich_alert(alert: Alert, rpc: SupervisorRPC, tail_lines: int = 20) -> Alert:
     """Add exit status, spawn error and stderr tail over XML-RPC (runs on a courier thread)."""
     if alert.kind in ("crash", "crash_loop", "fatal", "backoff") and alert.group:
         return _enrich_one(alert, rpc, tail_lines)
@@ -59,7 +55,9 @@ def read_tail_file(path: str, size: int = 8192) -> str | None:
     return data.decode("utf-8", "replace")
 
 
-def _stderr_tail(rpc: EnrichRPC, full: str, info: dict[str, Any], size: int = 8192) -> str | None:
+def _stderr_tail(
+    rpc: SupervisorRPC, full: str, info: dict[str, Any], size: int = 8192
+) -> str | None:
     """The stderr tail over RPC; when supervisord's reply cannot be parsed, from the log file.
 
     supervisord puts the log bytes into its XML reply as they are, so one ANSI colour code
@@ -90,7 +88,7 @@ def _tail_from_file(full: str, info: dict[str, Any], size: int, exc: Exception) 
     return text
 
 
-def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
+def _enrich_one(alert: Alert, rpc: SupervisorRPC, tail_lines: int) -> Alert:
     full = alert.process
     details = dict(alert.details)
     try:
@@ -140,7 +138,7 @@ def _enrich_one(alert: Alert, rpc: EnrichRPC, tail_lines: int) -> Alert:
     )
 
 
-def _enrich_summary(alert: Alert, rpc: EnrichRPC) -> Alert:
+def _enrich_summary(alert: Alert, rpc: SupervisorRPC) -> Alert:
     items = alert.details.get("items", [])
     if any(i.get("exit_status") is None and i.get("kind") == "crash" for i in items):
         try:

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from listeners.core.names import info_name
-from listeners.core.supervisor import SupervisorError
+from listeners.core.supervisor import SupervisorError, SupervisorRPC
 from listeners.taskfiles.check import duplicate_problems, group_error, parser_for, validate_file
 from listeners.taskfiles.files import discover, resolve
 from listeners.taskfiles.layout import Layout, NameRefused, Problem, Task
@@ -28,7 +27,6 @@ __all__ = [
     "EXIT_NOT_APPLIED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "Client",
     "Outcome",
     "Toggle",
 ]
@@ -44,16 +42,6 @@ _ACTIVE_STATES = {"RUNNING", "STARTING", "STOPPING", "BACKOFF"}
 #: supervisord's default stopwaitsecs, and the time it needs beyond it to SIGKILL and reap.
 _STOPWAITSECS = 10.0
 _STOP_MARGIN = 5.0
-
-
-class Client(Protocol):
-    """What toggling and ``--wait`` need from supervisord (core.supervisor.Supervisor has it)."""
-
-    def state(self) -> str: ...
-    def call(self, method: str, *args: Any) -> Any: ...
-    def all_process_info(self) -> list[dict[str, Any]]: ...
-    def update(self, only: Sequence[str] | None = None) -> dict[str, list[str]]: ...
-    def stop_group(self, group: str, *, wait: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +60,7 @@ class Toggle:
     def __init__(
         self,
         layout: Layout,
-        client: Client,
+        client: SupervisorRPC,
         *,
         say: Callable[[str], None],
         warn: Callable[[str], None],
