@@ -12,17 +12,19 @@ first hit on.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from listeners.core.events import ProcessLogEvent
 from listeners.core.names import full_name, group_of
 from listeners.core.units import parse_rate
 from listeners.notify.alert import Alert, one_line
+
+if TYPE_CHECKING:
+    from listeners.core.cli import ArgumentAdder
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -95,9 +97,7 @@ def parse_pattern(text: str) -> tuple[Rule, ...]:
     raise ValueError(f"invalid --pattern {text!r}: expected a preset ({presets}) or regex:EXPR")
 
 
-def add_pattern_args(
-    group: argparse._ArgumentGroup, arg_type: Callable[[Callable[[str], Any]], Any]
-) -> None:
+def add_pattern_args(group: ArgumentAdder, arg_type: Callable[[Callable[[str], Any]], Any]) -> None:
     """crashmail's --pattern and --pattern-storm (``arg_type``: ValueError -> usage error)."""
     group.add_argument(
         "--pattern",
