@@ -229,17 +229,20 @@ class ProbePool:
         self._runner = runner
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def running(self) -> int:
         with self._lock:
             return len(self._running)
 
     def submit(self, key: str, probe: Probe, done: Callable[[str, ProbeResult], None]) -> bool:
+        """False when the probe of ``key`` still runs, or the pool is closed (a listener
+        stopping while a round of probes is being handed out)."""
         with self._lock:
-            if key in self._running:
+            if self._closed or key in self._running:
                 return False
             self._running.add(key)
-        self._executor.submit(self._run, key, probe, done)
+            self._executor.submit(self._run, key, probe, done)
         return True
 
     def _run(self, key: str, probe: Probe, done: Callable[[str, ProbeResult], None]) -> None:
@@ -251,4 +254,6 @@ class ProbePool:
         done(key, result)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            self._executor.shutdown(wait=False, cancel_futures=True)
