@@ -14,6 +14,8 @@ __all__ = ["JUDGED_MAX_AGE", "ProcReader", "sample"]
 #: Seconds a PSS/USS reading of a worker is served from cache (see ProcReader).
 JUDGED_MAX_AGE = 20.0
 JUDGED_CACHE_SOFT_CAP = 1024
+#: Most descendants summed into one process's tree: a fork bomb must not stall a scrape.
+TREE_MAX = 4096
 
 
 class ProcReader:
@@ -125,7 +127,7 @@ class ProcReader:
         todo = self._children(pid, top[3])
         while todo:
             child = todo.pop()
-            if child in seen or len(seen) > 4096:
+            if child in seen or len(seen) > TREE_MAX:
                 continue
             seen.add(child)
             stat = self._stat(child)
