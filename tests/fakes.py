@@ -1,5 +1,5 @@
-"""Fakes shared by unit tests: a clock, an in-memory supervisord RPC, an inline worker, events
-and the listener's stdin/stdout as in-memory streams."""
+"""Fakes shared by unit tests: a clock, an in-memory supervisord RPC, an inline worker, events,
+the listener's stdin/stdout as in-memory streams, and a notify sink that records."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from listeners.core.protocol import (
     parse_header,
 )
 from listeners.core.supervisor import NOT_RUNNING, RPCFault, SupervisorError
+from listeners.notify.alert import Alert
+from listeners.notify.sinks import SinkError
 
 
 def make_event(eventname: str, payload: str, serial: int = 1) -> Event:
@@ -202,6 +204,25 @@ class FakeSupervisor:
         """Nothing to reread in memory: every group is as it was."""
         self._record("update", sorted(only or []))
         return {"added": [], "changed": [], "removed": []}
+
+
+class RecordingSink:
+    """A notify sink that keeps what it is sent in ``got``. Its first ``fail`` sends raise
+    SinkError("down"); with ``error`` every send raises that instead."""
+
+    def __init__(self, name: str = "rec", *, fail: int = 0, error: Exception | None = None) -> None:
+        self.name = name
+        self.fail = fail
+        self.error = error
+        self.got: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.fail:
+            self.fail -= 1
+            raise SinkError("down")
+        self.got.append(alert)
 
 
 def not_running(method: str) -> RPCFault:

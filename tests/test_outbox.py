@@ -9,21 +9,7 @@ import pytest
 from listeners.notify.alert import Alert
 from listeners.notify.courier import Courier, backoff_delay
 from listeners.notify.outbox import Outbox
-from listeners.notify.sinks import SinkError
-from tests.fakes import FakeClock, outbox_counts
-
-
-class RecordingSink:
-    def __init__(self, name: str = "rec", fail: int = 0) -> None:
-        self.name = name
-        self.fail = fail
-        self.got: list[Alert] = []
-
-    def send(self, alert: Alert) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise SinkError("down")
-        self.got.append(alert)
+from tests.fakes import FakeClock, RecordingSink, outbox_counts
 
 
 def crash(name: str, key: str) -> Alert:
