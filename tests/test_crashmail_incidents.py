@@ -9,6 +9,7 @@ from listeners.notify.alert import Alert, collapse_repeats, duration_words, rend
 from listeners.notify.flood import fold
 from listeners.notify.incident import STOP_NOTE_HOLD
 from listeners.notify.outbox import Outbox, OutboxOwnerError
+from tests.fakes import FakeClock
 from tests.test_crashmail import Harness
 
 
@@ -370,7 +371,7 @@ class TestDeliveryHealth:
         from listeners.core import bus
         from listeners.notify.delivery import DeliveryHealthAnnouncer
 
-        now = [1000.0]
+        clock = FakeClock(1000.0)
         box = Outbox(str(tmp_path / "o.sqlite"))
         sent: list[bus.Message] = []
         ann = DeliveryHealthAnnouncer(
@@ -378,17 +379,17 @@ class TestDeliveryHealth:
             ["mail"],
             host="h",
             publish=lambda d: sent.append(bus.decode(d)),
-            clock=lambda: now[0],
+            clock=clock,
         )
         ticks = []
         for step in (0, 5, 10):
-            now[0] = 1000.0 + step
+            clock.now = 1000.0 + step
             ticks.append(ann.tick())
         box.record(Alert("crash", "h", key="k"), due=0)
         box.make_message([1], Alert("crash", "h", key="k"), ["mail"])
-        now[0] += 5
+        clock.advance(5)
         ticks.append(ann.tick())
-        now[0] += 61
+        clock.advance(61)
         ticks.append(ann.tick())
         assert ticks == [True, False, False, True, True]
         assert sent[-1] == bus.DeliveryHealth("h", {"mail": 1}, {"mail": 0})

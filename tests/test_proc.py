@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from listeners.metrics.proc import ProcReader
+from tests.fakes import FakeClock
 
 CHILDREN = 1000
 
@@ -107,8 +108,8 @@ class TestJudged:
         reuses it (the history sampler refreshes it every 15 s); RSS is never cached."""
         from listeners.metrics.proc import JUDGED_MAX_AGE
 
-        now = [1000.0]
-        reader = ProcReader(clock=lambda: now[0])
+        clock = FakeClock(1000.0)
+        reader = ProcReader(clock=clock)
         reads: list[tuple[int, str]] = []
         real = reader._judged
 
@@ -119,13 +120,13 @@ class TestJudged:
         reader._judged = counting  # type: ignore[method-assign]
         me = os.getpid()
         first = reader.usage(me, ("pss", False))
-        now[0] += JUDGED_MAX_AGE - 1
+        clock.advance(JUDGED_MAX_AGE - 1)
         again = reader.usage(me, ("pss", False))
         assert first is not None
         assert again is not None
         assert first.judged_bytes == again.judged_bytes
         assert [(me, "pss")] == reads
-        now[0] += 2
+        clock.advance(2)
         reader.usage(me, ("pss", False))
         assert [(me, "pss"), (me, "pss")] == reads
         reader.usage(me, ("rss", False))

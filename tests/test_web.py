@@ -27,6 +27,7 @@ from listeners.metrics.webconfig import (
     WebConfig,
     load_web_config,
 )
+from tests.fakes import FakeClock
 
 GOOD = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
 
@@ -227,17 +228,17 @@ class TestBasicAuth:
 class TestRateLimitedLog:
     def test_one_line_per_interval_with_the_suppressed_count(self):
         """Within an interval only the first refusal is logged; the next line counts the rest."""
-        now = [100.0]
+        clock = FakeClock(100.0)
         lines: list[dict[str, object]] = []
         rl = RateLimitedLog(
             "exporter.too_many_connections",
             interval=10.0,
-            clock=lambda: now[0],
+            clock=clock,
             emit=lambda event, **kw: lines.append({"event": event, **kw}),
         )
         for _ in range(50):
             rl(client="127.0.0.1")
-        now[0] += 10.0
+        clock.advance(10.0)
         rl(client="127.0.0.2")
         assert [
             {"event": "exporter.too_many_connections", "client": "127.0.0.1"},
@@ -593,12 +594,12 @@ class TestPerConnectionLogs:
             "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
         )
         srv = server(load_web_config(tmp_path / "web.yml"))
-        now = [0.0]
+        clock = FakeClock(0.0)
         lines: list[dict[str, Any]] = []
         srv.log_handshake = RateLimitedLog(
             "exporter.tls_handshake_failed",
             interval=60,
-            clock=lambda: now[0],
+            clock=clock,
             emit=lambda event, **kw: lines.append({"event": event, **kw}),
         )
         port = srv.server_address[1]
@@ -609,7 +610,7 @@ class TestPerConnectionLogs:
         while len(lines) + srv.log_handshake.suppressed < 20:
             assert time.monotonic() < deadline, "the handshake failures were never logged"
             time.sleep(0.01)
-        now[0] = 61.0
+        clock.now = 61.0
         assert not raw_answer(port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP")
         deadline = time.monotonic() + 30
         while len(lines) < 2:
