@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         " heartbeats or fall silent; hold crash-looping processes with a growing backoff.",
         epilog="DURATION: 30, 30s, 5m, 1.5h, 500ms. RATE: COUNT/WINDOW, e.g. 3/5m. Probe text"
         " may use {group}, {name} and {process_num} (e.g. http://127.0.0.1:81{process_num:02d}/)."
-        " Per-program checks go in --config (see docs/health.md in the source tree).",
+        " Per-program checks go in --config; see docs/health.md of the source tree or sdist.",
     )
     dur = cli.arg_type(parse_duration, "DURATION")
     w = p.add_argument_group("what to watch (flags build one check for the -p programs)")

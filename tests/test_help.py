@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,13 @@ def test_every_tool_is_covered():
     assert ["crashmail", "memmon", "exporter", *tasks, "health", "httpok"] == [
         n for n, _ in parsers()
     ]
+
+
+def test_the_docs_a_help_names_exist_and_ship_in_the_sdist():
+    """A docs/*.md that --help points at is in the repository, and MANIFEST.in puts docs/ into
+    the sdist, so "in the source tree or sdist" holds for an installed wheel too."""
+    repo = Path(__file__).resolve().parents[1]
+    named = {m for _, p in parsers() for m in re.findall(r"docs/[\w.-]+\.md", p.format_help())}
+    assert {"docs/crashmail.md", "docs/health.md"} <= named
+    assert [] == sorted(n for n in named if not (repo / n).is_file())
+    assert "graft docs" in (repo / "MANIFEST.in").read_text().splitlines()

@@ -22,8 +22,8 @@ def add_delivery_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="URL",
-        help="where alerts go; repeatable; see docs/crashmail.md in the source tree"
-        " (default: a JSON lines file in the state directory)",
+        help="where alerts go; repeatable; the forms are in docs/crashmail.md of the source"
+        " tree or sdist (default: a JSON lines file in the state directory)",
     )
     out.add_argument(
         "--outbox",
