@@ -11,6 +11,7 @@ import pytest
 from listeners.core import bus
 from listeners.notify.alert import Alert
 from listeners.notify.courier import Courier
+from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.outbox import Outbox, OutboxHealth, health_announcer
 from listeners.notify.sinks import (
     RETRY_AFTER_CAP,
@@ -211,6 +212,21 @@ class TestDamagedRows:
             ["k1"],
             ["quarantined", "delivered"],
         )
+
+
+class TestDeliveryHealthRead:
+    def test_an_unreadable_outbox_skips_the_health_tick_instead_of_raising(self, tmp_path):
+        """The event loop's look at the counts fails softly: None, logged, nothing published."""
+        path = str(tmp_path / "o.sqlite")
+        box = Outbox(path)
+        box.record(crash("p", "k1"), due=0)
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TABLE sink_failures")
+        sent: list[str] = []
+        announcer = DeliveryHealthAnnouncer(
+            box, ["rec"], host="h", publish=sent.append, clock=FakeClock()
+        )
+        assert (box.delivery_health(["rec"]), announcer.tick(), sent) == (None, False, [])
 
 
 class TestMissingMessage:

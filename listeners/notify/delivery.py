@@ -50,6 +50,8 @@ class DeliveryHealthAnnouncer:
             return False
         self._next = now + HEALTH_EVERY
         health = self.outbox.delivery_health(self.sinks)
+        if health is None:  # the outbox is locked or broken: its own trouble is announced
+            return False
         if health == self._last and now - self._sent_at < HEALTH_RESEND:
             return False
         self._last, self._sent_at = health, now

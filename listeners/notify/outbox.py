@@ -811,16 +811,22 @@ class Outbox:
         )
         return dropped_spooled + (len(ids) if cur is not None else 0)
 
-    def delivery_health(self, sinks: Iterable[str]) -> dict[str, tuple[int, int]]:
-        """sink -> (deliveries pending now, failed attempts ever) for each of ``sinks``."""
-        db = self._db()
+    def delivery_health(self, sinks: Iterable[str]) -> dict[str, tuple[int, int]] | None:
+        """sink -> (deliveries pending now, failed attempts ever) for each of ``sinks``; None
+        when the outbox cannot be read now. Read on the event loop: through the connection that
+        waits at most ``record_timeout`` for a lock, never the delivery threads' 30 s one."""
         out = dict.fromkeys(sinks, (0, 0))
-        for sink, n in db.execute(
-            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
-        ):
-            if sink in out:
-                out[sink] = (int(n), out[sink][1])
-        for sink, n in db.execute("SELECT sink, failures FROM sink_failures"):
-            if sink in out:
-                out[sink] = (out[sink][0], int(n))
+        try:
+            db = self._record_db()
+            for sink, n in db.execute(
+                "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
+            ):
+                if sink in out:
+                    out[sink] = (int(n), out[sink][1])
+            for sink, n in db.execute("SELECT sink, failures FROM sink_failures"):
+                if sink in out:
+                    out[sink] = (out[sink][0], int(n))
+        except sqlite3.Error as exc:
+            log.warning("outbox.health_unreadable", error=str(exc))
+            return None
         return out
