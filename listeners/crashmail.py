@@ -53,6 +53,7 @@ from listeners.notify.flood import FloodControl, fold
 from listeners.notify.groups import PRUNE_EVERY, absent_groups, drop_group
 from listeners.notify.incident import DEFAULT_REPEAT, FATAL_HOLD, STOP_NOTE_HOLD, IncidentBook
 from listeners.notify.lost import lost_message
+from listeners.notify.opening import open_claimed
 from listeners.notify.outbox import (
     Outbox,
     OutboxHealth,
@@ -742,10 +743,10 @@ def open_outbox(
     identifier: str | None = None,
 ) -> Outbox:
     """The outbox, claimed for this supervisord (server URL and ``identifier=``); a usage
-    error (exit 2) naming its owner when another supervisord's crashmail claimed it."""
+    error (exit 2) naming its owner when another supervisord's crashmail claimed it. A lock or
+    a full disk is waited out (see ``open_claimed``)."""
     try:
-        outbox = Outbox(config.outbox, on_health=on_health)
-        outbox.claim(Owner(config.identity, identifier))
+        outbox = open_claimed(config.outbox, Owner(config.identity, identifier), on_health)
     except OutboxOwnerError as exc:
         parser.error(str(exc))
     except (OSError, Exception) as exc:  # sqlite3.Error, permissions

@@ -93,6 +93,37 @@ def workers(n: int) -> str:
 
 
 class TestFullDisk:
+    def test_a_crashmail_started_on_a_full_disk_waits_and_reports_the_crash_made_meanwhile(
+        self, tiny_disk, supervisord, tmp_path
+    ):
+        """No room for a new outbox at start: crashmail waits (RUNNING, not READY, one log
+        line) instead of exiting into FATAL; supervisord keeps the crash event meanwhile, and
+        once there is room the crash is reported."""
+        out = tmp_path / "alerts.jsonl"
+        filler = fill(tiny_disk)
+        sup: Supervisord = supervisord(
+            workers(1) + crashmail_conf(f"--sink file:{out} --outbox {tiny_disk}/outbox.sqlite")
+        )
+        wait_for(
+            lambda: "outbox.unavailable_at_start" in crashmail_log(sup),
+            30,
+            what="crashmail saying it waits for its outbox",
+        )
+        sup.client.start("w0:w0")
+        sup.wait_state("w0:w0", "EXITED", timeout=20)
+        time.sleep(6)  # past one more try at the outbox, still full
+        assert "RUNNING" == sup.info("crashmail:crashmail")["statename"]
+        assert [] == alerts_in(out)
+        filler.unlink()
+        crash = wait_for(
+            lambda: [a for a in alerts_in(out) if a["kind"] == "crash"],
+            40,
+            what="the crash made while the outbox could not be opened",
+        )
+        log = crashmail_log(sup)
+        assert (crash[0]["name"], crash[0]["exit_status"]) == ("w0", 10)
+        assert (log.count("outbox.unavailable_at_start"), "Traceback" in log) == (1, False)
+
     def test_every_crash_made_while_the_outbox_disk_was_full_is_reported_once_there_is_room(
         self, tiny_disk, supervisord, tmp_path
     ):
