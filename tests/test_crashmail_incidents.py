@@ -193,6 +193,17 @@ class TestStoppingIsNotResolving:
         assert (len(notes), [a for a in alerts(h) if a.kind == "resolved"]) == (1, [])
         assert "g:w" in h.cm.incidents
 
+    def test_the_stopped_note_says_how_long_ago_the_incident_began(self, tmp_path):
+        """'... since it began 10 minutes ago', also for an incident under a second old."""
+        h = Harness(tmp_path)
+        loop(h)
+        h.clock.now += 600
+        h.send("STOPPED", pid=6)
+        h.clock.now += STOP_NOTE_HOLD
+        (note,) = [a for a in alerts(h) if a.details.get("note") == "stopped"]
+        assert "exits or failed starts since it began 10 minutes" in note.message
+        assert " ago)." in note.message
+
     def test_supervisorctl_restart_sends_no_stopped_note_a_real_stop_does_once(self, tmp_path):
         """Stop and start again within STOP_NOTE_HOLD (supervisorctl restart, what the loop
         alert tells you to run): no note. Stopped for longer: one note, due after the hold."""

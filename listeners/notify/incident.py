@@ -218,8 +218,8 @@ class IncidentBook:
             inc,
             "crash_loop",
             _key(inc.key, "stopped"),
-            f"{what} ({inc.exits} exits or failed starts over the"
-            f" {duration_words(self.clock() - inc.opened)} since it began). The incident stays"
+            f"{what} ({inc.exits} exits or failed starts since it began"
+            f" {duration_words(self.clock() - inc.opened)} ago). The incident stays"
             f" open: it resolves once the process has run for {duration_words(self.stable)}"
             f" after a fix. {tail}",
             details={"note": note},
