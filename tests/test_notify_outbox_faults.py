@@ -21,20 +21,8 @@ from listeners.notify.sinks import (
 )
 from listeners.notify.smtp import SmtpSink
 from listeners.notify.webhook import WebhookSink
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, RecordingSink
 from tests.test_cutoff import Trickler
-
-
-class RecordingSink:
-    def __init__(self, name: str = "rec", error: Exception | None = None) -> None:
-        self.name = name
-        self.error = error
-        self.got: list[Alert] = []
-
-    def send(self, alert: Alert) -> None:
-        if self.error is not None:
-            raise self.error
-        self.got.append(alert)
 
 
 def crash(name: str, key: str) -> Alert:
