@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "file_record",
     "iso_time",
     "mib",
+    "next_steps",
     "render_text",
 ]
 
@@ -202,6 +204,61 @@ def _resolved_words(alert: Alert) -> str:
     return f"{_TITLES['resolved']} ({alert.resolves or 'alert'})"
 
 
+#: A summary names at most this many commands; its Processes list names the rest.
+SUMMARY_STEPS = 5
+#: Kinds whose next step is to read the process's output (and every item of a summary's).
+_READ_OUTPUT = ("crash", "backoff", "log_pattern")
+#: Kinds with nothing left to do: it got better, or a person did it.
+_NOTHING_TO_DO = ("resolved", "action")
+
+
+def _shell_name(process: str) -> str:
+    """A process name as a command line takes it: cleaned, quoted when it needs quoting."""
+    return shlex.quote(one_line(process))
+
+
+def _tail_command(process: str, channel: str = "stderr") -> str:
+    channel = channel if channel in ("stdout", "stderr") else "stderr"
+    return f"supervisorctl tail -f {_shell_name(process)} {channel}"
+
+
+def next_steps(alert: Alert) -> list[str]:
+    """The lines saying what to do next, for the alerts whose producers do not say it in their
+    message: a crash, a failed start, a log pattern (read its output), a FATAL found by a
+    reconcile (start it after a fix), a summary (one command per process). The other kinds
+    say it themselves (crash_loop, fatal, memmon's and health's, events_lost) or have nothing
+    left to do (resolved, action)."""
+    if alert.kind == "summary":
+        items = alert.details.get("items")
+        if isinstance(items, list):
+            named = [
+                f"{it.get('group')}:{it.get('name')}"
+                for it in items
+                if isinstance(it, dict)
+                and it.get("group")
+                and it.get("name")
+                and it.get("kind") not in _NOTHING_TO_DO
+            ]
+        else:
+            named = [p for p in alert.processes if split_name(p)[1]]
+        named = list(dict.fromkeys(named))
+        if not named:
+            return []
+        shown = [f"  {_tail_command(p)}" for p in named[:SUMMARY_STEPS]]
+        if len(named) > SUMMARY_STEPS:
+            others = len(named) - SUMMARY_STEPS
+            shown.append(f"  (the same for the {others} other{'s' if others > 1 else ''} below)")
+        return [f"See {'its' if len(named) == 1 else 'their'} output:", *shown]
+    if not (alert.group and alert.name):
+        return []
+    if alert.kind in _READ_OUTPUT:
+        channel = str(alert.details.get("channel") or "stderr")
+        return [f"See its output: {_tail_command(alert.process, channel)}"]
+    if alert.kind == "fatal" and "supervisorctl start" not in alert.message:
+        return [f"Fix the cause, then: supervisorctl start {_shell_name(alert.process)}"]
+    return []
+
+
 def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
     """(subject, plain-text body) for mail and chat."""
     when = iso_time(alert.time)
@@ -222,6 +279,9 @@ def render_text(alert: Alert, prefix: str = "") -> tuple[str, str]:
         lines.append(f"Resolves: {alert.resolves}")
     if alert.message:
         lines += ["", clean_text(alert.message)]
+    steps = next_steps(alert)
+    if steps:
+        lines += ["", *steps]
     if alert.processes:
         lines += ["", "Processes:"] + [f"  {one_line(p)}" for p in alert.processes]
     if alert.stderr_tail is not None:

@@ -146,6 +146,9 @@ class TestCrashLoopByMail:
         body = crash[0].get_payload()
         assert "Exit status: 3" in body
         assert "boom <b>&" in body
+        # what to do next: the command that shows its output; nothing left once it is resolved
+        assert "See its output: supervisorctl tail -f looper:looper stderr" in body
+        assert "supervisorctl" not in inbox.of_kind("resolved", "looper")[0].get_payload()
         assert crash[0]["Subject"].startswith("[test] ")
         assert {"ops@example.com", "dev@example.com"} == {
             a.strip() for a in crash[0]["To"].split(",")

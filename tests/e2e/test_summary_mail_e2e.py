@@ -150,7 +150,8 @@ class TestSummaryMail:
     ):
         """--burst 1: one crash mail at once, then one summary mail. Its subject names the
         three held processes in crash order, its body lists them in that order with an ISO
-        8601 UTC time; no mail holds an ANSI escape or other control character."""
+        8601 UTC time and the command that shows each one's output; no mail holds an ANSI
+        escape or other control character."""
         outbox = tmp_path / "outbox.sqlite"
         sup: Supervisord = supervisord(PROGRAMS + crashmail_conf(smtp.port, outbox))
         err = sup.dir / "crashmail.err"
@@ -203,6 +204,11 @@ class TestSummaryMail:
             a:a: crash x1 at {at[1]} (exit status 3)
             b:b: crash x1 at {at[2]} (exit status 3)
 
+            See their output:
+              supervisorctl tail -f c:c stderr
+              supervisorctl tail -f a:a stderr
+              supervisorctl tail -f b:b stderr
+
             Processes:
               c:c
               a:a
@@ -224,6 +230,7 @@ class TestSummaryMail:
         assert int(began) <= epoch(crashed[1]) <= epoch(when[1]), (crashed[1], when[1])
         assert "Exit status: 255" in text
         assert "Cause: ran out of PHP memory (memory_limit 16 MiB)" in text
+        assert "See its output: supervisorctl tail -f first:first stderr" in text.splitlines()
         assert "PHP Fatal error:  Allowed memory size of 16777216 bytes exhausted" in text
         assert "[1;31m" not in text, text
         assert "[0m" not in text, text
