@@ -592,9 +592,10 @@ class Memmon(protocol.Handler):
         for key in gone:
             self.watches.pop(key, None)
             self.unreadable.discard(key)
-        self.guard.forget(self.guard.held - {r.group for r in self.table})
-        for name in {group} if group else set():
-            self.budget.forget(name)
+        present = {r.group for r in self.table}
+        self.guard.forget(self.guard.held - present)
+        # A removal whose event was lost is found by the reconcile: forget its budget too.
+        self.budget.keep_only(present - {group} if group else present)
 
     def _read_pools(self) -> frozenset[str]:
         """The [eventlistener:x] groups of supervisord's conf; empty (and a warning) if unread."""

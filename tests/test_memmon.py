@@ -650,6 +650,17 @@ class TestUnreadableAndPruning:
         m._reconcile()
         assert {"web:web_0"} == set(m.watches)
 
+    def test_reconcile_forgets_the_restart_budget_of_a_group_whose_removal_was_lost(self):
+        """A group restarted within the window, then gone without its REMOVED event: the
+        reconcile drops its budget too (it was kept for good)."""
+        m, client, meter, _ = make("-a", "16MB", infos=[info("web", "web_0", 100)])
+        meter.values = {100: Reading(18 * MB)}
+        m.handle(tick())
+        assert m.budget.in_window("web")
+        client.infos = []
+        m._reconcile()
+        assert ({}, {}) == (m.budget._spent, m.watches)
+
 
 class TestMain:
     def test_unreachable_supervisord_is_said_clearly(self, capsys):

@@ -192,6 +192,11 @@ class RestartBudget:
     def forget(self, group: str) -> None:
         self._spent.pop(group, None)
 
+    def keep_only(self, groups: set[str]) -> None:
+        """Forget every group not in ``groups`` (those supervisord no longer has)."""
+        for group in set(self._spent) - groups:
+            del self._spent[group]
+
     @property
     def label(self) -> str:
         amount = str(self.count) if self.count else f"{self.share * 100:g}%"
