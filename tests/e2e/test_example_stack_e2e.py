@@ -162,54 +162,87 @@ class TestExampleStackListeners:
         assert info["pid"] != details["pid"]
 
     def test_the_readme_timeline_of_the_leaking_worker_is_what_the_example_does(self, stack):
-        """README: restarted "just past 16 MiB PSS", then "five restarts in about N s", exhausted.
+        """README: the leaking workers are restarted "just past 16 MiB PSS (A to B MiB at every
+        restart), the first time about F s after they start (memmon's `--grace Gs` ...)", and
+        "after five restarts, about T s after they start," memmon gives up on them.
 
-        The figures are read from README.md, so the README cannot drift from the example.
+        The figures are read from README.md and measured on both workers, so the README cannot
+        drift from the example by more than a run's normal variation. Measured (idle and loaded
+        2-core host): first restart 10-11 s after the start, 16.0-17.0 MiB, given up 59-65 s
+        after the start. Allowed: 30 % for the first restart (memmon checks once a second),
+        20 % for giving up, one missed check (1 MiB at 1 MiB a second) above the MiB range.
         """
-        readme = (REPO / "README.md").read_text()
-        about = re.search(r"after (\w+) restarts in about (\d+) s", readme)
-        assert about is not None, "README no longer states the leaking workers' timeline"
-        restarts_said = {"four": 4, "five": 5, "six": 6}[about.group(1)]
-        seconds_said = int(about.group(2))
-        assert "just past 16 MiB PSS" in readme
+        readme = " ".join((REPO / "README.md").read_text().split())
+        mib = re.search(
+            r"just past 16 MiB PSS \((\d+\.\d) to (\d+\.\d) MiB at every restart\)", readme
+        )
+        first = re.search(
+            r"the first time about (\d+) s after they start \(memmon's `--grace (\d+)s`", readme
+        )
+        about = re.search(r"after (\w+) restarts, about (\d+) s after they start", readme)
+        said = "README no longer states the leaking workers' timeline"
+        assert mib, said
+        assert first, said
+        assert about, said
+        low_said, high_said = float(mib[1]), float(mib[2])
+        first_said, grace_said = int(first[1]), int(first[2])
+        restarts_said = {"four": 4, "five": 5, "six": 6}[about[1]]
+        seconds_said = int(about[2])
+        memmon_conf = (STACK / "listeners.d" / "memmon.conf").read_text()
+        assert f"--grace {grace_said}s " in memmon_conf
+        assert f"--max-restarts {restarts_said}/" in memmon_conf
+        assert 16.0 <= low_said <= high_said
 
-        def decisions() -> list[dict[str, object]]:
+        def decisions(process: str) -> list[dict[str, object]]:
             path = stack.run_dir / "memmon.log"
             lines = path.read_text().splitlines() if path.exists() else []
             return [
                 d
                 for d in (json.loads(ln) for ln in lines if ln.startswith("{"))
-                if d.get("event") == "memmon.decision"
-                and d.get("process") == "image_resizer:image_resizer_0"
+                if d.get("event") == "memmon.decision" and d.get("process") == process
             ]
 
-        def exhausted() -> list[dict[str, object]]:
-            found = decisions()
+        def gave_up(process: str) -> list[dict[str, object]]:
+            found = decisions(process)
             return found if any(d["action"] == "restarts_exhausted" for d in found) else []
 
-        found = wait_for(exhausted, 4 * seconds_said, what="memmon giving up on image_resizer")
-        restarts = [d for d in found if d["action"] == "restart"]
-        assert restarts_said == len(restarts)
-        for decision in restarts:
-            assert 16 * 1024 * 1024 < int(decision["measured"]) < 24 * 1024 * 1024  # type: ignore[call-overload]
-        gave_up = next(d for d in found if d["action"] == "restarts_exhausted")
-        spawned = [
-            datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-            for line in stack.log_text().splitlines()
-            if "spawned: 'image_resizer_0'" in line
-        ]
-        # memmon logs UTC ISO times, supervisord local times: compare as local wall clocks
-        end = datetime.datetime.fromisoformat(str(gave_up["timestamp"]).replace("Z", "+00:00"))
-        took = end.astimezone().replace(tzinfo=None) - spawned[0]
-        first = datetime.datetime.fromisoformat(
-            str(restarts[0]["timestamp"]).replace("Z", "+00:00")
-        )
-        # the first restart waits out memmon's --grace 5s (example/.../listeners.d/memmon.conf)
-        assert (first.astimezone().replace(tzinfo=None) - spawned[0]).total_seconds() >= 5
-        took_s = took.total_seconds()
-        print(f"README says about {seconds_said} s; this run took {took_s:.0f} s")
-        # "about": within a third either way (a loaded host only stretches it)
-        assert seconds_said * 2 / 3 <= took_s <= seconds_said * 4 / 3 + 15
+        def local(iso: object) -> datetime.datetime:
+            """memmon logs UTC ISO times, supervisord local ones: compare as local wall clocks."""
+            utc = datetime.datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+            return utc.astimezone().replace(tzinfo=None)
+
+        seen: list[float] = []
+        for worker in ("image_resizer", "feed_importer"):
+            process = f"{worker}:{worker}_0"
+            found = wait_for(
+                lambda p=process: gave_up(p),
+                2 * seconds_said + 30,
+                what=f"memmon giving up on {worker}",
+            )
+            restarts = [d for d in found if d["action"] == "restart"]
+            end = next(d for d in found if d["action"] == "restarts_exhausted")
+            spawned = next(
+                datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                for line in stack.log_text().splitlines()
+                if f"spawned: '{worker}_0'" in line
+            )
+            first_s = (local(restarts[0]["timestamp"]) - spawned).total_seconds()
+            took_s = (local(end["timestamp"]) - spawned).total_seconds()
+            at = [round(int(d["measured"]) / 1048576, 1) for d in restarts]  # type: ignore[call-overload]
+            print(
+                f"{worker}: README says the first restart about {first_said} s after the start,"
+                f" {low_said} to {high_said} MiB, {restarts_said} restarts, given up after about"
+                f" {seconds_said} s; measured {first_s:.1f} s, {at} MiB, {len(restarts)}"
+                f" restarts, {took_s:.1f} s"
+            )
+            assert restarts_said == len(restarts)
+            assert all(low_said - 0.1 <= m <= high_said + 1.0 for m in at), at
+            assert grace_said <= first_s, first_s
+            assert first_said * 0.7 <= first_s <= first_said * 1.3, first_s
+            assert seconds_said * 0.8 <= took_s <= seconds_said * 1.2, took_s
+            seen += at
+        # and the range said is what is seen, not merely wide enough
+        assert max(seen) >= high_said - 1.0, seen
 
     def test_crash_looping_worker_is_reported_once_as_a_loop(self, stack):
         """webhook_sender's crashes give one crash_loop alert and nothing else: its first crash
