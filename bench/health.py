@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from listeners.core import protocol
 from listeners.core.log import configure
-from listeners.core.probes import ProbePool
 from listeners.core.supervisor import Connection, Supervisor
-from listeners.core.watchdog import Check, Watchdog, WatchdogConfig
+from listeners.watchdog.engine import Check, Watchdog, WatchdogConfig
+from listeners.watchdog.probes import ProbePool
 from tests.e2e.support import PYTHON, Supervisord
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 Per program: HTTP, TCP and command probes, heartbeats over supervisord's capture mode or output
 events, silence, and opt-in restart backoff with revival of FATAL processes. Flags give one
 check for the simple case; ``--config FILE`` (INI, errors name the line) one per program. The
-judging and acting is core.watchdog's; superlance httpok's command line is listeners.httpok.
+judging and acting is watchdog.engine's; superlance httpok's command line is listeners.httpok.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import replace
 from typing import Any
 
 from listeners.core import cli
-from listeners.core.backoff import Schedule
 from listeners.core.inifile import IniError, parse_ini
 from listeners.core.units import parse_count, parse_duration, parse_rate, parse_status
-from listeners.core.watchdog import Check, WatchdogConfig, serve, validate
+from listeners.watchdog.backoff import Schedule
+from listeners.watchdog.engine import Check, WatchdogConfig, serve, validate
 
 __all__ = ["build_parser", "load_file", "main", "parse_args"]
 

@@ -18,7 +18,7 @@ from typing import NoReturn, TypeVar
 from listeners.core.cli import DEFAULT_SENDMAIL, HelpFormatter
 from listeners.core.supervisor import Connection, SupervisorError
 from listeners.core.units import parse_count, parse_duration, parse_status
-from listeners.core.watchdog import Check, HttpokOptions, WatchdogConfig, serve, validate
+from listeners.watchdog.engine import Check, HttpokOptions, WatchdogConfig, serve, validate
 
 __all__ = ["build_parser", "main", "parse_args"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from listeners.core import child
-from listeners.core.probes import CommandProbe, run_probe
+from listeners.watchdog.probes import CommandProbe, run_probe
 
 
 def alive(pid: int) -> bool:

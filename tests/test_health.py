@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 
 from listeners import crashmail, exporter, health, httpok, memmon, tasks
 from listeners.core import bus
-from listeners.core.backoff import BackoffBook, Schedule
-from listeners.core.guard import RestartGuard
 from listeners.core.inifile import IniError, parse_ini
-from listeners.core.probes import (
+from listeners.core.supervisor import BAD_NAME, RPCFault, SupervisorError
+from listeners.watchdog.backoff import BackoffBook, Schedule
+from listeners.watchdog.engine import Check, HttpokOptions, Watchdog, WatchdogConfig
+from listeners.watchdog.guard import RestartGuard
+from listeners.watchdog.probes import (
     CommandProbe,
     HttpProbe,
     Probe,
@@ -28,8 +30,6 @@ from listeners.core.probes import (
     TcpProbe,
     run_probe,
 )
-from listeners.core.supervisor import BAD_NAME, RPCFault, SupervisorError
-from listeners.core.watchdog import Check, HttpokOptions, Watchdog, WatchdogConfig
 from tests.fakes import FakeClock, FakeSupervisor, InlineWorker, make_event, state_event
 
 

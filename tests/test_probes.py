@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from listeners.core.probes import Probe, ProbePool, ProbeResult, TcpProbe
+from listeners.watchdog.probes import Probe, ProbePool, ProbeResult, TcpProbe
 
 
 def ok(_: Probe) -> ProbeResult:

@@ -20,7 +20,7 @@ from listeners.core.log import get_logger
 
 __all__ = ["BackoffBook", "Hold", "Schedule"]
 
-log = get_logger("listeners.core.backoff")
+log = get_logger("listeners.watchdog.backoff")
 
 
 @dataclass(frozen=True)

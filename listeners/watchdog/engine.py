@@ -27,19 +27,8 @@ from typing import Any
 
 from listeners.core import bus, child, cli, protocol
 from listeners.core.background import Submitter, Worker
-from listeners.core.backoff import BackoffBook, Schedule
-from listeners.core.guard import RestartGuard
 from listeners.core.log import configure, get_logger
 from listeners.core.names import full_name
-from listeners.core.probes import (
-    CommandProbe,
-    HttpProbe,
-    Probe,
-    ProbePool,
-    ProbeResult,
-    TcpProbe,
-    parse_hostport,
-)
 from listeners.core.restart import Restarter
 from listeners.core.resync import Resync
 from listeners.core.supervisor import (
@@ -50,6 +39,17 @@ from listeners.core.supervisor import (
     SupervisorError,
     SupervisorRPC,
     self_name,
+)
+from listeners.watchdog.backoff import BackoffBook, Schedule
+from listeners.watchdog.guard import RestartGuard
+from listeners.watchdog.probes import (
+    CommandProbe,
+    HttpProbe,
+    Probe,
+    ProbePool,
+    ProbeResult,
+    TcpProbe,
+    parse_hostport,
 )
 
 __all__ = ["Check", "HttpokOptions", "Watchdog", "WatchdogConfig", "serve", "validate"]
