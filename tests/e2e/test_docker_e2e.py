@@ -284,16 +284,19 @@ class TestExampleImage:
         assert "" == holders.strip()
 
     def test_memmon_restart_and_crash_alert_in_the_volume(self, first):
-        """memmon restarts the leaking worker and crashmail reports it and the crasher."""
+        """memmon restarts the leaking worker and crashmail reports it and the crash loop
+        (with the example's --group-wait the looping worker's first crash joins its loop)."""
 
         def kinds() -> set[tuple[str, str]]:
             return {(a["kind"], a["group"]) for a in first.alerts()}
 
         wait_for(
-            lambda: {("memory_restart", "image_resizer"), ("crash", "webhook_sender")} <= kinds(),
+            lambda: (
+                {("memory_restart", "image_resizer"), ("crash_loop", "webhook_sender")} <= kinds()
+            ),
             90,
             interval=0.5,
-            what="memory_restart and crash alerts",
+            what="memory_restart and crash_loop alerts",
         )
 
 
