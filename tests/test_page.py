@@ -531,6 +531,32 @@ class TestTaskActions:
 
 
 class TestSourcesFromOtherListeners:
+    def test_a_sink_that_holds_alerts_after_failures_is_named_on_the_page_and_in_the_api(self):
+        """Only sinks with alerts waiting AND failed attempts are named, escaped in HTML; the
+        API carries every sink's figures, null before crashmail has said anything."""
+        from listeners.metrics.page import delivery_warning
+
+        base = Snapshot(True, "4.3", "x", (), 0, 0, 0)
+        assert ("", None) == (
+            delivery_warning(base.alert_sinks),
+            api.status_document(base, {}, 0.0)["alert_sinks"],
+        )
+        told = base._replace(alert_sinks=(("file", 2, 0), ("smtp:<b>:25", 3, 1), ("hook", 0, 9)))
+        text = delivery_warning(told.alert_sinks)
+        assert text == (
+            "crashmail cannot deliver every alert (smtp:<b>:25: 3 waiting after 1 failed"
+            " attempt); crashmail's log says why (outbox.delivery_failed), and they are sent"
+            " once the sink takes them"
+        )
+        page = render_status_page(told, {}, "http://127.0.0.1:8080/", now=0.0)
+        assert "<p id=delivery class=warn>crashmail cannot deliver" in page
+        assert "smtp:&lt;b&gt;:25" in page
+        assert {"sink": "smtp:<b>:25", "pending": 3, "failures": 1} in api.status_document(
+            told, {}, 0.0
+        )["alert_sinks"]
+        quiet = render_status_page(base, {}, "http://127.0.0.1:8080/", now=0.0)
+        assert "<p id=delivery class=warn hidden></p>" in quiet
+
     def test_undelivered_alerts_come_from_crashmails_delivery_health(self):
         """The header counts crashmail's pending deliveries over all sinks; unknown is None."""
         from listeners.metrics.api import rows, summary

@@ -168,6 +168,12 @@ def status_document(snap: Snapshot, usages: dict[str, Usage], now: float) -> dic
             None if snap.memmon_unreadable is None else list(snap.memmon_unreadable)
         ),
         "outbox": None if snap.outbox is None else snap.outbox._asdict(),
+        # crashmail's delivery health per sink; null until crashmail has announced it
+        "alert_sinks": (
+            [{"sink": n, "pending": p, "failures": f} for n, p, f in snap.alert_sinks]
+            if snap.alert_sinks
+            else None
+        ),
         "processes": [_process(r, now) for r in table],
     }
 

@@ -25,6 +25,7 @@ __all__ = [
     "process_path",
     "render_process_page",
     "render_status_page",
+    "delivery_warning",
     "outbox_warning",
     "unreadable_warning",
 ]
@@ -203,6 +204,26 @@ def outbox_warning(outbox: OutboxView | None) -> str:
     )
 
 
+def delivery_warning(sinks: tuple[tuple[str, int, int], ...]) -> str:
+    """crashmail's sinks that hold alerts after failed attempts, in words (plain text, not
+    escaped); empty when every sink keeps up. A sink with alerts waiting but no failed attempt
+    is only busy, and is not named.
+
+    status.js builds the same sentence from /api/status's ``alert_sinks``.
+    """
+    stuck = [
+        f"{name}: {pending} waiting after {failed} failed attempt{'' if failed == 1 else 's'}"
+        for name, pending, failed in sinks
+        if pending and failed
+    ]
+    if not stuck:
+        return ""
+    return (
+        f"crashmail cannot deliver every alert ({'; '.join(stuck)}); crashmail's log says why"
+        " (outbox.delivery_failed), and they are sent once the sink takes them"
+    )
+
+
 def render_counts(counts: dict[str, int | None]) -> str:
     items = []
     for key, label in COUNTS:
@@ -260,6 +281,8 @@ def render_status_page(
     body += f"<p id=unreadable class=warn{'' if warning else ' hidden'}>{e(warning)}</p>"
     trouble = outbox_warning(snap.outbox)
     body += f"<p id=outbox class=warn{'' if trouble else ' hidden'}>{e(trouble)}</p>"
+    stuck = delivery_warning(snap.alert_sinks)
+    body += f"<p id=delivery class=warn{'' if stuck else ' hidden'}>{e(stuck)}</p>"
     heads = "".join(f"<th>{h}</th>" for h in HEADINGS) + ("<th></th>" if viewer.operator else "")
     grid = (
         f"<table id=procs><thead><tr>{heads}</tr></thead><tbody>"

@@ -61,3 +61,36 @@ class TestLivePage:
             sup.client.send_remote_comm(bus.CRASHMAIL_TYPE, bus.encode(done))
             wait_for(lambda: browser.eval(WARNING) == "", 60, 0.3, what="the warning cleared")
             assert "yes" == browser.eval("window.sameDocument")
+
+
+DELIVERY = "(() => { const p = document.getElementById('delivery');"
+DELIVERY += " return p && !p.hidden ? p.textContent : ''; })()"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+class TestLiveDeliveryWarning:
+    def test_a_sink_that_fails_is_named_on_the_open_page_and_cleared_when_it_delivers(
+        self, supervisord
+    ):
+        """crashmail's delivery health over the bus: the script names the failing sink, with
+        the same sentence as the server, and removes it once nothing waits."""
+        port = free_port()
+        sup = supervisord(PROGRAMS + exporter_conf(port))
+        wait_for(lambda: fetch(port, "/healthz") == "ok\n", 60, what="exporter serving")
+        with open_browser() as browser:
+            browser.goto(f"http://127.0.0.1:{port}/")
+            assert "" == browser.eval(DELIVERY)
+            stuck = bus.DeliveryHealth(
+                host="h", pending={"smtp:<b>:25": 3, "file": 1}, failures={"smtp:<b>:25": 7}
+            )
+            sup.client.send_remote_comm(bus.CRASHMAIL_TYPE, bus.encode(stuck))
+            text = wait_for(lambda: browser.eval(DELIVERY), 60, 0.3, what="the warning drawn")
+            assert (
+                "crashmail cannot deliver every alert (smtp:<b>:25: 3 waiting after 7 failed"
+                " attempts); crashmail's log says why (outbox.delivery_failed), and they are"
+                " sent once the sink takes them"
+            ) == text
+            assert 0 == browser.eval("document.querySelectorAll('#delivery b').length")
+            done = bus.DeliveryHealth(host="h", pending={"smtp:<b>:25": 0}, failures={})
+            sup.client.send_remote_comm(bus.CRASHMAIL_TYPE, bus.encode(done))
+            wait_for(lambda: browser.eval(DELIVERY) == "", 60, 0.3, what="the warning cleared")

@@ -178,6 +178,18 @@
       " (free disk space or stop what holds the file locked; they are written once it can)";
   }
 
+  // The same sentence as page.py's delivery_warning.
+  function deliveryWarning(sinks) {
+    const stuck = (sinks || [])
+      .filter((s) => s.pending && s.failures)
+      .map((s) => s.sink + ": " + s.pending + " waiting after " + s.failures +
+        " failed attempt" + (s.failures === 1 ? "" : "s"));
+    if (!stuck.length) return "";
+    return "crashmail cannot deliver every alert (" + stuck.join("; ") +
+      "); crashmail's log says why (outbox.delivery_failed), and they are sent once the" +
+      " sink takes them";
+  }
+
   function draw(doc) {
     const warn = document.getElementById("unreadable");
     if (warn) {
@@ -188,6 +200,11 @@
     if (trouble) {
       trouble.textContent = outboxWarning(doc.outbox);
       trouble.hidden = !trouble.textContent;
+    }
+    const stuck = document.getElementById("delivery");
+    if (stuck) {
+      stuck.textContent = deliveryWarning(doc.alert_sinks);
+      stuck.hidden = !stuck.textContent;
     }
     for (const li of document.querySelectorAll("li[data-count]")) {
       const v = doc.counts[li.dataset.count];
