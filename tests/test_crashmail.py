@@ -298,6 +298,17 @@ class TestEnrich:
         )
         assert "spawnerr: Exited too quickly" in out.message
 
+    def test_bad_exit_code_is_not_repeated_as_a_spawn_error(self):
+        """supervisord's spawnerr 'Bad exit code 255' only restates the exit status: kept in
+        the details for machines, not added to the text a person reads."""
+        alert = Alert(kind="crash", host="h", group="g", name="w", key="k")
+        info = {"statename": "EXITED", "exitstatus": 255, "spawnerr": "Bad exit code 255"}
+        out = enrich_alert(alert, enrich_rpc(info))
+        assert ("spawnerr" in out.message, out.details.get("spawnerr")) == (
+            False,
+            "Bad exit code 255",
+        )
+
     def test_a_summarys_text_gets_the_exit_statuses_it_was_enriched_with(self):
         """The statuses looked up at delivery reach the summary's body, not only its details."""
         alerts = [

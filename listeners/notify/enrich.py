@@ -6,6 +6,7 @@ Runs on a courier thread, never on the event loop: each call is one or two XML-R
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,8 @@ def _tail(text: str, lines: int) -> str:
     return collapse_repeats(text, lines)
 
 
+#: The spawnerr supervisord sets on any unexpected exit (process.py finish()).
+_BAD_EXIT = re.compile(r"Bad exit code -?\d+")
 NO_LOG = "(no stderr log file: the program logs stderr to /dev/stderr, syslog or nowhere)"
 
 
@@ -117,7 +120,10 @@ def _enrich_one(alert: Alert, rpc: SupervisorRPC, tail_lines: int) -> Alert:
     if info.get("spawnerr"):
         details["spawnerr"] = str(info["spawnerr"])
     message = alert.message
-    if details.get("spawnerr") and details["spawnerr"] not in message:
+    # supervisord sets spawnerr "Bad exit code N" on every unexpected exit: the exit status
+    # says that already; a real spawn error (no such file, ...) is worth the line.
+    said = str(details.get("spawnerr") or "")
+    if said and said not in message and not _BAD_EXIT.fullmatch(said):
         message = (message + "\n" if message else "") + f"spawnerr: {details['spawnerr']}"
     text: str | None = None
     try:
