@@ -6,11 +6,12 @@ import pytest
 
 from listeners.crashmail import CrashMail, main, parse_args
 from listeners.notify.alert import Alert, collapse_repeats, duration_words, render_text, subject
+from listeners.notify.enrich import enrich_alert
 from listeners.notify.flood import fold
 from listeners.notify.incident import STOP_NOTE_HOLD
 from listeners.notify.outbox import Outbox, OutboxOwnerError
 from tests.fakes import FakeClock
-from tests.test_crashmail import Harness
+from tests.test_crashmail import Harness, enrich_rpc
 
 
 def loop(h: Harness, exits: int = 3) -> None:
@@ -104,6 +105,24 @@ class TestOneIncident:
         assert [a.details["reminder"] for a in reminders] == [1, 2]
         assert reminders[0].count > 3
         assert "still crash looping" in subject(reminders[0])
+
+    def test_a_reminder_names_the_latest_exit_and_its_cause_once_delivered(self, tmp_path):
+        """The reminder goes through the same enrichment as a crash: the latest exit's status
+        and cause (here PHP's memory_limit from the stderr tail) are in what a person reads."""
+        h = Harness(tmp_path, repeat=600.0)
+        loop(h)
+        for _ in range(25):
+            h.clock.now += 30
+            h.send("EXITED", expected=0, pid=5)
+            h.send("STARTING")
+            h.cm.on_timer()
+        (reminder,) = [a for a in alerts(h) if a.details.get("reminder")]
+        tail = "PHP Fatal error:  Allowed memory size of 16777216 bytes exhausted\n"
+        sent = enrich_alert(
+            reminder, enrich_rpc({"statename": "EXITED", "exitstatus": 255, "pid": 5}, tail)
+        )
+        _, text = render_text(sent)
+        assert ("Exit status: 255" in text, "ran out of PHP memory" in text) == (True, True)
 
     def test_resolved_only_after_a_stable_window_saying_how_long_and_how_many(self, tmp_path):
         """RUNNING for 59s resolves nothing; at 60s one resolved names duration and exits."""
