@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socketserver
+import sqlite3
 import textwrap
 import threading
 import time
@@ -90,6 +91,49 @@ def workers(n: int) -> str:
         """)
         for i in range(n)
     )
+
+
+class TestLockedOutbox:
+    def test_crashes_made_while_another_process_holds_the_outbox_lock_are_reported_after(
+        self, supervisord, tmp_path
+    ):
+        """An sqlite3 shell holds the outbox's write lock (BEGIN EXCLUSIVE) while three
+        workers crash: crashmail keeps them in memory instead of waiting on the lock, says so,
+        and delivers each once the lock is gone."""
+        out = tmp_path / "alerts.jsonl"
+        outbox = tmp_path / "outbox.sqlite"
+        sup: Supervisord = supervisord(
+            workers(3)
+            + crashmail_conf(f"--sink file:{out} --outbox {outbox} --coalesce 1s --burst 10")
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING")
+        wait_for(outbox.exists, 20, what="the outbox file")
+        shell = sqlite3.connect(outbox, isolation_level=None, timeout=30)
+        try:
+            shell.execute("BEGIN EXCLUSIVE")
+            for i in range(3):
+                sup.client.start(f"w{i}:w{i}")
+            sup.wait_all("EXITED", [f"w{i}:w{i}" for i in range(3)], timeout=40)
+            wait_for(
+                lambda: crashmail_log(sup).count("outbox.commit_failed") >= 3,
+                30,
+                what="crashmail keeping the three crashes in memory",
+            )
+            assert [] == alerts_in(out)
+        finally:
+            shell.execute("ROLLBACK")
+            shell.close()
+        crashes = wait_for(
+            lambda: len(c := [a for a in alerts_in(out) if a["kind"] == "crash"]) >= 3 and c,
+            40,
+            what="the three crashes delivered",
+        )
+        time.sleep(1.5)  # a duplicate would arrive within the courier's next rounds
+        crashes = [a for a in alerts_in(out) if a["kind"] == "crash"]
+        assert sorted((a["name"], a["exit_status"]) for a in crashes) == [
+            (f"w{i}", 10 + i) for i in range(3)
+        ]
+        assert "locked" in crashmail_log(sup)
 
 
 class TestFullDisk:
