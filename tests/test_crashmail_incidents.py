@@ -22,6 +22,15 @@ def loop(h: Harness, exits: int = 3) -> None:
         h.send("RUNNING", pid=6)
 
 
+def keep_looping(h: Harness, exits: int) -> None:
+    """An open loop going on: an exit every 30 s, crashmail's timer after each."""
+    for _ in range(exits):
+        h.clock.now += 30
+        h.send("EXITED", expected=0, pid=5)
+        h.send("STARTING")
+        h.cm.on_timer()
+
+
 def failed_starts(h: Harness, n: int) -> None:
     """``n`` starts that fail before startsecs, a second apart."""
     for _ in range(n):
@@ -96,11 +105,7 @@ class TestOneIncident:
         """Looping for 25 minutes with --repeat 10m gives exactly two reminders."""
         h = Harness(tmp_path, repeat=600.0)
         loop(h)
-        for _ in range(50):
-            h.clock.now += 30
-            h.send("EXITED", expected=0, pid=5)
-            h.send("STARTING")
-            h.cm.on_timer()
+        keep_looping(h, 50)
         reminders = [a for a in alerts(h) if a.details.get("reminder")]
         assert [a.details["reminder"] for a in reminders] == [1, 2]
         assert reminders[0].count > 3
@@ -111,11 +116,7 @@ class TestOneIncident:
         and cause (here PHP's memory_limit from the stderr tail) are in what a person reads."""
         h = Harness(tmp_path, repeat=600.0)
         loop(h)
-        for _ in range(25):
-            h.clock.now += 30
-            h.send("EXITED", expected=0, pid=5)
-            h.send("STARTING")
-            h.cm.on_timer()
+        keep_looping(h, 25)
         (reminder,) = [a for a in alerts(h) if a.details.get("reminder")]
         tail = "PHP Fatal error:  Allowed memory size of 16777216 bytes exhausted\n"
         sent = enrich_alert(

@@ -15,6 +15,7 @@ from listeners.notify.delivery import DeliveryHealthAnnouncer
 from listeners.notify.outbox import Outbox, OutboxHealth, health_announcer
 from listeners.notify.sinks import (
     RETRY_AFTER_CAP,
+    Sink,
     SinkError,
     http_status_error,
     parse_retry_after,
@@ -233,6 +234,18 @@ class TestMissingMessage:
         assert delivery(path, "state") == ["orphaned"]
 
 
+def two_attempts(path: str, sink: Sink, deadline: float) -> list[bool]:
+    """One crash recorded, then two delivery attempts 10 s apart (fake time)."""
+    clock = FakeClock()
+    box = Outbox(path, clock=clock)
+    courier = Courier(box, [sink], fold=first, deadline=deadline, clock=clock, rng=lambda: 1.0)
+    box.record(crash("p", "k1"), due=0)
+    courier.flush_once()
+    done = [courier.deliver_once(sink)]
+    clock.now += 10
+    return [*done, courier.deliver_once(sink)]
+
+
 class TestDeadline:
     def test_a_send_that_hangs_past_its_deadline_is_a_counted_failed_attempt(self, tmp_path):
         """A sink stuck in send() fails the attempt at the deadline; one hung call at most."""
@@ -245,16 +258,8 @@ class TestDeadline:
                 release.wait(30)
 
         path = str(tmp_path / "o.sqlite")
-        clock = FakeClock()
-        box = Outbox(path, clock=clock)
-        sink = Hanging("slow")
-        courier = Courier(box, [sink], fold=first, deadline=0.2, clock=clock, rng=lambda: 1.0)
-        box.record(crash("p", "k1"), due=0)
-        courier.flush_once()
         try:
-            assert courier.deliver_once(sink) is False
-            clock.now += 10
-            assert courier.deliver_once(sink) is False
+            assert [False, False] == two_attempts(path, Hanging("slow"), deadline=0.2)
         finally:
             release.set()
         errors = delivery(path, "last_error")
@@ -274,15 +279,8 @@ class TestDeadline:
         else:
             sink = SmtpSink("127.0.0.1", server.port, "a@b.invalid", ["c@d.invalid"], name="t")
         path = str(tmp_path / "o.sqlite")
-        clock = FakeClock()
-        box = Outbox(path, clock=clock)
-        courier = Courier(box, [sink], fold=first, deadline=0.5, clock=clock, rng=lambda: 1.0)
-        box.record(crash("p", "k1"), due=0)
-        courier.flush_once()
         try:
-            assert courier.deliver_once(sink) is False
-            clock.now += 10
-            assert courier.deliver_once(sink) is False
+            assert [False, False] == two_attempts(path, sink, deadline=0.5)
             assert server.closed_by_peer.wait(5)
         finally:
             server.close()

@@ -80,6 +80,18 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def each_crash_delivered_once(out: Path, n: int) -> list[tuple[str, int]]:
+    """Wait for ``n`` crash alerts in the file sink, then a little more (a duplicate would
+    arrive within the courier's next rounds); (name, exit status) of every crash, sorted."""
+    wait_for(
+        lambda: len([a for a in alerts_in(out) if a["kind"] == "crash"]) >= n,
+        40,
+        what=f"{n} crashes delivered",
+    )
+    time.sleep(1.5)
+    return sorted((a["name"], a["exit_status"]) for a in alerts_in(out) if a["kind"] == "crash")
+
+
 def workers(n: int) -> str:
     return "".join(
         textwrap.dedent(f"""
@@ -123,16 +135,7 @@ class TestLockedOutbox:
         finally:
             shell.execute("ROLLBACK")
             shell.close()
-        crashes = wait_for(
-            lambda: len(c := [a for a in alerts_in(out) if a["kind"] == "crash"]) >= 3 and c,
-            40,
-            what="the three crashes delivered",
-        )
-        time.sleep(1.5)  # a duplicate would arrive within the courier's next rounds
-        crashes = [a for a in alerts_in(out) if a["kind"] == "crash"]
-        assert sorted((a["name"], a["exit_status"]) for a in crashes) == [
-            (f"w{i}", 10 + i) for i in range(3)
-        ]
+        assert each_crash_delivered_once(out, 3) == [(f"w{i}", 10 + i) for i in range(3)]
         assert "locked" in crashmail_log(sup)
 
 
@@ -214,16 +217,7 @@ class TestFullDisk:
             port, "/"
         )
         filler.unlink()
-        crashes = wait_for(
-            lambda: len(c := [a for a in alerts_in(out) if a["kind"] == "crash"]) >= 6 and c,
-            40,
-            what="the six crashes delivered",
-        )
-        time.sleep(1.5)  # anything duplicated would arrive within the courier's next rounds
-        crashes = [a for a in alerts_in(out) if a["kind"] == "crash"]
-        assert sorted((a["name"], a["exit_status"]) for a in crashes) == [
-            (f"w{i}", 10 + i) for i in range(6)
-        ]
+        assert each_crash_delivered_once(out, 6) == [(f"w{i}", 10 + i) for i in range(6)]
         troubles = wait_for(
             lambda: (
                 len(
