@@ -401,7 +401,7 @@ TAIL_BYTES = 4096
 class PageTasks:
     """supervisor-tasks' enable/disable for the status page (``actions.TaskControl``)."""
 
-    def __init__(self, conf: Path, client: Supervisor) -> None:
+    def __init__(self, conf: Path, client: SupervisorRPC) -> None:
         self.conf = conf
         self.client = client
 
@@ -410,12 +410,15 @@ class PageTasks:
 
         return load_layout(self.conf)
 
-    def names(self) -> list[tuple[str, bool]]:
+    def names(self) -> list[tuple[str, bool, str]]:
         from listeners.taskfiles.files import discover
         from listeners.taskfiles.layout import ConfError
 
         try:
-            return [(t.name, t.enabled) for t in discover(self._layout())]
+            return [
+                (t.name, t.enabled, "; ".join(str(p) for p in t.problems) if t.broken else "")
+                for t in discover(self._layout())
+            ]
         except (ConfError, OSError) as exc:
             log.warning("exporter.tasks_unreadable", conf=str(self.conf), error=str(exc))
             return []

@@ -475,10 +475,11 @@ def test_bcrypt_is_available_for_web_configs():
 class FakeTasks:
     def __init__(self) -> None:
         self.state = {"mailer": True, "reports": False}
+        self.broken: dict[str, str] = {}
         self.calls: list[tuple[str, bool]] = []
 
-    def names(self) -> list[tuple[str, bool]]:
-        return sorted(self.state.items())
+    def names(self) -> list[tuple[str, bool, str]]:
+        return [(n, on, self.broken.get(n, "")) for n, on in sorted(self.state.items())]
 
     def toggle(self, name: str, enable: bool) -> tuple[bool, str]:
         self.calls.append((name, enable))
@@ -529,6 +530,18 @@ class TestTaskActions:
         assert 'data-task="reports"' in viewer
         assert "<form" not in viewer
 
+    def test_a_broken_task_file_says_so_and_what_is_wrong(self):
+        """A task whose file cannot be read is marked BROKEN with its problem, escaped."""
+        fake = FakeTasks()
+        fake.broken["reports"] = "tasks/reports.conf:3: cannot parse line '<oops'"
+        page = render_status_page(
+            MIXED, USAGES, "http://x/", NOW, Viewer("op", "t"), tasks=fake.names()
+        )
+        row = page[page.index('data-task="reports"') :].split("</tr>", 1)[0]
+        assert "<td class=t-broken>BROKEN: tasks/reports.conf:3: cannot parse line" in row
+        assert "&#x27;&lt;oops&#x27;" in row
+        assert "BROKEN" not in page[page.index('data-task="mailer"') :].split("</tr>", 1)[0]
+
 
 class TestSourcesFromOtherListeners:
     def test_a_sink_that_holds_alerts_after_failures_is_named_on_the_page_and_in_the_api(self):
@@ -565,3 +578,26 @@ class TestSourcesFromOtherListeners:
         assert summary(base, rows(base, {}))["alerts_undelivered"] is None
         told = base._replace(alert_sinks=(("file", 2, 0), ("smtp", 3, 7)))
         assert 5 == summary(told, rows(told, {}))["alerts_undelivered"]
+
+
+class TestPageTasksOnRealFiles:
+    def test_a_file_missing_its_bracket_is_listed_broken_with_its_line(self, tmp_path):
+        """The exporter's task source reads tasks/ like supervisor-tasks list does."""
+        from listeners.exporter import PageTasks
+        from tests.test_tasks import MAIN, prog
+
+        for sub in ("tasks", "tasks_disabled", "run"):
+            (tmp_path / sub).mkdir()
+        (tmp_path / "supervisord.conf").write_text(MAIN.replace(" listeners.d/*.conf", ""))
+        (tmp_path / "tasks" / "mailer.conf").write_text(prog("mailer"))
+        (tmp_path / "tasks" / "broken.conf").write_text("[program:broken\ncommand=/bin/true\n")
+        (tmp_path / "tasks_disabled" / "reports.conf").write_text(prog("reports"))
+        rows = {
+            name: (on, problem)
+            for name, on, problem in PageTasks(
+                tmp_path / "supervisord.conf",
+                FakeSupervisor(),
+            ).names()
+        }
+        assert (rows["mailer"], rows["reports"]) == ((True, ""), (False, ""))
+        assert (rows["broken"][0], "broken.conf:1" in rows["broken"][1]) == (True, True)

@@ -51,8 +51,8 @@ class ActionRPC(Protocol):
 class TaskControl(Protocol):
     """supervisor-tasks' enable/disable, given by the exporter (wings do not import wings)."""
 
-    def names(self) -> list[tuple[str, bool]]:
-        """Every task and whether it is enabled."""
+    def names(self) -> list[tuple[str, bool, str]]:
+        """Every task, whether it is enabled, and what is wrong with its file ("" if nothing)."""
         ...
 
     def toggle(self, name: str, enable: bool) -> tuple[bool, str]:
@@ -206,7 +206,7 @@ class Actions:
         tasks = self.tasks
         if tasks is None:
             raise Refused(400, "tasks are not managed here: start the exporter with --tasks-conf")
-        if task not in {name for name, _ in tasks.names()}:
+        if task not in {name for name, _, _ in tasks.names()}:
             raise Refused(404, f"no task {task!r} in tasks/ or tasks_disabled/")
         key = self._claim(action, f"task {task}")
         log.info("exporter.action", user=user, action=action, task=task)

@@ -149,12 +149,14 @@ def _row_html(r: Row, now: float, viewer: Viewer) -> str:
     )
 
 
-def render_tasks(tasks: list[tuple[str, bool]], viewer: Viewer) -> str:
-    """The tasks of tasks/ and tasks_disabled/, with enable/disable for operators."""
+def render_tasks(tasks: list[tuple[str, bool, str]], viewer: Viewer) -> str:
+    """The tasks of tasks/ and tasks_disabled/, with enable/disable for operators; a task whose
+    file is broken says so and what is wrong (supervisor-tasks refuses to enable it, and
+    every enable or disable names it until it is mended or disabled)."""
     if not tasks:
         return ""
     items = []
-    for name, enabled in tasks:
+    for name, enabled, problem in tasks:
         action = "disable" if enabled else "enable"
         form = (
             f'<form method=post action="/action" class=act>'
@@ -166,9 +168,10 @@ def render_tasks(tasks: list[tuple[str, bool]], viewer: Viewer) -> str:
             else ""
         )
         state = "enabled" if enabled else "disabled"
+        broken = f"<td class=t-broken>BROKEN: {e(problem)}</td>" if problem else "<td></td>"
         items.append(
             f'<tr data-task="{e(name)}"><td>{e(name)}</td><td class=t-{state}>{state}</td>'
-            f"<td>{form}</td></tr>"
+            f"<td>{form}</td>{broken}</tr>"
         )
     return "<h2>tasks</h2><table id=tasks><tbody>" + "".join(items) + "</tbody></table>"
 
@@ -255,7 +258,7 @@ def render_status_page(
     dashboard_url: str,
     now: float | None = None,
     viewer: Viewer | None = None,
-    tasks: list[tuple[str, bool]] | None = None,
+    tasks: list[tuple[str, bool, str]] | None = None,
 ) -> str:
     """The HTML status page; every piece of text from supervisord is escaped."""
     viewer = viewer or Viewer()
