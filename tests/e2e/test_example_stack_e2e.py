@@ -290,6 +290,20 @@ class TestExampleStackListeners:
         quiet = {"queue_consumer", "mail_sender", "mail_catcher", *LISTENERS}
         assert [] == [a for a in alerts(stack) if a["group"] in quiet]
 
+    def test_the_smtp_catcher_has_a_ceiling_of_its_own(self, stack):
+        """mail_catcher (Python asyncio, about 15 MiB PSS) is judged by its -g rule, not the
+        workers' 16 MB: the ceiling memmon announced reaches the exporter as 48 MiB."""
+        series = (
+            'supervisord_process_memory_limit_bytes{group="mail_catcher",name="mail_catcher"}'
+            f" {48 * 1024 * 1024}"
+        )
+
+        def metrics() -> list[str]:
+            with urllib.request.urlopen(stack.exporter_url + "metrics", timeout=5) as resp:  # noqa: S310
+                return resp.read().decode().splitlines()
+
+        wait_for(lambda: series in metrics(), 60, what=series)
+
     def test_no_listener_is_ever_restarted_by_memmon(self, stack):
         """The 16 MB ceiling applies to workers only: every listener keeps its first pid."""
         first = {n: stack.client.process_info(f"{n}:{n}") for n in LISTENERS}
