@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -354,40 +354,58 @@ class ExporterHandler(protocol.Handler):
         except SupervisorError as exc:
             log.info("exporter.exit_status_unavailable", error=str(exc))
             infos = {}
-        self._classify(unexpected, infos, tails=len(names) <= BULK_EXIT_LOOKUP)
         log_text: str | None = None
-        for name in names:
-            info = infos.get(name)
-            if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
-                self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
-                continue
+
+        def from_log(name: str) -> tuple[int | None, str]:
             # Respawned already, or a start that failed before startsecs (BACKOFF/FATAL):
             # supervisord reports 0 there; its own log's "exited: NAME (exit status N" has it.
+            nonlocal log_text
             if log_text is None:
                 try:
                     log_text = str(self.rpc.call("supervisor.readLog", -EXIT_LOG_BYTES, 0))
                 except SupervisorError as exc:
                     log.info("exporter.exit_status_unavailable", error=str(exc))
                     log_text = ""
-            status, _ = exit_from_log(log_text, split_name(name)[1])
+            return exit_from_log(log_text, split_name(name)[1])
+
+        self._classify(unexpected, infos, from_log, tails=len(names) <= BULK_EXIT_LOOKUP)
+        for name in names:
+            info = infos.get(name)
+            if info is not None and info.get("statename") in ("EXITED", "STOPPED"):
+                self.state.set_exit_status(name, int(info.get("exitstatus") or 0))
+                continue
+            status, _ = from_log(name)
             if status is not None:
                 self.state.set_exit_status(name, status)
 
     def _classify(
-        self, unexpected: dict[str, bool | None], infos: Mapping[str, Any], *, tails: bool
+        self,
+        unexpected: dict[str, bool | None],
+        infos: Mapping[str, Any],
+        from_log: Callable[[str], tuple[int | None, str]],
+        *,
+        tails: bool,
     ) -> None:
         """Count each unexpected exit under its reason (status, stderr tail, OOM counter)."""
         for name, oom in unexpected.items():
             info = infos.get(name) or {}
-            # once respawned, supervisord has reset the status: the stderr tail may still tell
-            status = int(info.get("exitstatus") or 0) if info.get("statename") == "EXITED" else None
+            signal: str | None = None
+            if info.get("statename") == "EXITED":
+                status: int | None = int(info.get("exitstatus") or 0)
+            else:
+                # respawned, or stopped by health since: supervisord reset the status, and its
+                # log's exit line has it (a crash-looping worker read "exit status unknown")
+                status, how = from_log(name)
+                if how.startswith("terminated by "):
+                    signal = how.removeprefix("terminated by ").split(" ")[0]
             tail = None
             if tails:
                 try:
                     tail = self.rpc.tail_stderr(name, 4096)
                 except SupervisorError:
                     tail = None
-            self.state.count_exit(name, classify(status, stderr_tail=tail, oom_kill=bool(oom)))
+            reason = classify(status, signal=signal, stderr_tail=tail, oom_kill=bool(oom))
+            self.state.count_exit(name, reason)
 
 
 # --------------------------------------------------------------------------- page

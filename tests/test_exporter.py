@@ -175,6 +175,28 @@ class TestCollector:
         assert worker.join()
         assert 3 == val(registry_for(state), "supervisord_process_exit_status", group="w", name="w")
 
+    def test_the_cause_of_a_respawned_crash_comes_from_the_log_too(self, worker):
+        """Respawned (or held by health) before the lookup: the exit is counted under its
+        status from supervisord's log, and the page's last exit says it, not 'unknown'."""
+        state, handler, rpc = make(worker, [info("w", "w", "RUNNING", pid=10)])
+        rpc.infos = [info("w", "w", "STARTING", pid=0, exitstatus=0)]
+        rpc.log = "INFO exited: w (exit status 3; not expected)\nINFO spawned: 'w' with pid 11\n"
+        handler.handle(state_ev("w", "w", "EXITED", expected=0, pid=10))
+        assert worker.join()
+        (view,) = [p for p in state.snapshot().processes if p.name == "w"]
+        assert (view.exit_reason_text, view.exit_status) == ("exit status 3", 3)
+
+    def test_a_respawned_crash_by_a_signal_is_counted_as_that_signal(self, worker):
+        """The log says 'terminated by SIGKILL': the reason is the signal, not a status."""
+        state, handler, rpc = make(worker, [info("w", "w", "RUNNING", pid=10)])
+        rpc.infos = [info("w", "w", "STARTING", pid=0, exitstatus=0)]
+        rpc.log = "INFO exited: w (terminated by SIGKILL; not expected)\n"
+        handler.handle(state_ev("w", "w", "EXITED", expected=0, pid=10))
+        assert worker.join()
+        (view,) = [p for p in state.snapshot().processes if p.name == "w"]
+        assert view.exit_reason_text is not None
+        assert "SIGKILL" in view.exit_reason_text
+
     def test_a_failed_start_exports_the_status_of_the_log(self, worker):
         """BACKOFF (exit before startsecs, no EXITED event): exit status 7 from the log."""
         state, handler, rpc = make(worker, [info("f", "f", "STARTING", pid=9)])
