@@ -693,3 +693,40 @@ CERT_CMD = [
     "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
     "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem",
 ]  # fmt: skip
+
+
+class TestAnswerDeadline:
+    def test_a_client_that_does_not_read_is_cut_at_the_deadline(self):
+        """8 MiB to a peer that reads nothing: TimeoutError at the deadline, not a hang."""
+        from listeners.metrics.web import _DeadlineWriter
+
+        ours, theirs = socket.socketpair()
+        try:
+            writer = _DeadlineWriter(ours, time.monotonic() + 0.5)
+            with pytest.raises(TimeoutError, match="within its deadline"):
+                writer.write(b"x" * (8 << 20))
+        finally:
+            ours.close()
+            theirs.close()
+
+    def test_a_client_that_reads_gets_every_byte(self):
+        """A reader that keeps up gets the whole answer, in order."""
+        from listeners.metrics.web import _DeadlineWriter
+
+        ours, theirs = socket.socketpair()
+        got = bytearray()
+
+        def read() -> None:
+            while chunk := theirs.recv(65536):
+                got.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        data = bytes(range(256)) * 4096
+        try:
+            assert len(data) == _DeadlineWriter(ours, time.monotonic() + 10).write(data)
+        finally:
+            ours.close()
+            reader.join(10)
+            theirs.close()
+        assert bytes(got) == data

@@ -47,6 +47,9 @@ MAX_CONNECTIONS = 64
 MAX_PENDING = 256
 HEADER_DEADLINE = 5.0
 SOCKET_TIMEOUT = 10.0
+#: Seconds to write a whole answer: a client that reads it slowly (a byte now and then, within
+#: every per-write timeout) holds its slot no longer than this.
+ANSWER_DEADLINE = 15.0
 REFUSAL_LOG_INTERVAL = 10.0
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 #: Sent on every answer, errors and 503 included, unless the answer (or the web config's
@@ -277,6 +280,39 @@ class _Server(ThreadingHTTPServer):
         return self.auth.check(header)
 
 
+class _DeadlineWriter(io.BufferedIOBase):
+    """The handler's ``wfile``: every byte of the answer is sent before one deadline.
+
+    ``sendall``'s timeout is per call on a plain socket and per chunk on a TLS one, so a client
+    that reads a few bytes at a time could keep a slot for minutes; here each send waits only
+    what is left of the deadline.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any, /) -> int:
+        view = memoryview(data).cast("B")
+        sent = 0
+        while sent < len(view):
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the client did not read the answer within its deadline")
+            self._sock.settimeout(left)
+            try:
+                sent += self._sock.send(view[sent : sent + 65536])
+            except TimeoutError:
+                raise TimeoutError(
+                    "the client did not read the answer within its deadline"
+                ) from None
+        return sent
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     raw_requestline: bytes
@@ -299,6 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
         # by the handler from what is there.
         self.rfile.close()
         self.rfile = io.BytesIO(self._head)
+        self.wfile.close()
+        self.wfile = _DeadlineWriter(self.connection, time.monotonic() + ANSWER_DEADLINE)
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
