@@ -3,6 +3,7 @@ loopback, with receivers that trickle forever."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -20,9 +21,13 @@ class Trickler:
     """A TCP server that reads what it is sent and answers one byte every 0.1 s, for good."""
 
     def __init__(
-        self, first: bytes = b"HTTP/1.1 200 OK\r\n", tls: ssl.SSLContext | None = None
+        self,
+        first: bytes = b"HTTP/1.1 200 OK\r\n",
+        tls: ssl.SSLContext | None = None,
+        head: bytes = b"",
     ) -> None:
         self.tls = tls
+        self.head = head
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.first = first
@@ -50,6 +55,12 @@ class Trickler:
                 return
         conn.settimeout(0.1)
         with conn:
+            if self.head:
+                with contextlib.suppress(OSError):
+                    conn.settimeout(5)
+                    conn.recv(65536)
+                    conn.sendall(self.head)
+                    conn.settimeout(0.1)
             sent = 0
             while not self.stop.is_set():
                 try:
@@ -142,6 +153,30 @@ class TestCutoffCall:
         finally:
             trickler.close()
         assert (finished, call.alive, len(reads) > 3) == (False, False, True)
+
+    def test_no_new_connection_after_the_cut(self, trickler):
+        """requests reads a 307's body, swallows the error of the cut socket and follows the
+        redirect on a new socket: that connect is refused, the call ends."""
+        import requests
+
+        target = trickler.port
+        redirector = Trickler(
+            head=(
+                f"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{target}/\r\n"
+                "Content-Length: 100000\r\n\r\n"
+            ).encode(),
+            first=b"x",
+        )
+
+        def post() -> None:
+            requests.post(f"http://127.0.0.1:{redirector.port}/", json={}, timeout=1.0)
+
+        call = CutoffCall(post)
+        try:
+            finished = call.run(1.0, grace=5.0)
+        finally:
+            redirector.close()
+        assert (finished, call.alive, trickler.connections) == (False, False, 0)
 
     def test_a_call_stuck_outside_a_socket_is_left_alive(self):
         """Nothing to shut down: the call goes on, and alive says so."""

@@ -28,11 +28,18 @@ _installed: list[bool] = []
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
-    # Called for every audit event of the process: keep the common path to one comparison.
+    # Called for every audit event of the process: keep the common path to two comparisons.
     if event == "socket.__new__":
-        opened = getattr(_local, "opened", None)
-        if opened is not None:
-            opened.append(args[0])
+        watched: Watched | None = getattr(_local, "watched", None)
+        if watched is not None:
+            watched.opened.append(args[0])
+    elif event == "socket.connect":
+        watched = getattr(_local, "watched", None)
+        if watched is not None and watched.cut:
+            # A library that catches the error of the socket shut under it and carries on
+            # (requests following a redirect it was reading) gets no new connection: an
+            # exception raised by an audit hook aborts the operation.
+            raise ConnectionAbortedError("the call was cut off at its deadline")
 
 
 def _install() -> None:
@@ -48,18 +55,22 @@ class Watched:
     def __init__(self) -> None:
         _install()
         self.opened: list[socket.socket] = []
+        #: Set by cut_off: the call may open no new connection from then on.
+        self.cut = False
 
     def run(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` here, recording every socket it makes; forget them when it returns."""
-        _local.opened = self.opened
+        _local.watched = self
         try:
             fn()
         finally:
-            _local.opened = None
+            _local.watched = None
             self.opened = []
 
     def cut_off(self) -> int:
-        """Shut down every socket the call still has open; returns how many were shut."""
+        """Shut down every socket the call still has open, and refuse it new connections;
+        returns how many were shut."""
+        self.cut = True
         shut = 0
         for sock in list(self.opened):
             if sock.fileno() == -1:  # closed, or handed over to a TLS socket (recorded too)
