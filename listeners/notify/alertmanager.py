@@ -15,7 +15,7 @@ import requests
 
 from listeners.core.log import route_stdlib
 from listeners.notify.alert import Alert, clean_text, render_text
-from listeners.notify.sinks import SinkError, http_status_error
+from listeners.notify.sinks import SinkError, http_status_error, tls_hint
 
 route_stdlib()  # requests and urllib3 log through the stdlib: to stderr, never stdout
 
@@ -163,14 +163,21 @@ class AlertmanagerSink:
             return
         endpoint = self.url.rstrip("/") + "/api/v2/alerts"
         try:
-            resp = requests.post(endpoint, json=body, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise SinkError(f"alertmanager {self.name} unreachable: {type(exc).__name__}") from None
-        if resp.status_code >= 300:
-            raise http_status_error(
-                f"alertmanager {self.name}",
-                resp.status_code,
-                resp.reason or "",
-                resp.headers,
-                resp.text[:200],
+            resp = requests.post(
+                endpoint, json=body, timeout=self.timeout, allow_redirects=False, stream=True
             )
+        except requests.RequestException as exc:
+            raise SinkError(
+                f"alertmanager {self.name} unreachable: {type(exc).__name__}{tls_hint(exc)}"
+            ) from None
+        with resp:
+            if resp.status_code >= 300:
+                # at most 512 bytes of its answer: a wrong URL may name a large download
+                detail = resp.raw.read(512, decode_content=True) or b""
+                raise http_status_error(
+                    f"alertmanager {self.name}",
+                    resp.status_code,
+                    resp.reason or "",
+                    resp.headers,
+                    detail.decode("utf-8", "replace")[:200],
+                )

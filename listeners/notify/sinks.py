@@ -27,6 +27,7 @@ __all__ = [
     "http_status_error",
     "parse_retry_after",
     "redact",
+    "tls_hint",
 ]
 
 #: The longest ``Retry-After`` honoured (seconds): a receiver asking for more is retried after
@@ -70,7 +71,7 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return min(float(text), RETRY_AFTER_CAP)
     try:
         when = parsedate_to_datetime(text)
@@ -79,12 +80,30 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return min(max(0.0, when.timestamp() - now()), RETRY_AFTER_CAP)
 
 
+def tls_hint(exc: BaseException) -> str:
+    """What to do about a certificate the HTTP sinks did not trust; "" for other errors. The
+    exception's own text is not shown: it carries the URL's path, where tokens live."""
+    if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+        return ""
+    return (
+        ": certificate verify failed (for a private CA, point REQUESTS_CA_BUNDLE at its"
+        " certificate: the HTTP sinks trust certifi's bundle, not SSL_CERT_FILE)"
+    )
+
+
 def http_status_error(
     what: str, status: int, reason: str, headers: Mapping[str, str], detail: str = ""
 ) -> SinkError:
     """The SinkError for a non-2xx answer: permanent for 4xx but 408/429, Retry-After kept."""
     suffix = f": {one_line(detail, 200)}" if detail.strip() else ""
     retry_after = parse_retry_after(headers.get("Retry-After")) if status in (429, 503) else None
+    if 300 <= status < 400:
+        return SinkError(
+            f"{what} answered HTTP {status} {reason}: the receiver redirects, and crashmail does"
+            " not follow (a redirected POST may arrive as a GET without the alert): give the"
+            " URL it redirects to as the sink; a permanent error, not retried",
+            permanent=True,
+        )
     if 400 <= status < 500 and status not in (408, 429):
         hint = {
             401: "the receiver refused the credentials or token",

@@ -11,7 +11,7 @@ import requests
 from listeners.core.log import route_stdlib
 from listeners.notify.alert import Alert, clean_alert, render_text
 from listeners.notify.escape import slack
-from listeners.notify.sinks import SinkError, http_status_error
+from listeners.notify.sinks import SinkError, http_status_error, tls_hint
 
 route_stdlib()  # requests and urllib3 log through the stdlib: to stderr, never stdout
 
@@ -57,16 +57,23 @@ class WebhookSink:
 
     def send(self, alert: Alert) -> None:
         try:
+            # No redirects (a 301/302 would turn the POST into a GET without the alert) and
+            # no body read: what the receiver says is in its status line.
             resp = requests.post(
                 self.url,
                 json=self.body(alert),
                 timeout=self.timeout,
                 headers={"X-Supervisor-Alert-Key": alert.key},
+                allow_redirects=False,
+                stream=True,
             )
         except requests.RequestException as exc:
             # The URL may hold a secret token (Slack): name the sink, not the URL.
-            raise SinkError(f"webhook {self.name} unreachable: {type(exc).__name__}") from None
-        if resp.status_code >= 300:
-            raise http_status_error(
-                f"webhook {self.name}", resp.status_code, resp.reason or "", resp.headers
-            )
+            raise SinkError(
+                f"webhook {self.name} unreachable: {type(exc).__name__}{tls_hint(exc)}"
+            ) from None
+        with resp:
+            if resp.status_code >= 300:
+                raise http_status_error(
+                    f"webhook {self.name}", resp.status_code, resp.reason or "", resp.headers
+                )
