@@ -4,6 +4,8 @@ without the URL's token, and an odd Retry-After does not raise."""
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 import ssl
 import subprocess
@@ -140,3 +142,38 @@ class TestRetryAfter:
     def test_digits_that_are_not_ascii_are_ignored_not_raised(self, value):
         """'²' is a digit to str.isdigit() but not to float(): no ValueError, no wait."""
         assert parse_retry_after(value) is None
+
+
+class TestLibraryLogs:
+    def test_urllib3_s_warning_about_a_bad_header_keeps_the_token_out_and_is_one_line(self):
+        """A receiver sends a header line without a colon: urllib3 logs a warning naming the
+        whole URL, with a traceback. It reaches our log as one JSON line, token hidden."""
+        import socket
+
+        from listeners.core import log
+
+        server = socket.create_server(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nthis line has no colon\r\n\r\nok"
+                )
+
+        threading.Thread(target=answer, daemon=True).start()
+        out = io.StringIO()
+        log.configure("info", stream=out, json=True)
+        try:
+            url = f"http://127.0.0.1:{port}/services/T0001/B0001/{TOKEN}"
+            WebhookSink(url, format="slack", name="slack").send(crash())
+        finally:
+            log.configure("info")
+            server.close()
+        text = out.getvalue()
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert (TOKEN in text, "Traceback" in text) == (False, False)
+        assert ["stdlib.urllib3.connection"] == [d["event"] for d in lines]
+        assert "/***" in lines[0]["message"]

@@ -166,3 +166,19 @@ class TestAtStart:
             crashmail.main(["--sink", "env:HOOK"])
         err = capsys.readouterr().err
         assert ("HOOK" in err, "TOKEN123" in err) == (True, False)
+
+
+class TestRedactBarePaths:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "Max retries exceeded with url: /services/T0/B0/tok3n (Caused by X)",
+            "Failed to parse headers (url=/services/T0/B0/tok3n): junk",
+            "POST https://hooks.example/services/T0/B0/tok3n failed",
+        ],
+    )
+    def test_a_url_path_without_its_host_is_hidden_too(self, text):
+        """requests and urllib3 name a URL's path alone: the token in it is hidden."""
+        from listeners.core.redact import redact
+
+        assert "tok3n" not in redact(text)

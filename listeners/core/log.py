@@ -25,6 +25,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from listeners.core.redact import redact
+
 __all__ = ["Logger", "RateLimitedLog", "configure", "get_logger", "route_stdlib"]
 
 _lock = threading.Lock()
@@ -130,8 +132,22 @@ def route_stdlib() -> None:
         def stream(self, _value: TextIO) -> None:
             pass
 
+    class OurLines(logging.Formatter):
+        """A stdlib record as one of our lines: its logger as the event, its message with
+        secrets hidden (urllib3 names the whole URL, a webhook's token with it), and an
+        exception as its type and message, never a traceback across many lines."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            fields: dict[str, Any] = {"message": redact(record.getMessage())}
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                fields["error"] = redact(f"{type(exc).__name__}: {exc}")
+            level = record.levelname.lower()
+            return _render(f"stdlib.{record.name}", level if level in _LEVELS else "info", fields)
+
     stream = _settings.stream
     handler = logging.StreamHandler(stream) if stream is not None else CurrentStderr()
+    handler.setFormatter(OurLines())
     level = max(_settings.level, logging.WARNING)
     logging.basicConfig(handlers=[handler], level=level, force=True)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import shlex
 import subprocess
 import time
@@ -16,6 +15,7 @@ from typing import Protocol
 
 from listeners.core import child
 from listeners.core.cli import DEFAULT_SENDMAIL
+from listeners.core.redact import redact
 from listeners.notify.alert import Alert, clean_alert, file_record, one_line, render_text
 
 __all__ = [
@@ -48,21 +48,6 @@ class SinkError(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.permanent = permanent
-
-
-# userinfo of any URL (user:password@), and everything after the host of a URL (Slack and
-# similar hooks carry their token in the path or the query).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
-_HTTP_TAIL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#]+)[/?#]\S*")
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` with URL credentials and paths, and every string in ``secrets``, hidden."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
-    return _HTTP_TAIL.sub(lambda m: m.group("head") + "/***", text)
 
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
