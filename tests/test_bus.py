@@ -76,9 +76,44 @@ class TestBus:
                         "rule": "any",
                     }
                 ),
-                "integer",
+                "whole number",
             ),
             ('{"v": 1, "kind": "memory_limits", "host": "h", "limits": {"a": "x"}}', "limits"),
+            ('{"v": 1, "kind": "memory_limits", "host": "h", "limits": {"a": true}}', "limits"),
+            (
+                '{"v":1,"kind":"delivery_health","host":"h","pending":{"ok":true},'
+                '"failures":{"ok":0}}',
+                "pending must map names to counts",
+            ),
+            (
+                '{"v":1,"kind":"delivery_health","host":"h","pending":{"ok":-5},'
+                '"failures":{"ok":0}}',
+                "pending must map names to counts",
+            ),
+            (
+                '{"v":1,"kind":"delivery_health","host":"h","pending":{"ok":1},'
+                '"failures":{"ok":1' + "0" * 400 + "}}",
+                "failures must map names to counts",
+            ),
+            (
+                '{"v":1,"kind":"outbox_trouble","host":"h","failing":true,"error":"e",'
+                '"spooled":true}',
+                "spooled must be a whole number",
+            ),
+        ],
+        ids=[
+            "not-json",
+            "not-object",
+            "version",
+            "kind",
+            "lacks",
+            "pid-string",
+            "limit-string",
+            "limit-bool",
+            "pending-bool",
+            "pending-negative",
+            "failures-huge",
+            "spooled-bool",
         ],
     )
     def test_rejects_malformed_messages_with_a_reason(self, text, match):

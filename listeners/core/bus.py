@@ -8,6 +8,7 @@ that JSON schema (version 1).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -283,8 +284,8 @@ def decode(text: str) -> Message:
 def _check_fields(cls: type[Message], kwargs: dict[str, Any]) -> None:
     """Each field has the JSON type its message declares; raises ValueError naming it."""
     for key in _INTEGERS if cls is not DeliveryHealth else ():
-        if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
-            raise ValueError(f"bus message field {key} must be an integer")
+        if key in kwargs and not _count(kwargs[key]):
+            raise ValueError(f"bus message field {key} must be a whole number from 0 to 2^63")
     for key in ("action", "user", "source", "group", "name"):
         if cls is ActionPerformed and key in kwargs and not isinstance(kwargs[key], str):
             raise ValueError(f"bus message field {key} must be a string")
@@ -294,15 +295,15 @@ def _check_fields(cls: type[Message], kwargs: dict[str, Any]) -> None:
         for key in ("pending", "failures"):
             value = kwargs.get(key)
             if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) for k, v in value.items()
+                isinstance(k, str) and _count(v) for k, v in value.items()
             ):
-                raise ValueError(f"bus message field {key} must map names to integers")
+                raise ValueError(f"bus message field {key} must map names to counts")
     if "limits" in kwargs:
         limits = kwargs["limits"]
         if not isinstance(limits, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) for k, v in limits.items()
+            isinstance(k, str) and _count(v) for k, v in limits.items()
         ):
-            raise ValueError("bus message field limits must map names to integers")
+            raise ValueError("bus message field limits must map names to byte counts")
     _check_numbers(kwargs)
     if "processes" in kwargs and not (
         isinstance(kwargs["processes"], list)
@@ -324,7 +325,18 @@ def _check_numbers(kwargs: dict[str, Any]) -> None:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number that Prometheus can read: not a bool, not inf or NaN (``1e400``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return math.isfinite(value)
+
+
+def _count(value: object) -> bool:
+    """A count, size or pid: a whole number from 0 below 2^63 (``true`` is no count: JSON's
+    booleans are ints to Python, and the exporter printed ``True`` into /metrics)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _required(cls: type, name: str) -> bool:
