@@ -570,6 +570,15 @@ class TestSourcesFromOtherListeners:
         quiet = render_status_page(base, {}, "http://127.0.0.1:8080/", now=0.0)
         assert "<p id=delivery class=warn hidden></p>" in quiet
 
+    def test_the_delivery_warning_names_ten_sinks_at_most(self):
+        """5,000 failing sinks made a 2.4 MB page: ten are named, then how many more."""
+        from listeners.metrics.page import delivery_warning
+
+        sinks = tuple((f"hook{i:02}", 1, 1) for i in range(12))
+        text = delivery_warning(sinks)
+        assert ("hook09" in text, "hook10" in text) == (True, False)
+        assert "; and 2 more sinks)" in text
+
     def test_undelivered_alerts_come_from_crashmails_delivery_health(self):
         """The header counts crashmail's pending deliveries over all sinks; unknown is None."""
         from listeners.metrics.api import rows, summary

@@ -221,8 +221,11 @@ def delivery_warning(sinks: tuple[tuple[str, int, int], ...]) -> str:
     ]
     if not stuck:
         return ""
+    shown = "; ".join(stuck[:UNREADABLE_NAMED])
+    if len(stuck) > UNREADABLE_NAMED:
+        shown += f"; and {len(stuck) - UNREADABLE_NAMED} more sinks"
     return (
-        f"crashmail cannot deliver every alert ({'; '.join(stuck)}); crashmail's log says why"
+        f"crashmail cannot deliver every alert ({shown}); crashmail's log says why"
         " (outbox.delivery_failed), and they are sent once the sink takes them"
     )
 

@@ -185,7 +185,11 @@
       .map((s) => s.sink + ": " + s.pending + " waiting after " + s.failures +
         " failed attempt" + (s.failures === 1 ? "" : "s"));
     if (!stuck.length) return "";
-    return "crashmail cannot deliver every alert (" + stuck.join("; ") +
+    let shown = stuck.slice(0, UNREADABLE_NAMED).join("; ");
+    if (stuck.length > UNREADABLE_NAMED) {
+      shown += "; and " + (stuck.length - UNREADABLE_NAMED) + " more sinks";
+    }
+    return "crashmail cannot deliver every alert (" + shown +
       "); crashmail's log says why (outbox.delivery_failed), and they are sent once the" +
       " sink takes them";
   }
