@@ -172,6 +172,12 @@ class TestAlertmanagerRendering:
 
 
 class TestSinkSpec:
+    @pytest.mark.parametrize("key", ["timeout", "deadline"])
+    def test_a_zero_timeout_or_deadline_is_refused_not_taken_as_the_default(self, key):
+        """deadline=0 silently became 60 s, timeout=0 10 s: it is an error naming the key."""
+        with pytest.raises(ValueError, match=f"{key}: .*greater than zero"):
+            parse_sink(f"webhook+http://127.0.0.1:9/x#{key}=0")
+
     def test_smtp_url_with_starttls_user_and_recipients(self):
         """smtp+starttls://user@host gives port 587, STARTTLS, two recipients, no password."""
         spec = parse_sink("smtp+starttls://alerts@mail.example.com?from=a@x&to=b@x,c@x")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from listeners.core.cli import DEFAULT_SENDMAIL
-from listeners.core.units import parse_duration
+from listeners.core.units import parse_duration, parse_positive_duration
 from listeners.notify.sinks import FileSink, SendmailSink, Sink, redact
 
 # The SMTP, webhook and Alertmanager sinks are imported when a sink of theirs is configured:
@@ -157,7 +157,11 @@ def _check_durations(opts: dict[str, str], raw: str) -> None:
     for key in ("timeout", "hold", "state_hold", "deadline"):
         if key in opts:
             try:
-                parse_duration(opts[key])
+                # 0 would silently mean the default (60 s, 10 s): no wait at all is refused
+                parse = (
+                    parse_positive_duration if key in ("timeout", "deadline") else parse_duration
+                )
+                parse(opts[key])
             except ValueError as exc:
                 raise ValueError(f"invalid sink {_shown(raw)}: {key}: {exc}") from None
 
