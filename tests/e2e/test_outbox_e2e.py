@@ -105,6 +105,46 @@ def workers(n: int) -> str:
     )
 
 
+class TestDamagedOutbox:
+    """Rows a real crashmail finds in its outbox when it starts: one damaged incident, one
+    delivery whose message row is gone (a hand edit, a disk error, an older bug)."""
+
+    def test_a_damaged_row_and_an_orphan_delivery_hold_up_nothing(self, supervisord, tmp_path):
+        """The damaged incident is quarantined and logged, the orphan delivery is marked and
+        not retried, and the crash made after the restart is delivered as usual."""
+        out = tmp_path / "alerts.jsonl"
+        outbox = tmp_path / "outbox.sqlite"
+        sup: Supervisord = supervisord(
+            workers(1) + crashmail_conf(f"--sink file:{out} --outbox {outbox}")
+        )
+        sup.wait_state("crashmail:crashmail", "RUNNING")
+        wait_for(outbox.exists, 20, what="the outbox file")
+        sup.client.call("supervisor.stopProcess", "crashmail:crashmail", True)
+        with sqlite3.connect(outbox) as db:
+            db.execute(
+                "INSERT INTO incidents (key, batch, body, created, due) VALUES (?, ?, ?, 0, 0)",
+                ("damaged-1", "crash:w9", "{not json"),
+            )
+            db.execute(
+                "INSERT INTO deliveries (message_id, sink, next_attempt) VALUES (?, ?, 0)",
+                (99999, f"file:{out}"),
+            )
+        sup.client.call("supervisor.startProcess", "crashmail:crashmail", True)
+        sup.client.start("w0:w0")
+        assert each_crash_delivered_once(out, 1) == [("w0", 10)]
+        wait_for(
+            lambda: "outbox.orphaned_deliveries" in crashmail_log(sup),
+            20,
+            what="the orphan delivery marked",
+        )
+        with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True) as db:
+            quarantined = db.execute("SELECT source, key FROM quarantine").fetchall()
+            orphan = db.execute("SELECT state FROM deliveries WHERE message_id = 99999").fetchone()
+        log = crashmail_log(sup)
+        assert (quarantined, orphan[0]) == ([("incidents", "damaged-1")], "orphaned")
+        assert ("outbox.row_quarantined" in log, "Traceback" in log) == (True, False)
+
+
 class TestLockedOutbox:
     def test_crashes_made_while_another_process_holds_the_outbox_lock_are_reported_after(
         self, supervisord, tmp_path
